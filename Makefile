@@ -1,0 +1,52 @@
+# Two commands for a newcomer: `make run` (daemon on the embedded default model) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test lint venv system-deps bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test,dev,llama,default-model]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian's docker-registry for the registry tests; systemd-analyze to verify the user unit.
+system-deps:
+	@if [ "$$(uname -s)" = Linux ] && command -v apt-get >/dev/null; then \
+	  missing=""; \
+	  command -v docker-registry >/dev/null || missing="$$missing docker-registry"; \
+	  command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	  command -v curl >/dev/null || missing="$$missing curl"; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing:$$missing"; \
+	    $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	  fi; \
+	fi
+
+test: venv system-deps
+	$(BIN)/python -m pytest -q
+
+run: venv
+	$(BIN)/modelrunner setup-default
+	$(BIN)/modelrunner serve
+
+lint: venv
+	$(BIN)/ruff check modelrunner tests scripts
+	$(BIN)/ruff format --check modelrunner tests scripts
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+bench: venv system-deps
+	$(BIN)/python scripts/bench_pull.py
+	$(BIN)/python scripts/bench_coldstart.py
+	$(BIN)/python scripts/bench_proxy.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The command-line client; talks to the daemon over HTTP only (except `serve` and setup verbs)."""

