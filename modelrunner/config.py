@@ -1,9 +1,9 @@
 """
 Settings in one place: defaults < YAML file < environment < flags.
 
-Each component receives only its own frozen section (``Config.store``, ``Config.runners``…), never the
-whole config.  Validation errors name the key path and where the bad value came from.  Nothing here
-touches the network or starts anything; reading the YAML file is the only I/O.
+Each component receives only its own frozen section (``Config.store``, ``Config.runners``…), never
+the whole config.  Validation errors name the key path and where the bad value came from.  Nothing
+here touches the network or starts anything; reading the YAML file is the only I/O.
 """
 
 from __future__ import annotations
@@ -136,7 +136,8 @@ class Config:
         """Build a config from nested plain data, validating every key against the dataclasses."""
         if base is None:
             base = defaults(home or Path("~/.modelrunner").expanduser())
-        return _merge(base, raw, prefix="", source=source)
+        merged: Config = _merge(base, raw, prefix="", source=source)
+        return merged
 
     def with_env(self, env: Mapping[str, str]) -> Config:
         """Apply Docker Model Runner's environment variables and ``MODELRUNNER_<SECTION>_<KEY>``."""
@@ -159,7 +160,8 @@ class Config:
             for p in parents:
                 node = node.setdefault(p, {})
             node[leaf] = value
-        return _merge(self, nested, prefix="", source="environment")
+        merged: Config = _merge(self, nested, prefix="", source="environment")
+        return merged
 
     def with_models(self, models: Mapping[str, ModelSettings]) -> Config:
         return dataclasses.replace(self, models=dict(models))
@@ -238,7 +240,7 @@ def _models(value: Any, current: Mapping[str, ModelSettings], *, source: str) ->
     return merged
 
 
-def _coerce(value: Any, hint: Any, *, path: str, source: str) -> Any:  # noqa: PLR0911
+def _coerce(value: Any, hint: Any, *, path: str, source: str) -> Any:
     """Turn YAML/env/flag values into the declared type, or say which key is wrong."""
 
     def bad(expected: str) -> ConfigError:
@@ -247,7 +249,9 @@ def _coerce(value: Any, hint: Any, *, path: str, source: str) -> Any:  # noqa: P
     origin = get_origin(hint)
     if origin in (Union, types.UnionType):
         args = [a for a in get_args(hint) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+        if value is None or (
+            isinstance(value, str) and value.strip().lower() in ("", "none", "null")
+        ):
             return None
         return _coerce(value, args[0], path=path, source=source)
     if hint is bool:
@@ -316,18 +320,18 @@ def _validate(obj: Any, *, prefix: str, source: str) -> None:
         if hasattr(obj, name):
             v = getattr(obj, name)
             if v < minimum:
-                raise ConfigError(f"{source}: {prefix}{name}: must be an integer >= {minimum}, got {v}")
+                raise ConfigError(
+                    f"{source}: {prefix}{name}: must be an integer >= {minimum}, got {v}"
+                )
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
         if f.name.endswith("_s") and isinstance(v, (int, float)) and v < 0:
             raise ConfigError(f"{source}: {prefix}{f.name}: must be >= 0 seconds, got {v}")
     if isinstance(obj, ServerConfig) and not 0 <= obj.port <= 65535:
         raise ConfigError(f"{source}: {prefix}port: must be between 0 and 65535, got {obj.port}")
-    if isinstance(obj, RunnersConfig) and obj.memory_fraction is not None:
-        if not 0 < obj.memory_fraction <= 1:
-            raise ConfigError(
-                f"{source}: {prefix}memory_fraction: must be in (0, 1], got {obj.memory_fraction}"
-            )
+    fraction = getattr(obj, "memory_fraction", None)
+    if isinstance(obj, RunnersConfig) and fraction is not None and not 0 < fraction <= 1:
+        raise ConfigError(f"{source}: {prefix}memory_fraction: must be in (0, 1], got {fraction}")
     if isinstance(obj, ModelSettings) and obj.context_size is not None and obj.context_size < 1:
         raise ConfigError(f"{source}: {prefix}context_size: must be >= 1, got {obj.context_size}")
     if isinstance(obj, Config) and obj.log_level.lower() not in LOG_LEVELS:

@@ -99,7 +99,11 @@ class RunnerFailed(Unavailable):
     code = "runner_failed"
 
     def __init__(self, message: str, log_tail: str = "") -> None:
-        full = f"{message}\n--- last lines of the runner's log ---\n{log_tail}" if log_tail else message
+        full = (
+            f"{message}\n--- last lines of the runner's log ---\n{log_tail}"
+            if log_tail
+            else message
+        )
         super().__init__(full)
         self.log_tail = log_tail
 

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import IO
+from typing import TextIO
 
 import structlog
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40}
 
 
-def configure(level: str = "info", *, stream: IO[str] | None = None, json: bool | None = None) -> None:
+def configure(
+    level: str = "info", *, stream: TextIO | None = None, json: bool | None = None
+) -> None:
     """Configure structlog for the process; *json* defaults to "stderr is not a terminal"."""
     stream = stream or sys.stderr
     if json is None:

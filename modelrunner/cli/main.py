@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="config file (default ~/.modelrunner/config.yaml)")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
     for command in discover():
-        p = sub.add_parser(command.name, help=command.help, description=command.help,
-                           aliases=list(command.aliases))
+        p = sub.add_parser(
+            command.name, help=command.help, description=command.help, aliases=list(command.aliases)
+        )
         command.add_arguments(p)
         p.set_defaults(command=command)
     return parser
