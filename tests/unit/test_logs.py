@@ -1,0 +1,36 @@
+"""Logging renders JSON lines off a terminal (service logs) and readable lines on one."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import structlog
+
+from modelrunner import logs
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_json_lines_when_not_a_terminal() -> None:
+    out = io.StringIO()
+    logs.configure("info", stream=out)
+    structlog.get_logger("t").info("runner.ready", model="ai/x", pid=3)
+    structlog.get_logger("t").debug("hidden")
+    record = json.loads(out.getvalue().strip())
+    assert record["event"] == "runner.ready"
+    assert record["model"] == "ai/x"
+    assert record["level"] == "info"
+    assert "timestamp" in record
+
+
+def test_console_on_a_terminal() -> None:
+    out = _Tty()
+    logs.configure("debug", stream=out)
+    structlog.get_logger("t").debug("pull.progress", layer="sha256:ab")
+    text = out.getvalue()
+    assert "pull.progress" in text
+    assert not text.lstrip().startswith("{")
