@@ -1,0 +1,37 @@
+"""What a runner is started from: a model's files and settings, and the request mode.
+
+Plain data shared by the argv builder, the memory estimate and the supervisor; no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, get_args
+
+from modelrunner.config import ModelSettings
+
+Mode = Literal["completion", "embedding", "reranking"]
+MODES: tuple[Mode, ...] = get_args(Mode)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelFiles:
+    """One model as the runners see it: paths from the store plus effective settings."""
+
+    id: str  # the store's model id (sha256:<hex>); with the mode it keys a runner
+    name: str  # display reference, for ps and logs
+    gguf_path: Path  # first shard: what llama-server gets
+    mmproj_path: Path | None = None
+    chat_template_path: Path | None = None
+    context_size: int | None = None  # the artifact's configured context, if any
+    trained_context: int | None = None  # <arch>.context_length from the GGUF header
+    estimated_bytes: int = 0  # weights, for the memory budget
+    # KV cache bytes per token of context (2 * layers * kv width * element size), from the GGUF
+    # header; None = unknown, memory.py then guesses from the weights.
+    kv_bytes_per_token: int | None = None
+    settings: ModelSettings = field(default_factory=ModelSettings)
+
+
+ResolveFn = Callable[[str], Awaitable[ModelFiles]]

@@ -1,0 +1,770 @@
+"""The supervisor: one llama-server per (model, mode), which ones stay loaded, and who waits.
+
+Owns every runner, load and stop task (a dict of tasks, not a TaskGroup: one failed load must not
+cancel the others).  Loads belong to the supervisor; requests only wait on them, so a client that
+leaves cancels its wait, never the load.  Decisions follow "read state, call ``policy``, commit to
+the maps, then await": no ``await`` between a read that gates a mutation and the mutation.
+Knows nothing of HTTP routes or OCI: models come from the injected ``resolve`` callable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hashlib
+import itertools
+import os
+import re
+import tempfile
+import time
+from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import structlog
+
+from modelrunner.config import RunnersConfig
+from modelrunner.errors import (
+    ModelRunnerError,
+    RunnerFailed,
+    TooManyRequests,
+    Unavailable,
+    UpstreamError,
+)
+from modelrunner.runners import policy
+from modelrunner.runners.args import build_argv, context_size, validate_llama_args
+from modelrunner.runners.locate import BinaryInfo, locate
+from modelrunner.runners.memory import estimate_bytes, rss_bytes, total_memory_bytes
+from modelrunner.runners.model import Mode, ModelFiles, ResolveFn
+from modelrunner.runners.process import ChildFailed, ChildProcess, LogSink, is_oom, sweep_leftovers
+from modelrunner.runners.state import Event, RunnerState, next_state
+
+log = structlog.get_logger(__name__)
+
+Key = tuple[str, Mode]
+SOCKET_PATH_MAX = 100  # AF_UNIX sun_path is 104 (macOS) / 108 (Linux) bytes, NUL included
+CRASH_WAIT_S = 2.0  # how long a failed request waits to learn whether its runner died
+
+
+@dataclass(slots=True)
+class SupervisorStats:
+    """Counters for /metrics."""
+
+    loads: int = 0
+    load_failures: int = 0
+    evictions: int = 0
+    crashes: int = 0
+    rate_limited: int = 0
+    queue_full: int = 0
+    queue_timeouts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerStatus:
+    """One row of ``ps``; times are unix seconds."""
+
+    model: str
+    name: str
+    mode: Mode
+    pid: int | None
+    state: str
+    rss_bytes: int | None
+    loaded_since: float | None
+    last_used: float | None
+    in_flight: int
+    until: float | None  # when the idle TTL unloads it; None = loading, busy or never
+    pinned: bool
+
+
+class Runner:
+    """One llama-server instance as the supervisor sees it; what ``acquire`` hands out."""
+
+    def __init__(self, key: Key, files: ModelFiles, socket_path: Path, log_path: Path) -> None:
+        self.key = key
+        self.model_id, self.mode = key
+        self.model = files
+        self.socket_path = socket_path
+        self.log_path = log_path
+        self.state = RunnerState.STOPPED
+        self.child: ChildProcess | None = None
+        self.need_bytes = 0
+        self.in_flight = 0
+        self.last_used = time.monotonic()
+        self.last_used_wall: float | None = None
+        self.loaded_since: float | None = None
+        self.ready_at: float | None = None
+        self.keep_alive_s: float | None = None  # the latest request's keep_alive wins
+        self.expires_at: float | None = None
+        self.idle_handle: asyncio.TimerHandle | None = None
+        self.stale = False  # settings changed: stop once idle
+        self.stop_task: asyncio.Task[None] | None = None
+        self.failure: RunnerFailed | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.child.pid if self.child is not None else None
+
+    def move(self, event: Event) -> None:
+        self.state = next_state(self.state, event, f"{self.model.name} ({self.mode})")
+
+    def __repr__(self) -> str:
+        return f"<Runner {self.model.name} {self.mode} {self.state.value} pid={self.pid}>"
+
+
+class _Changed:
+    """Wake everyone waiting for "something changed" (a release, a stop, a load's end)."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+class Supervisor:
+    """Starts, shares, evicts and stops llama-server runners; see docs/architecture.md."""
+
+    def __init__(
+        self,
+        config: RunnersConfig,
+        resolve: ResolveFn,
+        *,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        validate_llama_args(config.llama_args)
+        self._config = config
+        self._resolve = resolve
+        self._env = dict(os.environ if env is None else env)
+        self._runners: dict[Key, Runner] = {}
+        # Not a TaskGroup: one failed load must not cancel the other models' loads.
+        self._loads: dict[Key, asyncio.Task[Runner]] = {}
+        self._stops: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._queued: collections.Counter[Key] = collections.Counter()
+        self._failures: dict[Key, int] = {}
+        self._changed = _Changed()
+        self._binary: BinaryInfo | None = None
+        self._binary_lock = asyncio.Lock()
+        self._start_lock = asyncio.Lock()
+        self._started = False
+        self._closed = False
+        self._budget_bytes: int | None = None
+        self._socket_dir = config.run_dir
+        self._record_dir = config.run_dir / "runners"
+        self._generation = itertools.count(1)
+        self.stats = SupervisorStats()
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Make the directories and kill runners a crashed daemon left; starts nothing else."""
+        async with self._start_lock:
+            if self._started:
+                return
+            cfg = self._config
+            self._socket_dir = await asyncio.to_thread(_prepare_dirs, cfg.run_dir, cfg.log_dir)
+            killed = await asyncio.to_thread(
+                sweep_leftovers, self._record_dir, grace_s=min(cfg.stop_grace_s, 5.0)
+            )
+            if killed:
+                log.warning("runner.leftovers_killed", pids=killed)
+            if cfg.memory_fraction is not None:
+                self._budget_bytes = int(await total_memory_bytes() * cfg.memory_fraction)
+            self._started = True
+
+    async def aclose(self) -> None:
+        """Refuse new work, cancel loads, stop every runner in parallel; idempotent."""
+        self._closed = True
+        self._changed.notify()
+        for task in list(self._tasks):
+            task.cancel()
+        while self._loads:
+            loads = list(self._loads.values())
+            for task in loads:
+                task.cancel()
+            await asyncio.gather(*loads, return_exceptions=True)
+        for runner in list(self._runners.values()):
+            self._stop(runner, "shutdown")
+        while self._stops or self._tasks:
+            await asyncio.gather(*self._stops, *self._tasks, return_exceptions=True)
+
+    async def __aenter__(self) -> Supervisor:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # --- requests ------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def acquire(
+        self, model_id: str, mode: Mode = "completion", keep_alive_s: float | None = None
+    ) -> AsyncIterator[Runner]:
+        """Yield a ready runner, counted in flight until the block exits.
+
+        Raises TooManyRequests (the model's in-flight limit), Unavailable (queue full, queue
+        timeout, shutting down) or RunnerFailed (the load failed, or the runner died under the
+        block: an error inside the block becomes RunnerFailed with the runner's log tail).
+        """
+        runner = await self._admit((model_id, mode))
+        if keep_alive_s is not None:
+            runner.keep_alive_s = keep_alive_s
+        try:
+            yield runner
+        except Exception as e:
+            failure = await self._crash_error(runner, e)
+            if failure is not None:
+                raise failure from e
+            raise
+        finally:
+            self._release(runner)
+
+    async def _admit(self, key: Key) -> Runner:
+        await self.start()
+        self._check_open()
+        cfg = self._config
+        runner = self._runners.get(key)
+        if runner is not None and runner.state is RunnerState.READY:
+            if runner.in_flight < cfg.max_in_flight:
+                return self._take(runner)
+            self.stats.rate_limited += 1
+            raise TooManyRequests(
+                f"model {runner.model.name!r} already has {runner.in_flight} requests in flight "
+                f"(limit {cfg.max_in_flight}, runners.max_in_flight); retry later",
+                retry_after_s=policy.retry_after_s(runner.in_flight, cfg.max_in_flight),
+            )
+        if self._queued[key] >= cfg.max_queue:
+            self.stats.queue_full += 1
+            raise Unavailable(
+                f"{self._queued[key]} requests are already waiting for model {key[0]!r} "
+                f"(runners.max_queue); retry later"
+            )
+        self._queued[key] += 1
+        try:
+            async with asyncio.timeout(cfg.queue_timeout_s):
+                return await self._wait_for_runner(key)
+        except TimeoutError:
+            self.stats.queue_timeouts += 1
+            raise Unavailable(
+                f"model {key[0]!r} ({key[1]}) was not ready after waiting "
+                f"{cfg.queue_timeout_s:g}s (runners.queue_timeout_s): every runner slot is busy "
+                "or the load is slow; retry later"
+            ) from None
+        finally:
+            self._queued[key] -= 1
+            if not self._queued[key]:
+                del self._queued[key]
+                self._rearm_if_idle(key)
+
+    async def _wait_for_runner(self, key: Key) -> Runner:
+        while True:
+            self._check_open()
+            runner = self._runners.get(key)
+            if runner is not None and runner.state is RunnerState.READY:
+                if runner.in_flight < self._config.max_in_flight:
+                    return self._take(runner)
+                await self._changed.wait()  # queued behind the in-flight limit
+                continue
+            load = self._loads.get(key) or self._start_load(key)
+            # The shield: a waiter that is cancelled (client gone) leaves the load running.
+            await asyncio.shield(load)
+
+    def _take(self, runner: Runner) -> Runner:
+        runner.in_flight += 1
+        runner.last_used = time.monotonic()
+        if runner.idle_handle is not None:
+            runner.idle_handle.cancel()
+            runner.idle_handle = None
+        runner.expires_at = None
+        return runner
+
+    def _release(self, runner: Runner) -> None:
+        runner.in_flight -= 1
+        runner.last_used = time.monotonic()
+        runner.last_used_wall = time.time()
+        if (
+            runner.in_flight == 0
+            and self._runners.get(runner.key) is runner
+            and runner.state is RunnerState.READY
+        ):
+            if runner.stale:
+                self._stop(runner, "reconfigured")
+            else:
+                self._arm_idle(runner)
+        self._changed.notify()
+
+    async def _crash_error(self, runner: Runner, error: Exception) -> RunnerFailed | None:
+        """If *runner* died under a request, the clear error to raise instead of *error*."""
+        child = runner.child
+        if child is None or isinstance(error, TooManyRequests):
+            return None
+        transport = isinstance(
+            error, aiohttp.ClientError | OSError | UpstreamError | asyncio.IncompleteReadError
+        )
+        if not child.exited.done() and transport:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CRASH_WAIT_S):
+                    await asyncio.shield(child.exited)
+        if not child.exited.done() or runner.stop_task is not None:
+            return None  # alive, or stopped on purpose (shutdown, unload)
+        if runner.failure is None:
+            failed = await child.failure("crashed while serving")
+            runner.failure = self._runner_failed(runner, failed)
+        return runner.failure
+
+    # --- loads ---------------------------------------------------------------------------------
+
+    def _start_load(self, key: Key) -> asyncio.Task[Runner]:
+        task = asyncio.create_task(self._load(key), name=f"load {key[0]} {key[1]}")
+        self._loads[key] = task
+
+        def done(t: asyncio.Task[Runner]) -> None:
+            if self._loads.get(key) is t:
+                del self._loads[key]
+            if not t.cancelled():
+                t.exception()  # retrieved: the load logged it; waiters re-raise it
+            self._changed.notify()
+
+        task.add_done_callback(done)
+        return task
+
+    async def _load(self, key: Key) -> Runner:
+        model_id, mode = key
+        cfg = self._config
+        delay = policy.backoff_delay_s(
+            self._failures.get(key, 0), base_s=cfg.crash_backoff_s, max_s=cfg.crash_backoff_max_s
+        )
+        if delay:
+            log.warning("runner.backoff", model=model_id, mode=mode, delay_s=delay)
+            await asyncio.sleep(delay)
+        files = await self._resolve(model_id)
+        binary = await self.binary()
+        oom_retry = True
+        while True:
+            runner = self._new_runner(key, files)
+            argv = build_argv(binary.path, files, mode, runner.socket_path, cfg)
+            await self._reserve(runner)
+            try:
+                await self._spawn(runner, argv)
+                return runner
+            except ChildFailed as e:
+                lines = runner.child.tail() if runner.child is not None else []
+                await self._abort_load(runner, failed=True)
+                victims = self._oom_victims() if oom_retry and is_oom(lines) else ()
+                if victims:
+                    log.warning("runner.oom_retry", model=files.name, evict=len(victims))
+                    oom_retry = False
+                    for victim in victims:
+                        self._stop(victim, "memory")
+                    continue
+                self._load_failed(runner, e)
+                raise self._runner_failed(runner, e, loading=True) from None
+            except BaseException:
+                await self._abort_load(runner, failed=False)
+                raise
+
+    def _new_runner(self, key: Key, files: ModelFiles) -> Runner:
+        tag = hashlib.sha256(f"{key[0]}\0{key[1]}".encode()).hexdigest()[:10]
+        socket = self._socket_dir / f"r-{tag}-{next(self._generation)}.sock"
+        runner = Runner(key, files, socket, self.runner_log(*key))
+        runner.need_bytes = estimate_bytes(files, context_size(files, self._config))
+        return runner
+
+    async def _reserve(self, runner: Runner) -> None:
+        """Make room (true LRU) and register *runner* as loading; waits while all are busy."""
+        cfg = self._config
+        try:
+            async with asyncio.timeout(cfg.queue_timeout_s):
+                while True:
+                    self._check_open()
+                    loaded = [
+                        policy.Loaded(
+                            key=r.key,
+                            need_bytes=r.need_bytes,
+                            last_used=r.last_used,
+                            busy=r.in_flight > 0 or r.state is not RunnerState.READY,
+                            pinned=r.model.settings.pinned,
+                        )
+                        for r in self._runners.values()
+                    ]
+                    plan = policy.plan_load(
+                        runner.need_bytes,
+                        loaded,
+                        max_loaded=cfg.max_loaded,
+                        budget_bytes=self._budget_bytes,
+                    )
+                    if plan.fits:
+                        for key in plan.evict:
+                            self._stop(self._runners[key], "lru")
+                        runner.move(Event.SPAWN)
+                        self._runners[runner.key] = runner
+                        break
+                    if plan.blocked == "too_big":
+                        raise Unavailable(
+                            f"model {runner.model.name!r} needs about {_gib(runner.need_bytes)} "
+                            f"but the memory budget is {_gib(self._budget_bytes or 0)} "
+                            "(runners.memory_fraction); lower its context size or raise the budget"
+                        )
+                    if plan.blocked == "pinned":
+                        raise Unavailable(
+                            f"cannot load model {runner.model.name!r}: all {cfg.max_loaded} runner "
+                            "slots are held by pinned models (runners.max_loaded)"
+                        )
+                    log.info("runner.waiting_for_room", model=runner.model.name)
+                    await self._changed.wait()
+        except TimeoutError:
+            raise Unavailable(
+                f"no room to load model {runner.model.name!r}: every loaded runner stayed busy for "
+                f"{cfg.queue_timeout_s:g}s (runners.max_loaded={cfg.max_loaded}); retry later"
+            ) from None
+        # At most max_loaded processes: wait for the victims (and any other stop) to exit.
+        if self._stops:
+            await asyncio.gather(*(asyncio.shield(t) for t in list(self._stops)))
+
+    async def _spawn(self, runner: Runner, argv: list[str]) -> None:
+        cfg = self._config
+        started = time.monotonic()
+        sink = LogSink(
+            runner.log_path,
+            max_bytes=cfg.log_max_bytes,
+            backups=cfg.log_backups,
+            tail_lines=cfg.log_tail_lines,
+        )
+        runner.child = await ChildProcess.spawn(
+            argv, sink=sink, env=self._env, record_dir=self._record_dir, socket=runner.socket_path
+        )
+        log.info("runner.loading", model=runner.model.name, mode=runner.mode, pid=runner.pid)
+        await runner.child.wait_ready(
+            runner.socket_path,
+            stall_timeout_s=cfg.load_timeout_s,
+            interval_s=cfg.health_interval_s,
+        )
+        runner.move(Event.READY)
+        runner.loaded_since = time.time()
+        runner.ready_at = runner.last_used = time.monotonic()
+        self.stats.loads += 1
+        self._own(self._watch(runner), f"watch {runner.pid}")
+        log.info(
+            "runner.ready",
+            model=runner.model.name,
+            mode=runner.mode,
+            pid=runner.pid,
+            load_ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        if not self._queued[runner.key]:
+            self._arm_idle(runner)
+
+    async def _abort_load(self, runner: Runner, *, failed: bool) -> None:
+        """Undo a load that did not finish: no process, no map entry, no sticky state."""
+        if self._runners.get(runner.key) is runner:
+            del self._runners[runner.key]
+        if runner.state is RunnerState.STARTING:
+            runner.move(Event.FAIL if failed else Event.STOP)
+        self._changed.notify()
+        if runner.child is not None:
+            await runner.child.terminate(grace_s=self._config.stop_grace_s)
+        runner.move(Event.EXITED)
+
+    def _load_failed(self, runner: Runner, error: ChildFailed) -> None:
+        self.stats.load_failures += 1
+        self._failures[runner.key] = self._failures.get(runner.key, 0) + 1
+        log.error(
+            "runner.load_failed",
+            model=runner.model.name,
+            mode=runner.mode,
+            reason=error.reason,
+            failures=self._failures[runner.key],
+        )
+
+    def _oom_victims(self) -> list[Runner]:
+        loaded = [
+            policy.Loaded(
+                r.key, r.need_bytes, r.last_used, r.in_flight > 0, r.model.settings.pinned
+            )
+            for r in self._runners.values()
+            if r.state is RunnerState.READY
+        ]
+        return [self._runners[k] for k in policy.plan_oom_retry(loaded)]
+
+    def _runner_failed(
+        self, runner: Runner, error: ChildFailed, *, loading: bool = False
+    ) -> RunnerFailed:
+        what = "failed to load" if loading else "failed"
+        return RunnerFailed(
+            f"runner for model {runner.model.name!r} ({runner.mode}) {what}: {error.reason}; "
+            f"full log: {runner.log_path}",
+            error.tail,
+        )
+
+    # --- crashes, idle, stops ------------------------------------------------------------------
+
+    async def _watch(self, runner: Runner) -> None:
+        """Notice a runner that exits without being asked: fail it, forget it, maybe restart."""
+        child = runner.child
+        if child is None:
+            return
+        await asyncio.shield(child.exited)
+        if runner.state is not RunnerState.READY:
+            return  # we stopped it
+        runner.move(Event.CRASH)
+        self.stats.crashes += 1
+        if self._runners.get(runner.key) is runner:
+            del self._runners[runner.key]
+        if runner.idle_handle is not None:
+            runner.idle_handle.cancel()
+        ready_for = time.monotonic() - (runner.ready_at or 0.0)
+        recent = ready_for < self._config.crash_backoff_max_s
+        self._failures[runner.key] = (self._failures.get(runner.key, 0) if recent else 0) + 1
+        self._changed.notify()
+        failed = await child.failure("crashed while serving")
+        runner.failure = self._runner_failed(runner, failed)
+        log.error(
+            "runner.crashed",
+            model=runner.model.name,
+            mode=runner.mode,
+            pid=child.pid,
+            returncode=child.returncode,
+            in_flight=runner.in_flight,
+        )
+        await child.terminate(grace_s=0)  # reap the group, drop the pid record and socket
+        runner.move(Event.EXITED)
+        if runner.model.settings.pinned and not self._closed:
+            self._own(self._restart(runner.key), f"restart {runner.model_id}")
+
+    async def _restart(self, key: Key) -> None:
+        """Bring a pinned model back after a crash; backoff grows inside each load."""
+        while not self._closed:
+            try:
+                await self.load(*key)
+                return
+            except ModelRunnerError as e:
+                log.warning("runner.restart_failed", model=key[0], mode=key[1], error=e.message)
+
+    def _arm_idle(self, runner: Runner) -> None:
+        if runner.idle_handle is not None:
+            runner.idle_handle.cancel()
+            runner.idle_handle = None
+        ttl = policy.effective_ttl(
+            request_keep_alive_s=runner.keep_alive_s,
+            model_idle_ttl_s=runner.model.settings.idle_ttl_s,
+            default_idle_ttl_s=self._config.idle_ttl_s,
+            pinned=runner.model.settings.pinned,
+        )
+        runner.expires_at = None
+        if ttl is None:
+            return
+        if ttl == 0:
+            self._stop(runner, "keep_alive")
+            return
+        runner.expires_at = time.time() + ttl
+        loop = asyncio.get_running_loop()
+        runner.idle_handle = loop.call_later(ttl, self._idle_expired, runner)
+
+    def _idle_expired(self, runner: Runner) -> None:
+        runner.idle_handle = None
+        if (
+            self._runners.get(runner.key) is runner
+            and runner.state is RunnerState.READY
+            and runner.in_flight == 0
+        ):
+            self._stop(runner, "idle")
+
+    def _rearm_if_idle(self, key: Key) -> None:
+        """The last waiter left before taking a fresh runner: give it its idle timer."""
+        runner = self._runners.get(key)
+        if (
+            runner is not None
+            and runner.state is RunnerState.READY
+            and runner.in_flight == 0
+            and runner.idle_handle is None
+            and not self._closed
+        ):
+            self._arm_idle(runner)
+
+    def _stop(self, runner: Runner, reason: str) -> asyncio.Task[None]:
+        """Decide to stop *runner* now (sync: it leaves the maps at once); the task reaps it."""
+        if runner.stop_task is not None:
+            return runner.stop_task
+        runner.move(Event.STOP)
+        if runner.idle_handle is not None:
+            runner.idle_handle.cancel()
+            runner.idle_handle = None
+        if self._runners.get(runner.key) is runner:
+            del self._runners[runner.key]
+        if reason in ("lru", "memory"):
+            self.stats.evictions += 1
+            log.info("runner.evicted", model=runner.model.name, mode=runner.mode, reason=reason)
+        else:
+            log.info("runner.stopping", model=runner.model.name, mode=runner.mode, reason=reason)
+        if reason in ("idle", "lru", "memory", "unload", "keep_alive"):
+            self._failures.pop(runner.key, None)  # it served and left cleanly
+        task = asyncio.create_task(self._finish_stop(runner), name=f"stop {runner.pid}")
+        runner.stop_task = task
+        self._stops.add(task)
+        task.add_done_callback(self._stops.discard)
+        self._changed.notify()
+        return task
+
+    async def _finish_stop(self, runner: Runner) -> None:
+        if runner.child is not None:
+            await runner.child.terminate(grace_s=self._config.stop_grace_s)
+        runner.move(Event.EXITED)
+        self._changed.notify()
+
+    # --- explicit management -------------------------------------------------------------------
+
+    async def load(self, model_id: str, mode: Mode = "completion") -> None:
+        """Load a model now (or join its load) without sending it a request."""
+        await self.start()
+        self._check_open()
+        key = (model_id, mode)
+        runner = self._runners.get(key)
+        if runner is not None and runner.state is RunnerState.READY:
+            runner.last_used = time.monotonic()
+            if runner.in_flight == 0:
+                self._arm_idle(runner)
+            return
+        load = self._loads.get(key) or self._start_load(key)
+        await asyncio.shield(load)
+
+    async def preload(self, model_ids: Iterable[str], *, wait: bool = False) -> None:
+        """Start loading *model_ids* in the background (the config's preload list)."""
+
+        async def one(model_id: str) -> None:
+            error = None
+            try:
+                await self.load(model_id)
+            except ModelRunnerError as e:
+                error = e.message
+            if error is not None:
+                log.error("runner.preload_failed", model=model_id, error=error)
+
+        tasks = [self._own(one(m), f"preload {m}") for m in model_ids]
+        if wait:
+            await asyncio.gather(*(asyncio.shield(t) for t in tasks))
+
+    async def unload(
+        self, model_ids: Sequence[str] | None = None, mode: Mode | None = None
+    ) -> list[Key]:
+        """Stop idle runners of *model_ids* (None = every idle runner); busy ones are skipped."""
+        targets = [
+            r
+            for r in list(self._runners.values())
+            if (model_ids is None or r.model_id in model_ids)
+            and (mode is None or r.mode == mode)
+            and r.state is RunnerState.READY
+            and r.in_flight == 0
+        ]
+        stops = [self._stop(r, "unload") for r in targets]
+        await asyncio.gather(*(asyncio.shield(t) for t in stops))
+        return [r.key for r in targets]
+
+    async def reconfigure(self, model_id: str) -> None:
+        """New settings for *model_id*: stop its idle runners now and busy ones once idle."""
+        for key in [k for k in self._failures if k[0] == model_id]:
+            del self._failures[key]
+        stops = []
+        for runner in [r for r in self._runners.values() if r.model_id == model_id]:
+            if runner.state is RunnerState.READY and runner.in_flight == 0:
+                stops.append(self._stop(runner, "reconfigured"))
+            else:
+                runner.stale = True
+        await asyncio.gather(*(asyncio.shield(t) for t in stops))
+
+    # --- queries -------------------------------------------------------------------------------
+
+    async def status(self) -> list[RunnerStatus]:
+        """One row per live runner (loading and ready), with RSS read off the loop."""
+        runners = sorted(self._runners.values(), key=lambda r: (r.model.name, r.mode))
+        rss = await rss_bytes(r.pid for r in runners if r.pid is not None)
+        return [
+            RunnerStatus(
+                model=r.model_id,
+                name=r.model.name,
+                mode=r.mode,
+                pid=r.pid,
+                state=r.state.value,
+                rss_bytes=rss.get(r.pid) if r.pid is not None else None,
+                loaded_since=r.loaded_since,
+                last_used=r.last_used_wall,
+                in_flight=r.in_flight,
+                until=r.expires_at,
+                pinned=r.model.settings.pinned,
+            )
+            for r in runners
+        ]
+
+    def in_use(self, model_id: str) -> bool:
+        """True while a runner of *model_id* is loading or serving a request."""
+        return any(k[0] == model_id for k in self._loads) or any(
+            r.model_id == model_id and r.in_flight > 0 for r in self._runners.values()
+        )
+
+    def runner_log(self, model_id: str, mode: Mode = "completion") -> Path:
+        """The log file of the runner for (model, mode), whether or not it runs now."""
+        return self._config.log_dir / f"{_slug(model_id)}-{mode}.log"
+
+    async def binary(self) -> BinaryInfo:
+        """The llama-server in use, its version and backend (looked up once)."""
+        async with self._binary_lock:
+            if self._binary is None:
+                self._binary = await locate(self._config.llama_server_path, self._env)
+                log.info(
+                    "runner.binary",
+                    path=str(self._binary.path),
+                    version=self._binary.version,
+                    backend=self._binary.backend,
+                )
+            return self._binary
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Unavailable("the model runner is shutting down")
+
+    def _own(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("runner.task_failed", task=t.get_name(), error=repr(t.exception()))
+
+        task.add_done_callback(done)
+        return task
+
+
+def _slug(model_id: str) -> str:
+    algo, _, hexpart = model_id.partition(":")
+    if algo == "sha256" and re.fullmatch(r"[0-9a-f]{12,64}", hexpart):
+        return f"sha256-{hexpart[:12]}"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model_id)[:40]
+    return f"{safe}-{hashlib.sha256(model_id.encode()).hexdigest()[:8]}"
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def _prepare_dirs(run_dir: Path, log_dir: Path) -> Path:
+    """Create the run and log directories; return where runner sockets go (a short path)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "runners").mkdir(exist_ok=True)
+    if len(str(run_dir / "r-0123456789-1000000.sock")) < SOCKET_PATH_MAX:
+        return run_dir
+    # A deep run_dir would overflow sun_path: use a private short directory instead.
+    tag = hashlib.sha256(str(run_dir).encode()).hexdigest()[:8]
+    short = Path(tempfile.gettempdir()) / f"mr-{os.getuid()}-{tag}"
+    short.mkdir(mode=0o700, exist_ok=True)
+    return short
