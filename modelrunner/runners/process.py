@@ -16,6 +16,7 @@ import json
 import os
 import re
 import signal
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -64,13 +65,19 @@ class LogSink:
             self._rotate()
 
     def write(self, chunk: bytes) -> None:
-        if self._file is None:
-            return
-        self._file.write(chunk)
-        self._file.flush()
-        self._size += len(chunk)
-        if self._size >= self.max_bytes:
-            self._rotate()
+        while chunk and self._file is not None:
+            room = self.max_bytes - self._size
+            part = chunk
+            if len(chunk) > room:
+                # Split at the last line end that fits, so files hold whole lines when they can.
+                cut = chunk.rfind(b"\n", 0, max(room, 0)) + 1
+                part = chunk[: cut or max(room, 1)]
+            self._file.write(part)
+            self._file.flush()
+            self._size += len(part)
+            chunk = chunk[len(part) :]
+            if self._size >= self.max_bytes or chunk:
+                self._rotate()
 
     def close(self) -> None:
         if self._file is not None:
@@ -207,19 +214,27 @@ def sweep_leftovers(record_dir: Path, *, grace_s: float = 2.0) -> list[int]:
     return killed
 
 
+def _gone(pid: int, deadline: float) -> bool:
+    """Wait (blocking) until *pid* is dead or a zombie; never reaps it (it is not ours to reap)."""
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+
+
 def _kill_group(pid: int, grace_s: float) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGTERM)
-    try:
-        psutil.Process(pid).wait(timeout=grace_s)
-    except psutil.TimeoutExpired:
+    if not _gone(pid, time.monotonic() + grace_s):
         log.warning("runner.leftover_kill", pid=pid, grace_s=grace_s)
-    except psutil.NoSuchProcess:
-        pass
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-    with contextlib.suppress(psutil.NoSuchProcess, psutil.TimeoutExpired):
-        psutil.Process(pid).wait(timeout=grace_s)
+    _gone(pid, time.monotonic() + 5.0)
     log.info("runner.leftover_killed", pid=pid)
 
 
@@ -296,6 +311,18 @@ class ChildProcess:
 
     def tail(self, n: int | None = None) -> list[str]:
         return self.sink.tail(n)
+
+    async def wait_for_output(self, text: str) -> None:
+        """Return once *text* appears in the output (a child signalling it is ready)."""
+        while not any(text in line for line in self.tail()):
+            if self.exited.done() and self._drain.done():
+                raise ChildFailed(f"exited before printing {text!r}", quote_tail(self.tail()))
+            self._output.clear()
+            waiter = asyncio.create_task(self._output.wait())
+            try:
+                await asyncio.wait({waiter, self._drain}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
 
     async def _drain_output(self) -> None:
         stream = self.proc.stdout
