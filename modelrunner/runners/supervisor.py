@@ -241,7 +241,8 @@ class Supervisor:
                 f"(limit {cfg.max_in_flight}, runners.max_in_flight); retry later",
                 retry_after_s=policy.retry_after_s(runner.in_flight, cfg.max_in_flight),
             )
-        if self._queued[key] >= cfg.max_queue:
+        # The first waiter is always let in (it starts the load), so max_queue=0 stays usable.
+        if self._queued[key] >= max(1, cfg.max_queue):
             self.stats.queue_full += 1
             raise Unavailable(
                 f"{self._queued[key]} requests are already waiting for model {key[0]!r} "

@@ -545,6 +545,16 @@ class TestManagement:
         ]
         assert sup.runner_log("m0", "embedding").exists()
 
+    async def test_a_deep_run_dir_still_gets_a_short_socket_path(
+        self, tmp_path: Path, llama_server_bin: Path, models: Models
+    ) -> None:
+        """AF_UNIX paths are capped near 104 bytes: sockets move to a short private directory."""
+        deep = tmp_path / ("d" * 60) / ("e" * 60) / "run"
+        config = RunnersConfig(llama_server_path=llama_server_bin, run_dir=deep, log_dir=deep)
+        async with Supervisor(config, models) as sup, sup.acquire("m0") as r:
+            assert len(str(r.socket_path)) < 100
+            assert await chat(r)
+
     async def test_binary_reports_path_version_and_backend(
         self, make_supervisor: Factory, llama_server_bin: Path
     ) -> None:
