@@ -388,6 +388,27 @@ class TestFailures:
         async with sup.acquire("m0") as r:  # others are unaffected
             assert await chat(r)
 
+    async def test_out_of_memory_evicts_idle_runners_and_retries_once(
+        self, tmp_path: Path, llama_server_bin: Path, models: Models
+    ) -> None:
+        """A wrapper fails m1's first start as llama-server does when it can't allocate."""
+        wrapper = tmp_path / "llama-server"
+        wrapper.write_text(OOM_WRAPPER.format(python=sys.executable, real=str(llama_server_bin)))
+        wrapper.chmod(0o755)
+        env = {
+            **os.environ,
+            "FAKE_OOM_FOR": str(models.files["m1"].gguf_path),
+            "FAKE_OOM_MARK": str(tmp_path / "oom-once"),
+        }
+        config = RunnersConfig(
+            llama_server_path=wrapper, run_dir=tmp_path / "run", log_dir=tmp_path / "logs"
+        )
+        async with Supervisor(config, models, env=env) as sup:
+            await sup.load("m0")
+            await sup.load("m1")
+            assert set(await loaded(sup)) == {"m1"}
+            assert (sup.stats.evictions, sup.stats.load_failures) == (1, 0)
+
     async def test_a_pinned_model_is_restarted_after_a_crash(
         self, make_supervisor: Factory, models: Models
     ) -> None:
@@ -476,6 +497,16 @@ class TestShutdownAndCleanup:
         finally:
             await sup.aclose()
 
+
+OOM_WRAPPER = """#!{python}
+import os, sys
+target, mark = os.environ["FAKE_OOM_FOR"], os.environ["FAKE_OOM_MARK"]
+if target in sys.argv and not os.path.exists(mark):
+    open(mark, "w").close()
+    print("ggml_backend_cpu_buffer_type_alloc_buffer: failed to allocate buffer of size 99 GiB")
+    sys.exit(1)
+os.execv({real!r}, [{real!r}, *sys.argv[1:]])
+"""
 
 DAEMON_SCRIPT = """
 import asyncio, json, sys
