@@ -244,7 +244,10 @@ async def main() -> int:
             except (ImportError, RunnerFailed, RuntimeError) as e:
                 first = str(e).splitlines()[0]
                 if "-4" in first:
-                    first += " (SIGILL: this llama-server build uses an instruction this CPU lacks)"
+                    first += (
+                        " (SIGILL: this llama-server build runs AVX-VNNI `vpdpbusd` in its Q4_K "
+                        "kernels, which this CPU lacks)"
+                    )
                 notes.append(f"Gemma 3 270M could not be measured on this machine: {first}")
     result = table(rows)
     print(result)

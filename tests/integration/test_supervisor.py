@@ -620,6 +620,8 @@ async def test_gemma_answers_through_a_runner(
             answer = await chat(r, max_tokens=16)
     except RunnerFailed as e:
         if "exit code -4" in e.message:  # SIGILL: the binary, not us (see the error's log tail)
-            pytest.skip(f"this llama-server build hits an illegal instruction on this CPU: {e}")
+            pytest.skip(
+                f"this llama-server build needs AVX-VNNI (vpdpbusd), which this CPU lacks: {e}"
+            )
         raise
     assert answer.strip()
