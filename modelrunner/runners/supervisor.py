@@ -215,8 +215,7 @@ class Supervisor:
         block: an error inside the block becomes RunnerFailed with the runner's log tail).
         """
         runner = await self._admit((model_id, mode))
-        if keep_alive_s is not None:
-            runner.keep_alive_s = keep_alive_s
+        runner.keep_alive_s = keep_alive_s  # Ollama: each request's keep_alive (or none) wins
         try:
             yield runner
         except Exception as e:
@@ -274,9 +273,19 @@ class Supervisor:
                     return self._take(runner)
                 await self._changed.wait()  # queued behind the in-flight limit
                 continue
-            load = self._loads.get(key) or self._start_load(key)
-            # The shield: a waiter that is cancelled (client gone) leaves the load running.
+            await self._join(self._loads.get(key) or self._start_load(key))
+
+    async def _join(self, load: asyncio.Task[Runner]) -> None:
+        """Wait for a load without owning it: a waiter that is cancelled (client gone) leaves the
+        load running; a load cancelled by shutdown is an Unavailable, not the caller's cancel."""
+        try:
             await asyncio.shield(load)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if load.cancelled() and task is not None and not task.cancelling():
+                self._check_open()
+                return  # cancelled for another reason: the caller looks again
+            raise
 
     def _take(self, runner: Runner) -> Runner:
         runner.in_flight += 1
@@ -633,8 +642,7 @@ class Supervisor:
             if runner.in_flight == 0:
                 self._arm_idle(runner)
             return
-        load = self._loads.get(key) or self._start_load(key)
-        await asyncio.shield(load)
+        await self._join(self._loads.get(key) or self._start_load(key))
 
     async def preload(self, model_ids: Iterable[str], *, wait: bool = False) -> None:
         """Start loading *model_ids* in the background (the config's preload list)."""

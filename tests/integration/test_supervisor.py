@@ -452,7 +452,7 @@ class TestShutdownAndCleanup:
         waiter = asyncio.create_task(sup.load("m0"))
         await asyncio.sleep(0)
         await sup.aclose()
-        with pytest.raises(asyncio.CancelledError):
+        with pytest.raises(Unavailable, match="shutting down"):
             await waiter
 
     async def test_leftovers_of_a_killed_daemon_are_cleaned_by_the_next_start(
