@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import psutil
 import pytest
+from structlog.testing import capture_logs
 
 from modelrunner.config import ModelSettings, RunnersConfig
 from modelrunner.errors import BinaryNotFound, RunnerFailed, TooManyRequests, Unavailable
@@ -387,6 +388,28 @@ class TestFailures:
         assert await sup.status() == []
         async with sup.acquire("m0") as r:  # others are unaffected
             assert await chat(r)
+
+    async def test_every_waiter_of_a_failed_load_gets_the_error_and_crashes_back_off(
+        self, make_supervisor: Factory, models: Models, tmp_path: Path
+    ) -> None:
+        bad = tmp_path / "corrupt.gguf"
+        bad.write_bytes(b"GGUF" + os.urandom(256))
+        models.files["bad"] = replace(models.files["m0"], id="bad", name="test/bad", gguf_path=bad)
+        sup = await make_supervisor(crash_backoff_s=0.05)
+
+        async def request() -> None:
+            async with sup.acquire("bad"):
+                pass
+
+        results = await asyncio.gather(*(request() for _ in range(5)), return_exceptions=True)
+        assert all(isinstance(r, RunnerFailed) for r in results)
+        assert sup.stats.load_failures == 1  # one process for all five
+        with capture_logs() as logs:
+            for _ in range(2):
+                with pytest.raises(RunnerFailed):
+                    await request()
+        backoffs = [e["delay_s"] for e in logs if e["event"] == "runner.backoff"]
+        assert backoffs == [0.05]  # the third failure in a row waits; the second did not
 
     async def test_out_of_memory_evicts_idle_runners_and_retries_once(
         self, tmp_path: Path, llama_server_bin: Path, models: Models
