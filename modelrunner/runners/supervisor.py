@@ -15,11 +15,8 @@ import contextlib
 import hashlib
 import itertools
 import os
-import re
-import tempfile
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,92 +37,23 @@ from modelrunner.runners.locate import BinaryInfo, locate
 from modelrunner.runners.memory import estimate_bytes, rss_bytes, total_memory_bytes
 from modelrunner.runners.model import Mode, ModelFiles, ResolveFn
 from modelrunner.runners.process import ChildFailed, ChildProcess, LogSink, is_oom, sweep_leftovers
-from modelrunner.runners.state import Event, RunnerState, next_state
+from modelrunner.runners.runner import (
+    Changed,
+    Key,
+    Runner,
+    RunnerStatus,
+    SupervisorStats,
+    gib,
+    prepare_dirs,
+    slug,
+)
+from modelrunner.runners.state import Event, RunnerState
+
+__all__ = ["BinaryInfo", "Runner", "RunnerStatus", "Supervisor", "SupervisorStats"]
 
 log = structlog.get_logger(__name__)
 
-Key = tuple[str, Mode]
-SOCKET_PATH_MAX = 100  # AF_UNIX sun_path is 104 (macOS) / 108 (Linux) bytes, NUL included
 CRASH_WAIT_S = 2.0  # how long a failed request waits to learn whether its runner died
-
-
-@dataclass(slots=True)
-class SupervisorStats:
-    """Counters for /metrics."""
-
-    loads: int = 0
-    load_failures: int = 0
-    evictions: int = 0
-    crashes: int = 0
-    rate_limited: int = 0
-    queue_full: int = 0
-    queue_timeouts: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class RunnerStatus:
-    """One row of ``ps``; times are unix seconds."""
-
-    model: str
-    name: str
-    mode: Mode
-    pid: int | None
-    state: str
-    rss_bytes: int | None
-    loaded_since: float | None
-    last_used: float | None
-    in_flight: int
-    until: float | None  # when the idle TTL unloads it; None = loading, busy or never
-    pinned: bool
-
-
-class Runner:
-    """One llama-server instance as the supervisor sees it; what ``acquire`` hands out."""
-
-    def __init__(self, key: Key, files: ModelFiles, socket_path: Path, log_path: Path) -> None:
-        self.key = key
-        self.model_id, self.mode = key
-        self.model = files
-        self.socket_path = socket_path
-        self.log_path = log_path
-        self.state = RunnerState.STOPPED
-        self.child: ChildProcess | None = None
-        self.need_bytes = 0
-        self.in_flight = 0
-        self.last_used = time.monotonic()
-        self.last_used_wall: float | None = None
-        self.loaded_since: float | None = None
-        self.ready_at: float | None = None
-        self.keep_alive_s: float | None = None  # the latest request's keep_alive wins
-        self.expires_at: float | None = None
-        self.idle_handle: asyncio.TimerHandle | None = None
-        self.stale = False  # settings changed: stop once idle
-        self.stop_task: asyncio.Task[None] | None = None
-        self.failure: RunnerFailed | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self.child.pid if self.child is not None else None
-
-    def move(self, event: Event) -> None:
-        self.state = next_state(self.state, event, f"{self.model.name} ({self.mode})")
-
-    def __repr__(self) -> str:
-        return f"<Runner {self.model.name} {self.mode} {self.state.value} pid={self.pid}>"
-
-
-class _Changed:
-    """Wake everyone waiting for "something changed" (a release, a stop, a load's end)."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-
-    def notify(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
-
-    async def wait(self) -> None:
-        await self._event.wait()
 
 
 class Supervisor:
@@ -149,7 +77,7 @@ class Supervisor:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._queued: collections.Counter[Key] = collections.Counter()
         self._failures: dict[Key, int] = {}
-        self._changed = _Changed()
+        self._changed = Changed()
         self._binary: BinaryInfo | None = None
         self._binary_lock = asyncio.Lock()
         self._start_lock = asyncio.Lock()
@@ -169,7 +97,7 @@ class Supervisor:
             if self._started:
                 return
             cfg = self._config
-            self._socket_dir = await asyncio.to_thread(_prepare_dirs, cfg.run_dir, cfg.log_dir)
+            self._socket_dir = await asyncio.to_thread(prepare_dirs, cfg.run_dir, cfg.log_dir)
             killed = await asyncio.to_thread(
                 sweep_leftovers, self._record_dir, grace_s=min(cfg.stop_grace_s, 5.0)
             )
@@ -419,8 +347,8 @@ class Supervisor:
                         break
                     if plan.blocked == "too_big":
                         raise Unavailable(
-                            f"model {runner.model.name!r} needs about {_gib(runner.need_bytes)} "
-                            f"but the memory budget is {_gib(self._budget_bytes or 0)} "
+                            f"model {runner.model.name!r} needs about {gib(runner.need_bytes)} "
+                            f"but the memory budget is {gib(self._budget_bytes or 0)} "
                             "(runners.memory_fraction); lower its context size or raise the budget"
                         )
                     if plan.blocked == "pinned":
@@ -719,7 +647,7 @@ class Supervisor:
 
     def runner_log(self, model_id: str, mode: Mode = "completion") -> Path:
         """The log file of the runner for (model, mode), whether or not it runs now."""
-        return self._config.log_dir / f"{_slug(model_id)}-{mode}.log"
+        return self._config.log_dir / f"{slug(model_id)}-{mode}.log"
 
     async def binary(self) -> BinaryInfo:
         """The llama-server in use, its version and backend (looked up once)."""
@@ -751,29 +679,3 @@ class Supervisor:
 
         task.add_done_callback(done)
         return task
-
-
-def _slug(model_id: str) -> str:
-    algo, _, hexpart = model_id.partition(":")
-    if algo == "sha256" and re.fullmatch(r"[0-9a-f]{12,64}", hexpart):
-        return f"sha256-{hexpart[:12]}"
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model_id)[:40]
-    return f"{safe}-{hashlib.sha256(model_id.encode()).hexdigest()[:8]}"
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB"
-
-
-def _prepare_dirs(run_dir: Path, log_dir: Path) -> Path:
-    """Create the run and log directories; return where runner sockets go (a short path)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "runners").mkdir(exist_ok=True)
-    if len(str(run_dir / "r-0123456789-1000000.sock")) < SOCKET_PATH_MAX:
-        return run_dir
-    # A deep run_dir would overflow sun_path: use a private short directory instead.
-    tag = hashlib.sha256(str(run_dir).encode()).hexdigest()[:8]
-    short = Path(tempfile.gettempdir()) / f"mr-{os.getuid()}-{tag}"
-    short.mkdir(mode=0o700, exist_ok=True)
-    return short

@@ -26,7 +26,8 @@ from modelrunner.errors import BinaryNotFound, RunnerFailed, TooManyRequests, Un
 from modelrunner.runners.locate import locate
 from modelrunner.runners.memory import estimate_bytes
 from modelrunner.runners.model import ModelFiles
-from modelrunner.runners.supervisor import Runner, Supervisor
+from modelrunner.runners.runner import Runner
+from modelrunner.runners.supervisor import Supervisor
 
 pytestmark = pytest.mark.llama
 
