@@ -155,11 +155,11 @@ class Supervisor:
             self._release(runner)
 
     async def _admit(self, key: Key) -> Runner:
-        await self.start()
         self._check_open()
+        await self.start()
         cfg = self._config
-        runner = self._runners.get(key)
-        if runner is not None and runner.state is RunnerState.READY:
+        runner = self._ready(key)
+        if runner is not None:
             if runner.in_flight < cfg.max_in_flight:
                 return self._take(runner)
             self.stats.rate_limited += 1
@@ -195,8 +195,8 @@ class Supervisor:
     async def _wait_for_runner(self, key: Key) -> Runner:
         while True:
             self._check_open()
-            runner = self._runners.get(key)
-            if runner is not None and runner.state is RunnerState.READY:
+            runner = self._ready(key)
+            if runner is not None:
                 if runner.in_flight < self._config.max_in_flight:
                     return self._take(runner)
                 await self._changed.wait()  # queued behind the in-flight limit
@@ -214,6 +214,14 @@ class Supervisor:
                 self._check_open()
                 return  # cancelled for another reason: the caller looks again
             raise
+
+    def _ready(self, key: Key) -> Runner | None:
+        """The key's runner if it is ready and its process alive (a dead one is a crash)."""
+        runner = self._runners.get(key)
+        if runner is not None and runner.child is not None and runner.child.exited.done():
+            self._mark_crashed(runner)
+            runner = self._runners.get(key)
+        return runner if runner is not None and runner.state is RunnerState.READY else None
 
     def _take(self, runner: Runner) -> Runner:
         runner.in_flight += 1
@@ -233,10 +241,7 @@ class Supervisor:
             and self._runners.get(runner.key) is runner
             and runner.state is RunnerState.READY
         ):
-            if runner.stale:
-                self._stop(runner, "reconfigured")
-            else:
-                self._arm_idle(runner)
+            self._arm_idle(runner)
         self._changed.notify()
 
     async def _crash_error(self, runner: Runner, error: Exception) -> RunnerFailed | None:
@@ -253,6 +258,7 @@ class Supervisor:
                     await asyncio.shield(child.exited)
         if not child.exited.done() or runner.stop_task is not None:
             return None  # alive, or stopped on purpose (shutdown, unload)
+        self._mark_crashed(runner)
         if runner.failure is None:
             failed = await child.failure("crashed while serving")
             runner.failure = self._runner_failed(runner, failed)
@@ -291,6 +297,9 @@ class Supervisor:
             argv = build_argv(binary.path, files, mode, runner.socket_path, cfg)
             await self._reserve(runner)
             try:
+                # At most max_loaded processes: let the victims (and any other stop) exit first.
+                if self._stops:
+                    await asyncio.gather(*(asyncio.shield(t) for t in list(self._stops)))
                 await self._spawn(runner, argv)
                 return runner
             except ChildFailed as e:
@@ -363,9 +372,6 @@ class Supervisor:
                 f"no room to load model {runner.model.name!r}: every loaded runner stayed busy for "
                 f"{cfg.queue_timeout_s:g}s (runners.max_loaded={cfg.max_loaded}); retry later"
             ) from None
-        # At most max_loaded processes: wait for the victims (and any other stop) to exit.
-        if self._stops:
-            await asyncio.gather(*(asyncio.shield(t) for t in list(self._stops)))
 
     async def _spawn(self, runner: Runner, argv: list[str]) -> None:
         cfg = self._config
@@ -445,25 +451,39 @@ class Supervisor:
     # --- crashes, idle, stops ------------------------------------------------------------------
 
     async def _watch(self, runner: Runner) -> None:
-        """Notice a runner that exits without being asked: fail it, forget it, maybe restart."""
+        """Notice a runner that exits without being asked."""
         child = runner.child
         if child is None:
             return
         await asyncio.shield(child.exited)
-        if runner.state is not RunnerState.READY:
-            return  # we stopped it
+        self._mark_crashed(runner)
+
+    def _mark_crashed(self, runner: Runner) -> None:
+        """Commit a crash at once (whoever notices first): out of the maps, counted, backoff.
+
+        The cleanup that needs awaiting is owned like a stop: shutdown awaits, never cancels it.
+        """
+        if runner.state is not RunnerState.READY or runner.child is None:
+            return  # stopped on purpose, or already handled
         runner.move(Event.CRASH)
         self.stats.crashes += 1
         if self._runners.get(runner.key) is runner:
             del self._runners[runner.key]
         if runner.idle_handle is not None:
             runner.idle_handle.cancel()
+            runner.idle_handle = None
         ready_for = time.monotonic() - (runner.ready_at or 0.0)
         recent = ready_for < self._config.crash_backoff_max_s
         self._failures[runner.key] = (self._failures.get(runner.key, 0) if recent else 0) + 1
         self._changed.notify()
+        task = asyncio.create_task(self._after_crash(runner, runner.child), name="crashed")
+        self._stops.add(task)
+        task.add_done_callback(self._stops.discard)
+
+    async def _after_crash(self, runner: Runner, child: ChildProcess) -> None:
         failed = await child.failure("crashed while serving")
-        runner.failure = self._runner_failed(runner, failed)
+        if runner.failure is None:
+            runner.failure = self._runner_failed(runner, failed)
         log.error(
             "runner.crashed",
             model=runner.model.name,
@@ -480,13 +500,23 @@ class Supervisor:
     async def _restart(self, key: Key) -> None:
         """Bring a pinned model back after a crash; backoff grows inside each load."""
         while not self._closed:
+            abandon = None
             try:
                 await self.load(*key)
                 return
-            except ModelRunnerError as e:
+            except RunnerFailed as e:
                 log.warning("runner.restart_failed", model=key[0], mode=key[1], error=e.message)
+            except ModelRunnerError as e:  # gone from the store, bad settings: not a crash loop
+                abandon = e.message
+            if abandon is not None:
+                log.error("runner.restart_abandoned", model=key[0], mode=key[1], error=abandon)
+                return
 
     def _arm_idle(self, runner: Runner) -> None:
+        """Start the idle clock of a runner with nothing in flight (or stop it right away)."""
+        if runner.stale:
+            self._stop(runner, "reconfigured")
+            return
         if runner.idle_handle is not None:
             runner.idle_handle.cancel()
             runner.idle_handle = None
@@ -561,8 +591,8 @@ class Supervisor:
 
     async def load(self, model_id: str, mode: Mode = "completion") -> None:
         """Load a model now (or join its load) without sending it a request."""
-        await self.start()
         self._check_open()
+        await self.start()
         key = (model_id, mode)
         runner = self._runners.get(key)
         if runner is not None and runner.state is RunnerState.READY:
