@@ -311,6 +311,7 @@ class TestAdmission:
 
     async def test_nothing_evictable_waits_then_503(self, make_supervisor: Factory) -> None:
         sup = await make_supervisor(max_loaded=1, queue_timeout_s=0.3)
+        await sup.load("m0")  # not under the short queue timeout, whatever the machine's load
         async with sup.acquire("m0"):
             with pytest.raises(Unavailable, match="retry later"):
                 async with sup.acquire("m1"):
