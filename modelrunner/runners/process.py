@@ -104,8 +104,9 @@ class LogSink:
         self._partial = lines.pop()
         self._tail.extend(line.rstrip("\r") for line in lines)
 
-    def tail(self, n: int | None = None) -> list[str]:
-        lines = list(self._tail) + ([self._partial] if self._partial else [])
+    def tail(self, n: int | None = None, *, complete: bool = False) -> list[str]:
+        """The last lines; with *complete*, only those already ended by a newline."""
+        lines = list(self._tail) + ([self._partial] if self._partial and not complete else [])
         return lines if n is None else lines[-n:]
 
 
@@ -313,8 +314,8 @@ class ChildProcess:
         return self.sink.tail(n)
 
     async def wait_for_output(self, text: str) -> None:
-        """Return once *text* appears in the output (a child signalling it is ready)."""
-        while not any(text in line for line in self.tail()):
+        """Return once a complete line of output contains *text* (a child signalling readiness)."""
+        while not any(text in line for line in self.sink.tail(complete=True)):
             if self.exited.done() and self._drain.done():
                 raise ChildFailed(f"exited before printing {text!r}", quote_tail(self.tail()))
             self._output.clear()

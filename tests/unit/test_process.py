@@ -30,6 +30,18 @@ def python(code: str) -> list[str]:
     return [sys.executable, "-u", "-c", "import sys, signal, time, os, socket; " + code]
 
 
+async def wait_dead(pid: int, timeout_s: float = 5.0) -> None:
+    """Deadline-bounded wait for an external process to be gone (or a zombie)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            try:
+                if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                    return
+            except psutil.NoSuchProcess:
+                return
+            await asyncio.sleep(0.01)
+
+
 def sink(tmp_path: Path, **kw: int) -> LogSink:
     opts = {"max_bytes": 1 << 20, "backups": 2, "tail_lines": 50} | kw
     return LogSink(tmp_path / "logs" / "child.log", **opts)
@@ -75,12 +87,12 @@ class TestTerminate:
             "'import time; time.sleep(60)']); print('child', p.pid); time.sleep(60)"
         )
         child = await spawn(tmp_path, code)
-        await asyncio.wait_for(child.wait_for_output("child "), 10)
-        grandchild = int(next(x for x in child.tail() if x.startswith("child ")).split()[1])
-        await child.terminate(grace_s=5)
-        assert not psutil.pid_exists(grandchild) or (
-            psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
-        )
+        try:
+            await asyncio.wait_for(child.wait_for_output("child "), 10)
+            grandchild = int(next(x for x in child.tail() if x.startswith("child ")).split()[1])
+        finally:
+            await child.terminate(grace_s=5)
+        await wait_dead(grandchild)  # the signal went to the whole group
 
 
 class TestWaitReady:
