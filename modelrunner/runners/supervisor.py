@@ -74,6 +74,7 @@ class Supervisor:
         # Not a TaskGroup: one failed load must not cancel the other models' loads.
         self._loads: dict[Key, asyncio.Task[Runner]] = {}
         self._stops: set[asyncio.Task[None]] = set()
+        self._stopping: set[Runner] = set()  # shown by status() until reaped
         self._tasks: set[asyncio.Task[Any]] = set()
         self._queued: collections.Counter[Key] = collections.Counter()
         self._failures: dict[Key, int] = {}
@@ -574,6 +575,7 @@ class Supervisor:
             log.info("runner.stopping", model=runner.model.name, mode=runner.mode, reason=reason)
         if reason in ("idle", "lru", "memory", "unload", "keep_alive"):
             self._failures.pop(runner.key, None)  # it served and left cleanly
+        self._stopping.add(runner)
         task = asyncio.create_task(self._finish_stop(runner), name=f"stop {runner.pid}")
         runner.stop_task = task
         self._stops.add(task)
@@ -582,10 +584,13 @@ class Supervisor:
         return task
 
     async def _finish_stop(self, runner: Runner) -> None:
-        if runner.child is not None:
-            await runner.child.terminate(grace_s=self._config.stop_grace_s)
-        runner.move(Event.EXITED)
-        self._changed.notify()
+        try:
+            if runner.child is not None:
+                await runner.child.terminate(grace_s=self._config.stop_grace_s)
+            runner.move(Event.EXITED)
+        finally:
+            self._stopping.discard(runner)
+            self._changed.notify()
 
     # --- explicit management -------------------------------------------------------------------
 
@@ -649,8 +654,10 @@ class Supervisor:
     # --- queries -------------------------------------------------------------------------------
 
     async def status(self) -> list[RunnerStatus]:
-        """One row per live runner (loading and ready), with RSS read off the loop."""
-        runners = sorted(self._runners.values(), key=lambda r: (r.model.name, r.mode))
+        """One row per runner (loading, ready, stopping), with RSS read off the loop."""
+        runners = sorted(
+            [*self._runners.values(), *self._stopping], key=lambda r: (r.model.name, r.mode)
+        )
         rss = await rss_bytes(r.pid for r in runners if r.pid is not None)
         return [
             RunnerStatus(

@@ -212,7 +212,12 @@ class TestIdle:
         sup = await make_supervisor()
         async with sup.acquire("m0", keep_alive_s=0) as r:
             await chat(r)
-        assert await sup.status() == []
+        assert [row.state for row in await sup.status()] == ["stopping"]  # decided at once
+
+        async def unloaded() -> bool:
+            return not await sup.status()
+
+        await eventually(unloaded)
 
     async def test_keep_alive_minus_one_never_expires(self, make_supervisor: Factory) -> None:
         sup = await make_supervisor(idle_ttl_s=0.01)
