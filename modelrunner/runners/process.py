@@ -382,19 +382,21 @@ class ChildProcess:
 
     async def _poll(self, session: aiohttp.ClientSession) -> str:
         """One health check: the status code as text, or why there was none."""
-        poll = asyncio.ensure_future(session.get("http://localhost/health"))
-        done, _ = await asyncio.wait({poll, self.exited}, return_when=asyncio.FIRST_COMPLETED)
-        if poll not in done:
-            poll.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError, OSError):
-                await poll
-            return "exited"
+
+        async def get() -> str:
+            try:
+                async with session.get("http://localhost/health") as resp:
+                    await resp.read()
+                    return str(resp.status)
+            except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                return type(e).__name__
+
+        poll = asyncio.create_task(get())
         try:
-            async with poll.result() as resp:
-                await resp.read()
-                return str(resp.status)
-        except (aiohttp.ClientError, OSError, TimeoutError) as e:
-            return type(e).__name__
+            await asyncio.wait({poll, self.exited}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            poll.cancel()  # a no-op once done; else the child exited first, or we are cancelled
+        return poll.result() if poll.done() and not poll.cancelled() else "exited"
 
     def _exit_error(self, what: str) -> ChildFailed:
         lines = self.tail()
