@@ -22,7 +22,13 @@ import pytest
 from structlog.testing import capture_logs
 
 from modelrunner.config import ModelSettings, RunnersConfig
-from modelrunner.errors import BinaryNotFound, RunnerFailed, TooManyRequests, Unavailable
+from modelrunner.errors import (
+    BinaryNotFound,
+    ModelNotFound,
+    RunnerFailed,
+    TooManyRequests,
+    Unavailable,
+)
 from modelrunner.runners.locate import locate
 from modelrunner.runners.memory import estimate_bytes
 from modelrunner.runners.model import ModelFiles
@@ -57,6 +63,8 @@ class Models:
     async def __call__(self, model_id: str) -> ModelFiles:
         if self.gate is not None:
             await self.gate.wait()
+        if model_id not in self.files:
+            raise ModelNotFound(model_id)
         return self.files[model_id]
 
 
@@ -591,6 +599,31 @@ class TestManagement:
             assert r.pid is not None
             argv = psutil.Process(r.pid).cmdline()
         assert argv[argv.index("--ctx-size") + 1] == "256"
+
+    async def test_reconfigure_of_a_busy_runner_waits_for_it_to_go_idle(
+        self, make_supervisor: Factory, models: Models
+    ) -> None:
+        sup = await make_supervisor()
+        async with sup.acquire("m0") as r:
+            models.add("m0", seed=0, context_size=256)
+            await sup.reconfigure("m0")
+            assert await chat(r)  # the busy runner keeps serving
+        assert [row.state for row in await sup.status()] == ["stopping"]
+        async with sup.acquire("m0") as r2:
+            assert r2.pid is not None
+            assert r2.pid != r.pid
+            argv = psutil.Process(r2.pid).cmdline()
+        assert argv[argv.index("--ctx-size") + 1] == "256"
+
+    async def test_an_unknown_model_fails_with_the_resolvers_error_and_leaves_nothing(
+        self, make_supervisor: Factory
+    ) -> None:
+        sup = await make_supervisor()
+        with pytest.raises(ModelNotFound):
+            async with sup.acquire("nope"):
+                pass
+        assert await sup.status() == []
+        assert not sup.in_use("nope")
 
     async def test_preload_and_embedding_mode_are_separate_runners(
         self, make_supervisor: Factory
