@@ -338,7 +338,7 @@ class Supervisor:
                             key=r.key,
                             need_bytes=r.need_bytes,
                             last_used=r.last_used,
-                            busy=r.in_flight > 0 or r.state is not RunnerState.READY,
+                            busy=self._busy(r),
                             pinned=r.model.settings.pinned,
                         )
                         for r in self._runners.values()
@@ -429,11 +429,21 @@ class Supervisor:
             failures=self._failures[runner.key],
         )
 
+    def _busy(self, runner: Runner) -> bool:
+        """Not evictable: serving, loading, or just loaded with requests queued to take it.
+
+        The last case matters: without it two models under max_loaded=1 can evict each other
+        between "load done" and "waiters take the runner", forever.
+        """
+        return (
+            runner.in_flight > 0
+            or runner.state is not RunnerState.READY
+            or self._queued[runner.key] > 0
+        )
+
     def _oom_victims(self) -> list[Runner]:
         loaded = [
-            policy.Loaded(
-                r.key, r.need_bytes, r.last_used, r.in_flight > 0, r.model.settings.pinned
-            )
+            policy.Loaded(r.key, r.need_bytes, r.last_used, self._busy(r), r.model.settings.pinned)
             for r in self._runners.values()
             if r.state is RunnerState.READY
         ]

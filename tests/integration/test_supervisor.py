@@ -331,6 +331,20 @@ class TestAdmission:
                     pass
         assert sup.stats.queue_timeouts == 1
 
+    async def test_two_models_racing_for_one_slot_do_not_evict_each_other_before_use(
+        self, make_supervisor: Factory
+    ) -> None:
+        """A fresh runner with requests queued for it is not a victim: no load thrashing."""
+        sup = await make_supervisor(max_loaded=1)
+
+        async def request(model: str) -> str:
+            async with sup.acquire(model) as r:
+                return await chat(r)
+
+        answers = await asyncio.gather(*(request(m) for m in ["m0", "m1"] * 3))
+        assert all(answers)
+        assert sup.stats.loads == 2  # before the fix: dozens of loads, then a timeout
+
     async def test_a_busy_runner_is_not_evicted_the_load_waits_for_it(
         self, make_supervisor: Factory
     ) -> None:
