@@ -1,0 +1,203 @@
+"""Hostile input: every bad request gets a 4xx with a JSON error, and the daemon keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+import pytest
+
+from tests.reliability.conftest import Target
+
+BAD_REFERENCES = [
+    "..",
+    "../../etc/passwd",
+    "ai/../../../etc/passwd",
+    "/etc/passwd",
+    "ai//smollm2",
+    "ai/smollm2\x00evil",
+    "a" * 5000,
+    "AI/SmolLM2",
+    "ai/smöllm2",
+    "ai/😀",
+    "ai/smollm2:" + "t" * 300,
+    "sha256:" + "0" * 63,
+    " ",
+    "ai/smollm2@sha256:zz",
+]
+
+OPENAI_PATHS = [
+    "/engines/llama.cpp/v1/chat/completions",
+    "/engines/v1/completions",
+    "/v1/embeddings",
+]
+
+
+def deep(n: int) -> str:
+    return "[" * n + "]" * n
+
+
+BAD_BODIES: list[tuple[str, bytes]] = [
+    ("malformed", b"{"),
+    ("not-json", b"hello"),
+    ("trailing", b'{"model": "x"} garbage'),
+    ("array", b"[1, 2]"),
+    ("null", b"null"),
+    ("number", b"12"),
+    ("model-int", b'{"model": 12}'),
+    ("model-null", b'{"model": null}'),
+    ("model-list", b'{"model": ["a"]}'),
+    ("model-obj", b'{"model": {"a": 1}}'),
+    ("no-model", b'{"messages": []}'),
+    ("empty-model", b'{"model": ""}'),
+    ("deep", ('{"model": "x", "a": ' + deep(100_000) + "}").encode()),
+    ("bad-utf8", b'{"model": "\xff\xfe"}'),
+    ("nul", b'{"model": "a\\u0000b"}'),
+]
+
+MANAGEMENT_BODIES: list[tuple[str, str, bytes]] = [
+    ("POST", "/models/create", b"{"),
+    ("POST", "/models/create", b'{"from": 3}'),
+    ("POST", "/models/create", b'{"from": ""}'),
+    ("POST", "/models/create", b'{"from": "../../x"}'),
+    ("POST", "/engines/unload", b'{"models": "notalist"}'),
+    ("POST", "/engines/unload", b'{"all": "yes"}'),
+    ("POST", "/engines/_configure", b'{"model": "ai/x", "context-size": "big"}'),
+    ("POST", "/engines/_configure", b'{"model": "ai/x", "runtime-flags": "--x"}'),
+    ("POST", "/engines/_configure", b'{"model": "ai/x", "runtime-flags": ["--rpc", "h:1"]}'),
+    ("POST", "/engines/_configure", b"[]"),
+]
+
+
+@pytest.fixture
+async def http(target: Target) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(
+        base_url=target.base_url, timeout=aiohttp.ClientTimeout(total=30)
+    ) as session:
+        yield session
+
+
+async def assert_json_4xx(resp: aiohttp.ClientResponse, what: str) -> None:
+    body = await resp.read()
+    assert 400 <= resp.status < 500, f"{what}: {resp.status} {body[:300]!r}"
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        pytest.fail(f"{what}: error body is not JSON: {body[:300]!r}")
+    assert isinstance(payload, dict), f"{what}: {payload!r}"
+    assert "error" in payload, f"{what}: {payload!r}"
+
+
+async def assert_alive(http: aiohttp.ClientSession) -> None:
+    async with http.get("/models") as resp:
+        assert resp.status == 200
+
+
+@pytest.mark.parametrize("ref", BAD_REFERENCES, ids=range(len(BAD_REFERENCES)))
+async def test_bad_model_reference_in_paths(http: aiohttp.ClientSession, ref: str) -> None:
+    """A hostile reference in a path is a JSON 4xx, never a file outside the store."""
+    quoted = quote(ref, safe="")
+    for method, path in [
+        ("GET", f"/models/{quoted}"),
+        ("DELETE", f"/models/{quoted}"),
+        ("POST", f"/models/{quoted}/tag?repo=x/y&tag=z"),
+        ("POST", f"/models/{quoted}/push"),
+        ("GET", f"/engines/v1/models/{quoted}"),
+    ]:
+        async with http.request(method, path) as resp:
+            await assert_json_4xx(resp, f"{method} {ref!r}")
+    await assert_alive(http)
+
+
+@pytest.mark.parametrize("ref", BAD_REFERENCES, ids=range(len(BAD_REFERENCES)))
+async def test_bad_model_reference_in_bodies(http: aiohttp.ClientSession, ref: str) -> None:
+    """A hostile reference as `model` or `from` is a JSON 4xx."""
+    for path in OPENAI_PATHS:
+        async with http.post(path, json={"model": ref, "prompt": "x", "input": "x"}) as resp:
+            await assert_json_4xx(resp, f"{path} {ref!r}")
+    async with http.post("/models/create", json={"from": ref}) as resp:
+        await assert_json_4xx(resp, f"create {ref!r}")
+    await assert_alive(http)
+
+
+@pytest.mark.parametrize(("label", "body"), BAD_BODIES, ids=[b[0] for b in BAD_BODIES])
+async def test_bad_openai_bodies(http: aiohttp.ClientSession, label: str, body: bytes) -> None:
+    """Malformed, deep or mistyped JSON on OpenAI routes is a 4xx with OpenAI's error shape."""
+    for path in OPENAI_PATHS:
+        headers = {"Content-Type": "application/json"}
+        async with http.post(path, data=body, headers=headers) as resp:
+            await assert_json_4xx(resp, f"{path} {label}")
+    await assert_alive(http)
+
+
+@pytest.mark.parametrize(("method", "path", "body"), MANAGEMENT_BODIES)
+async def test_bad_management_bodies(
+    http: aiohttp.ClientSession, method: str, path: str, body: bytes
+) -> None:
+    """Malformed or mistyped bodies on management routes are a JSON 4xx."""
+    headers = {"Content-Type": "application/json"}
+    async with http.request(method, path, data=body, headers=headers) as resp:
+        await assert_json_4xx(resp, f"{path} {body!r}")
+    await assert_alive(http)
+
+
+async def test_body_over_the_limit_is_413(http: aiohttp.ClientSession) -> None:
+    """A body over max_body_bytes (10 MiB by default) is 413, streamed in without being kept."""
+    big = b'{"model": "ai/x", "prompt": "' + b"a" * (11 * 1024 * 1024) + b'"}'
+    for path in ["/engines/v1/completions", "/models/create", "/engines/_configure"]:
+        async with http.post(path, data=big, headers={"Content-Type": "application/json"}) as resp:
+            assert resp.status == 413, f"{path}: {resp.status}"
+            await assert_json_4xx(resp, path)
+    await assert_alive(http)
+
+
+async def test_huge_header_is_4xx(http: aiohttp.ClientSession) -> None:
+    """An absurd header (1 MiB) is refused with a 4xx; the daemon keeps answering."""
+    try:
+        async with http.get("/models", headers={"X-Big": "a" * (1024 * 1024)}) as resp:
+            assert 400 <= resp.status < 500
+    except aiohttp.ClientError:
+        pass  # the server may close the connection on a header it will not parse
+    await assert_alive(http)
+
+
+async def test_many_headers_is_4xx(http: aiohttp.ClientSession) -> None:
+    """Thousands of headers are refused; the daemon keeps answering."""
+    headers = {f"X-H{i}": "v" for i in range(5000)}
+    try:
+        async with http.get("/models", headers=headers) as resp:
+            assert 400 <= resp.status < 500
+    except aiohttp.ClientError:
+        pass
+    await assert_alive(http)
+
+
+async def test_slow_bodies_do_not_block_others(target: Target, http: aiohttp.ClientSession) -> None:
+    """Slowloris clients trickling bodies hold no lock: others are served meanwhile, and the
+    trickler is eventually answered or cut (bounded by this test's own timeout)."""
+    parts = urlsplit(target.base_url)
+    assert parts.hostname
+    assert parts.port
+    writers = []
+    for _ in range(20):
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        writer.write(
+            b"POST /engines/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{"
+        )
+        await writer.drain()
+        writers.append((reader, writer))
+    try:
+        for _ in range(10):
+            await assert_alive(http)
+            for _, writer in writers:
+                writer.write(b" ")
+                await writer.drain()
+    finally:
+        for _, writer in writers:
+            writer.close()
+            await writer.wait_closed()
+    await assert_alive(http)
