@@ -1,0 +1,98 @@
+"""Security: socket mode, loopback-only TCP, CORS, and no file access outside the store."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import psutil
+import pytest
+
+from tests.reliability.conftest import Target
+
+
+def daemon_pid(handle: Any) -> int:
+    for attr in ("pid",):
+        if isinstance(getattr(handle, attr, None), int):
+            return int(getattr(handle, attr))
+    proc = getattr(handle, "process", None) or getattr(handle, "proc", None)
+    if proc is not None and isinstance(getattr(proc, "pid", None), int):
+        return int(proc.pid)
+    pytest.skip(f"cannot tell the daemon's pid from {handle!r}")
+
+
+def socket_path(handle: Any) -> Path:
+    for attr in ("socket", "socket_path", "sock"):
+        value = getattr(handle, attr, None)
+        if isinstance(value, (str, Path)):
+            return Path(value)
+    pytest.skip(f"cannot tell the daemon's socket from {handle!r}")
+
+
+def test_unix_socket_is_0600(target: Target) -> None:
+    """Only the owner may talk to the daemon through its socket."""
+    st = os.stat(socket_path(target.handle))
+    assert stat.S_ISSOCK(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o600
+
+
+def test_tcp_listens_on_loopback_only(target: Target) -> None:
+    """Without the explicit remote flag every TCP listener is on a loopback address."""
+    conns = psutil.Process(daemon_pid(target.handle)).net_connections(kind="inet")
+    listening = [c.laddr for c in conns if c.status == psutil.CONN_LISTEN]
+    assert listening
+    for addr in listening:
+        assert ipaddress.ip_address(addr.ip).is_loopback, addr
+
+
+@pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://localhost.evil.example"])
+async def test_cors_denies_unconfigured_origins(target: Target, origin: str) -> None:
+    """No Access-Control-Allow-Origin for an origin that is not configured."""
+    async with aiohttp.ClientSession(base_url=target.base_url) as http:
+        preflight = {"Origin": origin, "Access-Control-Request-Method": "POST"}
+        async with http.options("/engines/v1/chat/completions", headers=preflight) as resp:
+            assert "Access-Control-Allow-Origin" not in resp.headers
+            assert resp.status < 500
+        async with http.get("/models", headers={"Origin": origin}) as resp:
+            assert "Access-Control-Allow-Origin" not in resp.headers
+
+
+TRAVERSALS = [
+    "../../../../../../etc/passwd",
+    "..%2F..%2F..%2Fetc%2Fpasswd",
+    "/etc/passwd",
+    "file:///etc/passwd",
+    "sha256:../../../../etc/passwd",
+    "ai/x@sha256:../../../../etc/passwd",
+]
+
+
+@pytest.mark.parametrize("ref", TRAVERSALS)
+async def test_no_file_access_outside_the_store(target: Target, ref: str, tmp_path: Path) -> None:
+    """Traversal in any name-taking route never reads /etc/passwd nor writes outside the store."""
+    q = quote(ref, safe="")
+    requests: list[tuple[str, str, dict[str, Any] | None]] = [
+        ("GET", f"/models/{q}", None),
+        ("GET", f"/models/{ref}", None),
+        ("DELETE", f"/models/{q}?force=true", None),
+        ("POST", f"/models/{q}/tag?repo={q}&tag=x", None),
+        ("POST", f"/models/ai/x/tag?repo={q}&tag=latest", None),
+        ("POST", f"/models/{q}/push", None),
+        ("GET", f"/engines/v1/models/{q}", None),
+        ("GET", f"/logs?model={q}", None),
+        ("POST", "/models/create", {"from": ref}),
+        ("POST", "/engines/_configure", {"model": ref, "context-size": 512}),
+        ("POST", "/engines/v1/chat/completions", {"model": ref, "messages": []}),
+    ]
+    async with aiohttp.ClientSession(base_url=target.base_url) as http:
+        for method, path, body in requests:
+            async with http.request(method, path, json=body) as resp:
+                text = await resp.text(errors="replace")
+                assert "root:x:0:0" not in text, (method, path)
+                assert resp.status < 500, (method, path, resp.status, text[:300])
+    assert Path("/etc/passwd").stat().st_size > 0
