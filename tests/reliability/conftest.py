@@ -42,3 +42,33 @@ def target(request: pytest.FixtureRequest) -> Target:
     if url is None:
         pytest.skip(f"cannot tell the daemon fixture's TCP address from {handle!r}")
     return Target(base_url=url, handle=handle)
+
+
+async def start_daemon(request: pytest.FixtureRequest, **settings: Any) -> Target:
+    """Start a daemon with config overrides via `daemon_factory`; the one adapter to the fixture.
+
+    `settings` are config sections as dicts (``runners={"max_loaded": 2}``). Skips while the
+    fixture is missing.
+    """
+    try:
+        factory = request.getfixturevalue("daemon_factory")
+    except pytest.FixtureLookupError:
+        pytest.skip("tests/fixtures/daemon.py (`daemon_factory`) is not there yet")
+    handle = factory(**settings)
+    if hasattr(handle, "__await__"):
+        handle = await handle
+    url = _base_url(handle)
+    if url is None:
+        pytest.skip(f"cannot tell the daemon fixture's TCP address from {handle!r}")
+    return Target(base_url=url, handle=handle)
+
+
+async def seed_models(target: Target, models: dict[str, Any]) -> None:
+    """Put GGUFs into the daemon's store under the given references ({ref: gguf_path})."""
+    add = getattr(target.handle, "add_model", None)
+    if add is None:
+        pytest.skip("the daemon fixture offers no add_model(ref, gguf) to seed its store")
+    for ref, path in models.items():
+        result = add(ref, path)
+        if hasattr(result, "__await__"):
+            await result
