@@ -1,0 +1,222 @@
+"""Faults: runners killed mid-stream, vanished clients, the daemon killed mid-operation, a
+misbehaving registry, a full disk. Each ends with the daemon up and the store consistent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+import pytest
+
+from tests.reliability.conftest import Target, seed_models, start_daemon
+from tests.reliability.faulty_proxy import FaultyProxy, Mode
+from tests.reliability.slots import wait_all_idle, wait_any_busy
+
+pytestmark = pytest.mark.llama
+
+MODEL = "test/faults"
+LONG_STREAM = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "talk"}],
+    "max_tokens": 100000,
+    "stream": True,
+    "ignore_eos": True,
+}
+
+
+def runners_of(pid: int) -> list[psutil.Process]:
+    return [p for p in psutil.Process(pid).children(recursive=True) if "llama" in p.name()]
+
+
+def runner_socket(proc: psutil.Process) -> Path:
+    argv = proc.cmdline()
+    return Path(argv[argv.index("--host") + 1])
+
+
+async def eventually_true(check: Any, timeout_s: float = 10.0) -> None:
+    """Deadline-bounded poll on another process's state (no event to await)."""
+    async with asyncio.timeout(timeout_s):
+        while not await asyncio.to_thread(check):
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def served(request: pytest.FixtureRequest, tiny_gguf_factory: Any) -> Target:
+    target = await start_daemon(request)
+    await seed_models(target, {MODEL: tiny_gguf_factory(seed=7, name="faults")})
+    return target
+
+
+async def chat_ok(http: aiohttp.ClientSession) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    async with http.post("/engines/v1/chat/completions", json=body) as resp:
+        assert resp.status == 200, await resp.text()
+
+
+async def test_runner_sigkilled_mid_stream(served: Target) -> None:
+    """The stream ends with an error event or a cut; the daemon stays up; the next chat works."""
+    pid: int = served.handle.pid
+    async with aiohttp.ClientSession(base_url=served.base_url) as http:
+        resp = await http.post("/engines/v1/chat/completions", json=LONG_STREAM)
+        assert resp.status == 200
+        await resp.content.readline()
+        (runner,) = runners_of(pid)
+        runner.send_signal(signal.SIGKILL)
+        tail = b""
+        try:
+            async for line in resp.content:
+                tail = line
+        except aiohttp.ClientPayloadError:
+            tail = b"<cut>"
+        resp.close()
+        assert tail == b"<cut>" or b"error" in tail, tail
+        await chat_ok(http)
+    assert psutil.pid_exists(pid)
+
+
+async def test_client_disconnect_cancels_upstream(served: Target) -> None:
+    """A vanished client frees llama-server's slot; the daemon's fds return to where they were."""
+    pid: int = served.handle.pid
+    async with aiohttp.ClientSession(base_url=served.base_url) as http:
+        await chat_ok(http)
+        fds0 = psutil.Process(pid).num_fds()
+        (runner,) = runners_of(pid)
+        sock = runner_socket(runner)
+        for _ in range(5):
+            resp = await http.post("/engines/v1/chat/completions", json=LONG_STREAM)
+            await resp.content.readline()
+            await wait_any_busy(sock)
+            resp.close()
+            await wait_all_idle(sock)
+    await eventually_true(lambda: psutil.Process(pid).num_fds() <= fds0)
+
+
+def publish_to(registry: Any, ref: str, gguf: Path) -> str:
+    """Push a GGUF to the test registry; the fixture's own helper, or skip."""
+    push = getattr(registry, "push_gguf", None) or getattr(registry, "push", None)
+    if push is None:
+        pytest.skip("the registry fixture offers no push helper yet")
+    result: str = push(ref, gguf)
+    return result
+
+
+@pytest.fixture
+async def proxied(request: pytest.FixtureRequest, tmp_path: Path, tiny_gguf_factory: Any) -> Any:
+    """A registry holding one ~8 MiB model, seen through the fault proxy."""
+    try:
+        registry = request.getfixturevalue("registry")
+    except pytest.FixtureLookupError:
+        pytest.skip("tests/fixtures/registry.py is not there yet")
+    from scripts.make_tiny_gguf import build
+
+    gguf = build(tmp_path / "big.gguf", seed=9, name="big", pad_mib=8)
+    publish_to(registry, "test/big:latest", gguf)
+    proxy = FaultyProxy(upstream=registry.url, stall_s=20.0)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.stop()
+
+
+async def pull(target: Target, ref: str) -> list[dict[str, Any]]:
+    lines: list[dict[str, Any]] = []
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with (
+        aiohttp.ClientSession(base_url=target.base_url, timeout=timeout) as http,
+        http.post(
+            "/models/create", json={"from": ref}, headers={"Accept": "application/json"}
+        ) as r,
+    ):
+        if r.status != 200:
+            return [{"error": await r.text(), "status": r.status}]
+        async for raw in r.content:
+            if raw.strip():
+                lines.append(json.loads(raw))
+    return lines
+
+
+async def listed(target: Target) -> list[str]:
+    async with (
+        aiohttp.ClientSession(base_url=target.base_url) as http,
+        http.get("/models") as r,
+    ):
+        return [t for m in await r.json() for t in m.get("tags", [])]
+
+
+@pytest.mark.parametrize("mode", [Mode.ERROR_500, Mode.STALL, Mode.CUT_BODY, Mode.REFUSE])
+async def test_registry_misbehaves_mid_pull(
+    request: pytest.FixtureRequest, proxied: FaultyProxy, mode: Mode
+) -> None:
+    """Blob fetches fail: the pull ends with a clear error line; nothing half-written is listed."""
+    proxied.mode, proxied.only_blobs, proxied.stall_s = mode, True, 2.0
+    target = await start_daemon(request, store={"registry_timeout_s": 1.0})
+    lines = await pull(target, f"{proxied.host}/test/big:latest")
+    assert "error" in lines[-1], lines[-3:]
+    assert not await listed(target)
+    proxied.mode = Mode.PASS
+    lines = await pull(target, f"{proxied.host}/test/big:latest")
+    assert "error" not in lines[-1], lines[-3:]
+    assert len(await listed(target)) == 1
+
+
+async def test_daemon_sigkilled_mid_pull_then_resumes(
+    request: pytest.FixtureRequest, proxied: FaultyProxy
+) -> None:
+    """SIGKILL while a blob streams; after restart nothing is listed, then the pull resumes."""
+    target = await start_daemon(request)
+    restart = getattr(target.handle, "restart", None)
+    if restart is None:
+        pytest.skip("the daemon fixture offers no restart() on the same home")
+    proxied.mode, proxied.only_blobs, proxied.cut_after = Mode.PASS, True, 0
+    task = asyncio.create_task(pull(target, f"{proxied.host}/test/big:latest"))
+    await proxied.first_blob.wait()
+    os.kill(target.handle.pid, signal.SIGKILL)
+    with pytest.raises(aiohttp.ClientError):
+        await task
+    await asyncio.to_thread(target.handle.process.wait, 10)
+    restarted = restart()
+    if hasattr(restarted, "__await__"):
+        await restarted
+    assert not await listed(target)
+    lines = await pull(target, f"{proxied.host}/test/big:latest")
+    assert "error" not in lines[-1], lines[-3:]
+    assert len(await listed(target)) == 1
+
+
+def mount_tmpfs(path: Path, size: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+
+
+async def test_disk_full_during_pull(
+    request: pytest.FixtureRequest, proxied: FaultyProxy, tmp_path: Path
+) -> None:
+    """A 4 MiB store cannot hold an 8 MiB model: clear error, nothing listed, space given back."""
+    store = tmp_path / "small"
+    mount_tmpfs(store, "4m")
+    try:
+        target = await start_daemon(request, store={"path": str(store), "min_free_bytes": 0})
+        lines = await pull(target, f"{proxied.host}/test/big:latest")
+        assert "error" in lines[-1], lines[-3:]
+        message = str(lines[-1]["error"]).lower()
+        assert "space" in message or "disk" in message, message
+        assert not await listed(target)
+        usage = os.statvfs(store)
+        assert usage.f_bfree * usage.f_frsize > 3 * 1024 * 1024
+    finally:
+        subprocess.run(["umount", "-l", str(store)], check=False)
