@@ -220,3 +220,58 @@ async def test_disk_full_during_pull(
         assert usage.f_bfree * usage.f_frsize > 3 * 1024 * 1024
     finally:
         subprocess.run(["umount", "-l", str(store)], check=False)
+
+
+async def kill_and_restart(target: Target) -> None:
+    restart = getattr(target.handle, "restart", None)
+    if restart is None:
+        pytest.skip("the daemon fixture offers no restart() on the same home")
+    os.kill(target.handle.pid, signal.SIGKILL)
+    await asyncio.to_thread(target.handle.process.wait, 10)
+    restarted = restart()
+    if hasattr(restarted, "__await__"):
+        await restarted
+
+
+async def every_listed_model_loads(target: Target) -> None:
+    """Store consistency as a client sees it: each listed model answers a chat."""
+    async with aiohttp.ClientSession(base_url=target.base_url) as http:
+        for ref in await listed(target):
+            body = {"model": ref, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+            async with http.post("/engines/v1/chat/completions", json=body) as resp:
+                assert resp.status == 200, (ref, await resp.text())
+
+
+async def test_daemon_sigkilled_mid_push(
+    request: pytest.FixtureRequest, proxied: FaultyProxy, tiny_gguf_factory: Any
+) -> None:
+    """SIGKILL while a blob uploads (the proxy holds it): after restart the model still loads."""
+    target = await start_daemon(request)
+    await seed_models(target, {f"{proxied.host}/test/pushed:latest": tiny_gguf_factory(seed=11)})
+    proxied.mode, proxied.only_blobs = Mode.STALL, True
+    proxied.first_blob.clear()
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(base_url=target.base_url, timeout=timeout) as http:
+        task = asyncio.create_task(http.post(f"/models/{proxied.host}/test/pushed:latest/push"))
+        await proxied.first_blob.wait()
+        await kill_and_restart(target)
+        with pytest.raises(aiohttp.ClientError):
+            await task
+    proxied.mode = Mode.PASS
+    assert len(await listed(target)) == 1
+    await every_listed_model_loads(target)
+
+
+async def test_daemon_sigkilled_during_rm(
+    request: pytest.FixtureRequest, tiny_gguf_factory: Any
+) -> None:
+    """SIGKILL as `rm` runs: after restart the model is either whole or gone, never half."""
+    target = await start_daemon(request)
+    refs = {f"test/rm{i}:latest": tiny_gguf_factory(seed=20 + i, name=f"rm{i}") for i in range(3)}
+    await seed_models(target, refs)
+    async with aiohttp.ClientSession(base_url=target.base_url) as http:
+        tasks = [asyncio.create_task(http.delete(f"/models/{ref}")) for ref in refs]
+        await asyncio.sleep(0)
+        await kill_and_restart(target)
+        await asyncio.gather(*tasks, return_exceptions=True)
+    await every_listed_model_loads(target)
