@@ -32,6 +32,8 @@ async def test_schemathesis_finds_nothing(target: Target, tmp_path: Path) -> Non
         "response_schema_conformance",
         "--exclude-path-regex",
         EXCLUDE,
+        "--phases",
+        "examples,coverage,fuzzing",
         "--max-examples",
         "15",
         "--max-time",
