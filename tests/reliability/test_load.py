@@ -139,6 +139,10 @@ async def test_200_clients_over_a_minute(request: pytest.FixtureRequest, tmp_pat
     async with aiohttp.ClientSession(base_url=target.base_url, timeout=timeout) as http:
         chat_refs: dict[str, dict[str, float]] = {}
         emb_refs: dict[str, list[float]] = {}
+        for m in MODELS:  # tiny GGUFs carry no pooling type; llama-server's default is not OAI
+            conf = {"model": m, "mode": "embedding", "runtime-flags": ["--pooling", "mean"]}
+            async with http.post("/engines/_configure", json=conf) as r:
+                assert r.status == 202, await r.text()
         for m in MODELS:  # references, one model at a time: no load, no doubt
             async with http.post(
                 "/engines/v1/chat/completions", json=chat_body(m, stream=False)
