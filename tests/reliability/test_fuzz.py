@@ -52,6 +52,7 @@ async def test_schemathesis_finds_nothing(target: Target, tmp_path: Path) -> Non
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_HOOKS": ""},
+        cwd=tmp_path,  # schemathesis writes a .schemathesis/ cache where it runs
     )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), 150)
