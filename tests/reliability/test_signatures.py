@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -83,7 +84,9 @@ async def ask(sup: Supervisor, model: str, kind: str) -> Any:
 
 
 async def test_models_are_told_apart_under_evictions(supervisor: Supervisor) -> None:
-    """References first, then 60 concurrent mixed requests: each answer matches its model."""
+    """References first, then 60 concurrent mixed requests: each answer matches its model; once
+    everything is unloaded, fds and tasks are back where they started."""
+    fds0, tasks0 = len(os.listdir("/proc/self/fd")), len(asyncio.all_tasks())
     chat = {m: await ask(supervisor, m, "chat") for m in IDS}
     emb = {m: await ask(supervisor, m, "embed") for m in IDS}
     for m in IDS:
@@ -101,3 +104,7 @@ async def test_models_are_told_apart_under_evictions(supervisor: Supervisor) -> 
     assert not wrong
     assert supervisor.stats.evictions > 0
     assert len(psutil.Process().children()) <= 2
+    await supervisor.unload()
+    assert not psutil.Process().children()
+    assert len(os.listdir("/proc/self/fd")) <= fds0
+    assert len(asyncio.all_tasks()) <= tasks0
