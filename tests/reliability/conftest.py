@@ -6,6 +6,7 @@ tests skip with a reason instead of erroring, so the suite's skeleton runs from 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,3 +73,22 @@ async def seed_models(target: Target, models: dict[str, Any]) -> None:
         result = add(ref, path)
         if hasattr(result, "__await__"):
             await result
+
+
+def pid_of(handle: Any) -> int:
+    """The daemon's pid from the fixture's handle (`pid`, or `process.pid`), or a skip."""
+    pid = getattr(handle, "pid", None)
+    if isinstance(pid, int):
+        return pid
+    proc = getattr(handle, "process", None) or getattr(handle, "proc", None)
+    if proc is not None and isinstance(getattr(proc, "pid", None), int):
+        return int(proc.pid)
+    pytest.skip(f"cannot tell the daemon's pid from {handle!r}")
+
+
+def wait_exit(pid: int, timeout_s: float = 10.0) -> None:
+    """Wait for (and, if ours, reap) a killed daemon; run it in a thread."""
+    import psutil
+
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(pid).wait(timeout_s)

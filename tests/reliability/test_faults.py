@@ -16,7 +16,7 @@ import aiohttp
 import psutil
 import pytest
 
-from tests.reliability.conftest import Target, seed_models, start_daemon
+from tests.reliability.conftest import Target, pid_of, seed_models, start_daemon, wait_exit
 from tests.reliability.faulty_proxy import FaultyProxy, Mode
 from tests.reliability.slots import wait_all_idle, wait_any_busy
 
@@ -63,7 +63,7 @@ async def chat_ok(http: aiohttp.ClientSession) -> None:
 
 async def test_runner_sigkilled_mid_stream(served: Target) -> None:
     """The stream ends with an error event or a cut; the daemon stays up; the next chat works."""
-    pid: int = served.handle.pid
+    pid: int = pid_of(served.handle)
     async with aiohttp.ClientSession(base_url=served.base_url) as http:
         resp = await http.post("/engines/v1/chat/completions", json=LONG_STREAM)
         assert resp.status == 200
@@ -84,7 +84,7 @@ async def test_runner_sigkilled_mid_stream(served: Target) -> None:
 
 async def test_client_disconnect_cancels_upstream(served: Target) -> None:
     """A vanished client frees llama-server's slot; the daemon's fds return to where they were."""
-    pid: int = served.handle.pid
+    pid: int = pid_of(served.handle)
     async with aiohttp.ClientSession(base_url=served.base_url) as http:
         await chat_ok(http)
         fds0 = psutil.Process(pid).num_fds()
@@ -179,10 +179,11 @@ async def test_daemon_sigkilled_mid_pull_then_resumes(
     proxied.mode, proxied.only_blobs, proxied.cut_after = Mode.PASS, True, 0
     task = asyncio.create_task(pull(target, f"{proxied.host}/test/big:latest"))
     await proxied.first_blob.wait()
-    os.kill(target.handle.pid, signal.SIGKILL)
+    pid = pid_of(target.handle)
+    os.kill(pid, signal.SIGKILL)
     with pytest.raises(aiohttp.ClientError):
         await task
-    await asyncio.to_thread(target.handle.process.wait, 10)
+    await asyncio.to_thread(wait_exit, pid)
     restarted = restart()
     if hasattr(restarted, "__await__"):
         await restarted
@@ -226,8 +227,9 @@ async def kill_and_restart(target: Target) -> None:
     restart = getattr(target.handle, "restart", None)
     if restart is None:
         pytest.skip("the daemon fixture offers no restart() on the same home")
-    os.kill(target.handle.pid, signal.SIGKILL)
-    await asyncio.to_thread(target.handle.process.wait, 10)
+    pid = pid_of(target.handle)
+    os.kill(pid, signal.SIGKILL)
+    await asyncio.to_thread(wait_exit, pid)
     restarted = restart()
     if hasattr(restarted, "__await__"):
         await restarted

@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from scripts.make_tiny_gguf import build as build_tiny_gguf
-from tests.reliability.conftest import Target, seed_models, start_daemon
+from tests.reliability.conftest import Target, pid_of, seed_models, start_daemon
 
 pytestmark = pytest.mark.llama
 
@@ -134,7 +134,7 @@ async def test_200_clients_over_a_minute(request: pytest.FixtureRequest, tmp_pat
         for i, ref in enumerate(MODELS)
     }
     await seed_models(target, ggufs)
-    pid: int = target.handle.pid
+    pid = pid_of(target.handle)
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(base_url=target.base_url, timeout=timeout) as http:
         chat_refs: dict[str, dict[str, float]] = {}

@@ -13,17 +13,7 @@ import aiohttp
 import psutil
 import pytest
 
-from tests.reliability.conftest import Target
-
-
-def daemon_pid(handle: Any) -> int:
-    for attr in ("pid",):
-        if isinstance(getattr(handle, attr, None), int):
-            return int(getattr(handle, attr))
-    proc = getattr(handle, "process", None) or getattr(handle, "proc", None)
-    if proc is not None and isinstance(getattr(proc, "pid", None), int):
-        return int(proc.pid)
-    pytest.skip(f"cannot tell the daemon's pid from {handle!r}")
+from tests.reliability.conftest import Target, pid_of
 
 
 def socket_path(handle: Any) -> Path:
@@ -43,7 +33,7 @@ def test_unix_socket_is_0600(target: Target) -> None:
 
 def test_tcp_listens_on_loopback_only(target: Target) -> None:
     """Without the explicit remote flag every TCP listener is on a loopback address."""
-    conns = psutil.Process(daemon_pid(target.handle)).net_connections(kind="inet")
+    conns = psutil.Process(pid_of(target.handle)).net_connections(kind="inet")
     listening = [c.laddr for c in conns if c.status == psutil.CONN_LISTEN]
     assert listening
     for addr in listening:
