@@ -1,0 +1,1 @@
+"""The OCI model store and the registry client; knows nothing of HTTP serving or runners."""
