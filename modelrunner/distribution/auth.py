@@ -1,7 +1,10 @@
-"""Registry authentication state: challenges, Docker credentials, and the bearer-token cache.
+"""Registry authentication: challenges, Docker credentials, bearer tokens per scope.
 
-Pure bookkeeping plus one blocking file read (``load_credentials``, run it in a thread); the
-HTTP calls that fetch tokens live in ``registry.py``.  Nothing here knows aiohttp.
+``Authenticator`` answers a registry's ``WWW-Authenticate`` challenge: Basic with the
+credentials from ``~/.docker/config.json``, or Bearer with a token fetched from the realm
+(with those credentials, or anonymously) and cached per scope until shortly before it expires.
+The rest is pure: challenge parsing, the credential lookup (a blocking file read, run in a
+thread), and the token cache.
 
 Why our own: oras-py keeps a single token per client, so a pull token is re-sent for a push
 and for a second repository (401), and an expired token is re-sent forever (distribution.md
@@ -11,6 +14,7 @@ its expiry.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -21,7 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..errors import ConfigError
+import aiohttp
+from yarl import URL
+
+from ..errors import ConfigError, RegistryAuthError, RegistryError
+from .wire import describe, json_field, plain_http_allowed, read_body, registry_errors
 
 # Docker Hub's names for itself, in ~/.docker/config.json keys and in references.
 DOCKER_HUB_ALIASES = frozenset(
@@ -158,3 +166,108 @@ class TokenCache:
         self._tokens.pop((registry, scope), None)
         if scope.endswith(":pull"):
             self._tokens.pop((registry, scope + ",push"), None)
+
+
+class Authenticator:
+    """Answers registry challenges for one client; shared by its concurrent operations."""
+
+    def __init__(
+        self,
+        docker_config: Path,
+        http: Callable[[], aiohttp.ClientSession],
+        insecure: frozenset[str] = frozenset(),
+    ) -> None:
+        self.docker_config = docker_config
+        self.tokens = TokenCache()
+        self.token_requests = 0  # for tests and metrics
+        self._http = http
+        self._insecure = insecure
+        self._challenges: dict[str, Challenge] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def login_hint(self, registry: str) -> str:
+        return (
+            f"to log in, put credentials for {registry} in {self.docker_config} "
+            f"(`docker login {registry}` writes them)"
+        )
+
+    async def header(self, registry: str, repository: str, push: bool) -> str | None:
+        """The Authorization header for a request, once the registry has challenged us."""
+        challenge = self._challenges.get(registry)
+        if challenge is None:
+            return None
+        if challenge.scheme == "basic":
+            creds = await self.credentials(registry)
+            return creds.basic_header() if creds else None
+        scope = scope_for(repository, push)
+        token = self.tokens.get(registry, scope)
+        if token is None:
+            token = await self._fetch_token(registry, challenge, scope)
+        return f"Bearer {token}"
+
+    async def on_challenge(
+        self, registry: str, repository: str, push: bool, challenge: Challenge, sent: str | None
+    ) -> bool:
+        """Learn from a 401; True when one retry with (new) credentials makes sense."""
+        self._challenges[registry] = challenge
+        if challenge.scheme == "basic":
+            # Sent Basic and refused: the password is wrong; retrying would not help.
+            if sent is not None and sent.startswith("Basic "):
+                return False
+            return await self.credentials(registry) is not None
+        # A token refused (expired early, revoked, too narrow): fetch a fresh one once.
+        self.tokens.drop(registry, scope_for(repository, push))
+        return True
+
+    async def credentials(self, registry: str) -> Credentials | None:
+        # Read each time: `docker login` while the daemon runs takes effect at once.
+        return await asyncio.to_thread(load_credentials, self.docker_config, registry)
+
+    async def _fetch_token(self, registry: str, challenge: Challenge, scope: str) -> str:
+        async with self._locks.setdefault((registry, scope), asyncio.Lock()):
+            cached = self.tokens.get(registry, scope)
+            if cached is not None:  # a concurrent request fetched it meanwhile
+                return cached
+            creds = await self.credentials(registry)
+            realm = URL(challenge.realm)
+            if (
+                creds is not None
+                and realm.scheme != "https"
+                and not plain_http_allowed(realm.raw_authority, self._insecure)
+            ):
+                raise RegistryAuthError(
+                    f"registry {registry} wants credentials sent over plain HTTP to "
+                    f"{challenge.realm}; refusing (list it in store.insecure_registries to allow)"
+                )
+            params = {"scope": scope}
+            if challenge.service:
+                params["service"] = challenge.service
+            headers = {"Authorization": creds.basic_header()} if creds else {}
+            self.token_requests += 1
+            try:
+                async with self._http().get(realm.update_query(params), headers=headers) as resp:
+                    body = await read_body(resp, registry, 1 << 20)
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError) as e:
+                raise RegistryError(
+                    f"cannot reach the token service {challenge.realm} of registry {registry}: "
+                    f"{describe(e)}"
+                ) from e
+            if status in (401, 403):
+                who = f"user {creds.username!r}" if creds else "anonymous access"
+                raise RegistryAuthError(
+                    f"the token service of registry {registry} refused {who}; "
+                    f"{self.login_hint(registry)}"
+                )
+            if status != 200:
+                raise RegistryError(
+                    f"the token service of registry {registry} answered {status}: "
+                    f"{registry_errors(body)[1]}"
+                )
+            token = json_field(body, "token") or json_field(body, "access_token")
+            if not isinstance(token, str) or not token:
+                raise RegistryError(f"the token service of registry {registry} sent no token")
+            expires = json_field(body, "expires_in")
+            ttl = float(expires) if isinstance(expires, int | float) else None
+            self.tokens.put(registry, scope, token, ttl)
+            return token

@@ -30,15 +30,8 @@ from yarl import URL
 
 from ..config import StoreConfig
 from ..errors import DigestMismatch, ModelNotFound, RegistryAuthError, RegistryError
-from .auth import (
-    Challenge,
-    Credentials,
-    TokenCache,
-    api_host,
-    load_credentials,
-    parse_challenge,
-    scope_for,
-)
+from .auth import Authenticator, api_host, parse_challenge
+from .wire import describe, json_field, plain_http_allowed, read_body, registry_errors
 
 log = structlog.get_logger(__name__)
 
@@ -54,7 +47,6 @@ MAX_MANIFEST_BYTES = 4 << 20
 # 1 MiB reads: per-chunk costs (await, hash update, write call) vanish against the copy.
 CHUNK_SIZE = 1 << 20
 RETRIES = 3  # after the first try: 0.25 + 0.5 + 1 s of backoff, then fail
-LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _NOT_FOUND_CODES = frozenset({"MANIFEST_UNKNOWN", "NAME_UNKNOWN"})
@@ -87,13 +79,6 @@ class BlobStream:
     chunks: AsyncIterator[bytes]
 
 
-def _split_host(registry: str) -> str:
-    """``[::1]:5000`` -> ``::1``; ``127.0.0.1:5000`` -> ``127.0.0.1``."""
-    if registry.startswith("["):
-        return registry[1:].partition("]")[0]
-    return registry.rsplit(":", 1)[0] if registry.count(":") == 1 else registry
-
-
 def _display(registry: str, repository: str, reference: str) -> str:
     sep = "@" if reference.startswith("sha256:") else ":"
     return f"{registry}/{repository}{sep}{reference}"
@@ -103,33 +88,20 @@ def _sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def _registry_errors(body: bytes) -> tuple[str, str]:
-    """``{"errors":[{"code","message"}]}`` -> (code, message); best effort."""
-    try:
-        errors = json.loads(body).get("errors") or []
-        first = errors[0]
-        return str(first.get("code", "")), str(first.get("message", ""))
-    except (ValueError, AttributeError, IndexError, TypeError):
-        return "", body[:200].decode(errors="replace").strip()
-
-
 class RegistryClient:
     """Talks to OCI registries for the store; one per store, shared by concurrent operations."""
 
     def __init__(self, config: StoreConfig) -> None:
         self._config = config
         self._docker_config = Path(config.docker_config).expanduser()
-        self._insecure = {r.lower() for r in config.insecure_registries}
+        self._insecure = frozenset(r.lower() for r in config.insecure_registries)
         self._timeout = aiohttp.ClientTimeout(
             total=None,  # a 4 GB blob may take long; a stalled socket is the error
             sock_connect=config.registry_timeout_s,
             sock_read=config.registry_timeout_s,
         )
         self._session: aiohttp.ClientSession | None = None
-        self._challenges: dict[str, Challenge] = {}
-        self._tokens = TokenCache()
-        self._token_locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self.token_requests = 0  # for tests and metrics
+        self.auth = Authenticator(self._docker_config, self._http, self._insecure)
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -151,9 +123,7 @@ class RegistryClient:
 
     def scheme(self, registry: str) -> str:
         """Plain HTTP only for loopback and the configured insecure registries."""
-        host = _split_host(registry).lower()
-        plain = host in LOCAL_HOSTS or registry.lower() in self._insecure or host in self._insecure
-        return "http" if plain else "https"
+        return "http" if plain_http_allowed(registry, self._insecure) else "https"
 
     def _base(self, registry: str) -> str:
         return f"{self.scheme(registry)}://{api_host(registry)}"
@@ -174,7 +144,7 @@ class RegistryClient:
                 await self._raise(resp, registry, repository, name, "manifest")
             if (resp.content_length or 0) > MAX_MANIFEST_BYTES:
                 raise RegistryError(f"manifest of {name} is larger than {MAX_MANIFEST_BYTES} bytes")
-            raw = await self._read_body(resp, registry, MAX_MANIFEST_BYTES)
+            raw = await read_body(resp, registry, MAX_MANIFEST_BYTES)
             media_type = resp.content_type
             header_digest = resp.headers.get("Docker-Content-Digest", "")
         digest = _sha256(raw)
@@ -184,7 +154,7 @@ class RegistryClient:
                 f"manifest of {name} from {registry} hashes to {digest}, expected {expected}"
             )
         if media_type in ("", "application/octet-stream", "text/plain", "application/json"):
-            media_type = str(_json_field(raw, "mediaType") or MEDIA_OCI_MANIFEST)
+            media_type = str(json_field(raw, "mediaType") or MEDIA_OCI_MANIFEST)
         return Manifest(raw, media_type, digest)
 
     async def head_manifest(self, registry: str, repository: str, reference: str) -> str | None:
@@ -292,7 +262,7 @@ class RegistryClient:
                 yield chunk
         except (aiohttp.ClientError, TimeoutError) as e:
             raise RegistryError(
-                f"download of {digest} from {registry} broke off: {_describe(e)}"
+                f"download of {digest} from {registry} broke off: {describe(e)}"
             ) from e
 
     async def upload_blob(
@@ -373,7 +343,7 @@ class RegistryClient:
         authed_retry = False
         while True:
             hdrs = dict(headers or {})
-            authz = await self._authorization(registry, repository, push)
+            authz = await self.auth.header(registry, repository, push)
             if authz:
                 hdrs["Authorization"] = authz
             try:
@@ -383,18 +353,18 @@ class RegistryClient:
                     attempt += 1
                     await asyncio.sleep(_backoff(attempt))
                     continue
-                raise RegistryError(f"cannot reach registry {registry}: {_describe(e)}") from e
+                raise RegistryError(f"cannot reach registry {registry}: {describe(e)}") from e
             except (aiohttp.ClientError, TimeoutError) as e:
                 if idempotent and attempt < RETRIES:
                     attempt += 1
                     await asyncio.sleep(_backoff(attempt))
                     continue
                 raise RegistryError(
-                    f"registry {registry}: {method} {url.path} failed: {_describe(e)}"
+                    f"registry {registry}: {method} {url.path} failed: {describe(e)}"
                 ) from e
             if resp.status == 401 and replayable and not authed_retry:
                 challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
-                if challenge is not None and await self._on_challenge(
+                if challenge is not None and await self.auth.on_challenge(
                     registry, repository, push, challenge, sent=authz
                 ):
                     resp.release()
@@ -408,87 +378,7 @@ class RegistryClient:
                 continue
             return resp
 
-    async def _authorization(self, registry: str, repository: str, push: bool) -> str | None:
-        """The Authorization header for a request, once the registry has challenged us."""
-        challenge = self._challenges.get(registry)
-        if challenge is None:
-            return None
-        if challenge.scheme == "basic":
-            creds = await self._credentials(registry)
-            return creds.basic_header() if creds else None
-        scope = scope_for(repository, push)
-        token = self._tokens.get(registry, scope)
-        if token is None:
-            token = await self._fetch_token(registry, challenge, scope)
-        return f"Bearer {token}"
-
-    async def _on_challenge(
-        self, registry: str, repository: str, push: bool, challenge: Challenge, sent: str | None
-    ) -> bool:
-        """Learn from a 401; True when a retry with (new) credentials makes sense."""
-        self._challenges[registry] = challenge
-        if challenge.scheme == "basic":
-            # Sent Basic and refused: the password is wrong; retrying would not help.
-            return not (sent and sent.startswith("Basic ")) and (
-                await self._credentials(registry) is not None
-            )
-        # A token refused (expired early, revoked): drop it and fetch a fresh one once.
-        self._tokens.drop(registry, scope_for(repository, push))
-        return True
-
-    async def _credentials(self, registry: str) -> Credentials | None:
-        return await asyncio.to_thread(load_credentials, self._docker_config, registry)
-
-    async def _fetch_token(self, registry: str, challenge: Challenge, scope: str) -> str:
-        lock = self._token_locks.setdefault((registry, scope), asyncio.Lock())
-        async with lock:
-            cached = self._tokens.get(registry, scope)
-            if cached is not None:
-                return cached
-            creds = await self._credentials(registry)
-            params = {"scope": scope}
-            if challenge.service:
-                params["service"] = challenge.service
-            headers = {"Authorization": creds.basic_header()} if creds else {}
-            self.token_requests += 1
-            try:
-                async with self._http().get(
-                    URL(challenge.realm).update_query(params), headers=headers
-                ) as resp:
-                    body = await self._read_body(resp, registry, 1 << 20)
-                    status = resp.status
-            except (aiohttp.ClientError, TimeoutError) as e:
-                raise RegistryError(
-                    f"cannot reach the token service {challenge.realm} of registry {registry}: "
-                    f"{_describe(e)}"
-                ) from e
-            if status in (401, 403):
-                who = f"user {creds.username!r}" if creds else "anonymous access"
-                raise RegistryAuthError(
-                    f"the token service of registry {registry} refused {who}; "
-                    f"{self._login_hint(registry)}"
-                )
-            if status != 200:
-                raise RegistryError(
-                    f"the token service of registry {registry} answered {status}: "
-                    f"{_registry_errors(body)[1]}"
-                )
-            token = _json_field(body, "token") or _json_field(body, "access_token")
-            if not isinstance(token, str) or not token:
-                raise RegistryError(f"the token service of registry {registry} sent no token")
-            expires = _json_field(body, "expires_in")
-            self._tokens.put(
-                registry, scope, token, float(expires) if isinstance(expires, int | float) else None
-            )
-            return token
-
     # -- errors ----------------------------------------------------------------------------
-
-    def _login_hint(self, registry: str) -> str:
-        return (
-            f"to log in, put credentials for {registry} in {self._docker_config} "
-            f"(`docker login {registry}` writes them)"
-        )
 
     async def _raise(
         self,
@@ -499,8 +389,8 @@ class RegistryClient:
         what: Literal["manifest", "manifest upload", "blob", "blob upload"],
     ) -> None:
         """Turn an unexpected answer into our error, with the registry's own message."""
-        body = await self._read_body(resp, registry, 64 << 10) if resp.method != "HEAD" else b""
-        code, message = _registry_errors(body)
+        body = await read_body(resp, registry, 64 << 10) if resp.method != "HEAD" else b""
+        code, message = registry_errors(body)
         detail = f"{code}: {message}" if code else (message or resp.reason or "")
         if resp.status == 404 and what == "manifest" and (code in _NOT_FOUND_CODES or not code):
             raise ModelNotFound(
@@ -510,44 +400,12 @@ class RegistryClient:
             action = "push to" if what.endswith("upload") else "pull from"
             raise RegistryAuthError(
                 f"registry {registry} refused to let us {action} {repository} "
-                f"({resp.status} {detail}); {self._login_hint(registry)}"
+                f"({resp.status} {detail}); {self.auth.login_hint(registry)}"
             )
         raise RegistryError(
             f"registry {registry} refused the {what} of {name}: {resp.status} {detail}".rstrip()
         )
 
-    async def _read_body(self, resp: aiohttp.ClientResponse, registry: str, limit: int) -> bytes:
-        try:
-            body = await resp.content.read(limit + 1)
-            while len(body) <= limit and not resp.content.at_eof():
-                more = await resp.content.read(limit + 1 - len(body))
-                if not more:
-                    break
-                body += more
-        except (aiohttp.ClientError, TimeoutError) as e:
-            raise RegistryError(
-                f"registry {registry}: reading the answer failed: {_describe(e)}"
-            ) from e
-        if len(body) > limit:
-            raise RegistryError(f"registry {registry} sent an answer larger than {limit} bytes")
-        return body
-
-
-def _json_field(body: bytes, key: str) -> object:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    return data.get(key) if isinstance(data, dict) else None
-
 
 def _backoff(attempt: int) -> float:
     return float(min(0.25 * 2 ** (attempt - 1), 2.0))
-
-
-def _describe(e: BaseException) -> str:
-    if isinstance(e, aiohttp.ClientConnectorError):
-        return (e.os_error.strerror or str(e.os_error)).lower()
-    if isinstance(e, TimeoutError):
-        return "timed out"
-    return str(e) or type(e).__name__

@@ -269,7 +269,7 @@ class TestAuth:
             await client.head_manifest(token_registry.host, "ai/other", "v1")
             await client.head_manifest(token_registry.host, "ai/other", "v2")
             scopes = [r.scopes for r in server.requests[before:]]
-            assert client.token_requests == len(scopes)
+            assert client.auth.token_requests == len(scopes)
         # HEAD blob (pull), then POST/PUT (pull,push); the pull,push token served the pulls.
         assert scopes == [
             ("repository:ai/scoped:pull",),
@@ -282,13 +282,13 @@ class TestAuth:
         server = token_registry.token_server
         async with make_client() as client:
             now = [0.0]
-            client._tokens.clock = lambda: now[0]
+            client.auth.tokens.clock = lambda: now[0]
             await client.head_manifest(token_registry.host, "ai/exp", "v1")
             await client.head_manifest(token_registry.host, "ai/exp", "v1")
-            assert client.token_requests == 1
+            assert client.auth.token_requests == 1
             now[0] += server.ttl_s
             await client.head_manifest(token_registry.host, "ai/exp", "v1")
-            assert client.token_requests == 2
+            assert client.auth.token_requests == 2
 
     async def test_basic_auth_registry(self, basic_registry, make_client, tmp_path):
         cfg = tmp_path / "basic.json"
