@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -64,8 +65,7 @@ def make_client(tmp_path: Path) -> Callable[..., RegistryClient]:
             StoreConfig(
                 path=tmp_path / "store",
                 docker_config=config_path or tmp_path / "no-docker-config.json",
-                registry_timeout_s=10,
-                **kw,  # type: ignore[arg-type]
+                **{"registry_timeout_s": 10, **kw},  # type: ignore[arg-type]
             )
         )
 
@@ -232,6 +232,52 @@ class TestErrors:
             assert await client.head_manifest(server.host, "ai/back", "v1")
 
 
+class TestInterruptions:
+    async def test_download_cut_by_an_outage_resumes_after_restart(
+        self, registry_factory, make_client
+    ):
+        """The registry dies mid-blob: a clear error; back up, a Range request finishes it."""
+        server = registry_factory()
+        layer = os.urandom(64 << 20)
+        got = bytearray()
+        async with make_client() as client:
+            await push_artifact(client, server.host, "ai/cut", "v1", [layer])
+
+            async def download() -> None:
+                async with client.get_blob(server.host, "ai/cut", sha(layer)) as stream:
+                    async for chunk in stream.chunks:
+                        got.extend(chunk)
+                        if server.running:
+                            server.stop()
+
+            with pytest.raises(RegistryError, match=r"download of sha256:\w+ from .* broke off"):
+                await download()
+            assert 0 < len(got) < len(layer)
+            server.start()
+            offset, total, tail = await read_blob(
+                client, server.host, "ai/cut", sha(layer), offset=len(got)
+            )
+        assert (offset, total) == (len(got), len(layer))
+        assert sha(bytes(got) + tail) == sha(layer)
+
+    async def test_stalled_registry_times_out(self, registry_factory, make_client):
+        """A registry that holds the connection but sends nothing fails after sock_read."""
+        server = registry_factory()
+        layer = os.urandom(32 << 20)
+        async with make_client(registry_timeout_s=0.5) as client:
+            await push_artifact(client, server.host, "ai/stall", "v1", [layer])
+
+            async def download() -> None:
+                async with client.get_blob(server.host, "ai/stall", sha(layer)) as stream:
+                    server.pause()
+                    async for _ in stream.chunks:
+                        pass
+
+            with pytest.raises(RegistryError, match="broke off: timed out"):
+                await download()
+            server.resume()
+
+
 class TestAuth:
     async def test_anonymous_pull_on_a_token_registry(self, token_registry, make_client, tmp_path):
         """Push with credentials, then pull anonymously with a pull-only token."""
@@ -317,3 +363,52 @@ class TestAuth:
         async with make_client(cfg) as client:
             with pytest.raises(RegistryAuthError, match="401"):
                 await client.get_manifest(basic_registry.host, "ai/basic", "v1")
+
+
+class TestOrasInterop:
+    """oras-py is the independent second implementation: each side reads what the other wrote."""
+
+    async def test_pushed_by_oras_pulled_by_us(self, registry, make_client, tmp_path, tiny_gguf):
+        import oras.provider
+
+        config = tmp_path / "config.json"
+        config.write_bytes(json.dumps({"config": {"format": "gguf"}}).encode())
+        target = f"{registry.host}/ai/by-oras:v1"
+
+        def push() -> None:
+            reg = oras.provider.Registry(hostname=registry.host, insecure=True)
+            reg.push(
+                target,
+                files=[f"{tiny_gguf}:{GGUF_MEDIA}"],
+                manifest_config=f"{config}:{CONFIG_MEDIA}",
+                disable_path_validation=True,
+                quiet=True,
+            )
+
+        await asyncio.to_thread(push)
+        async with make_client() as client:
+            manifest = (await client.get_manifest(registry.host, "ai/by-oras", "v1")).json()
+            layer = manifest["layers"][0]
+            _, _, data = await read_blob(client, registry.host, "ai/by-oras", layer["digest"])
+            cfg = manifest["config"]["digest"]
+            _, _, cfg_data = await read_blob(client, registry.host, "ai/by-oras", cfg)
+        assert layer["mediaType"] == GGUF_MEDIA
+        assert data == tiny_gguf.read_bytes()
+        assert cfg_data == config.read_bytes()
+
+    async def test_pushed_by_us_pulled_by_oras(self, registry, make_client, tmp_path, tiny_gguf):
+        import oras.provider
+
+        layer = tiny_gguf.read_bytes()
+        async with make_client() as client:
+            raw, _ = await push_artifact(client, registry.host, "ai/by-us", "v1", [layer])
+
+        def pull() -> tuple[dict[str, object], list[str]]:
+            reg = oras.provider.Registry(hostname=registry.host, insecure=True)
+            target = f"{registry.host}/ai/by-us:v1"
+            manifest = reg.get_manifest(reg.get_container(target))
+            return manifest, reg.pull(target, outdir=str(tmp_path / "oras-out"))
+
+        manifest, files = await asyncio.to_thread(pull)
+        assert manifest == json.loads(raw)
+        assert [Path(f).read_bytes() for f in files] == [layer]
