@@ -29,7 +29,13 @@ import structlog
 from yarl import URL
 
 from ..config import StoreConfig
-from ..errors import DigestMismatch, ModelNotFound, RegistryAuthError, RegistryError
+from ..errors import (
+    DigestMismatch,
+    ModelNotFound,
+    ModelRunnerError,
+    RegistryAuthError,
+    RegistryError,
+)
 from .auth import Authenticator, api_host, parse_challenge
 from .wire import describe, json_field, plain_http_allowed, read_body, registry_errors
 
@@ -289,8 +295,9 @@ class RegistryClient:
             target = f"{location}{sep}digest={quote(digest, safe=':')}"
             put_url = URL(self._base(registry), encoded=True).join(URL(target, encoded=True))
             headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+            body = _exactly(chunks, size, digest)
             async with self._request(
-                "PUT", put_url, registry, repository, push=True, headers=headers, data=chunks
+                "PUT", put_url, registry, repository, push=True, headers=headers, data=body
             ) as resp:
                 if resp.status not in (201, 204):
                     await self._raise(resp, registry, repository, digest, "blob upload")
@@ -355,6 +362,8 @@ class RegistryClient:
                     continue
                 raise RegistryError(f"cannot reach registry {registry}: {describe(e)}") from e
             except (aiohttp.ClientError, TimeoutError) as e:
+                if (ours := _our_error(e)) is not None:
+                    raise ours from e  # the body's iterator failed (sizes, the caller's file)
                 if idempotent and attempt < RETRIES:
                     attempt += 1
                     await asyncio.sleep(_backoff(attempt))
@@ -398,13 +407,40 @@ class RegistryClient:
             )
         if resp.status in (401, 403):
             action = "push to" if what.endswith("upload") else "pull from"
+            maybe = "" if action == "push to" else "it may not exist, or it needs credentials; "
             raise RegistryAuthError(
                 f"registry {registry} refused to let us {action} {repository} "
-                f"({resp.status} {detail}); {self.auth.login_hint(registry)}"
+                f"({resp.status} {detail}); {maybe}{self.auth.login_hint(registry)}"
             )
         raise RegistryError(
             f"registry {registry} refused the {what} of {name}: {resp.status} {detail}".rstrip()
         )
+
+
+async def _exactly(
+    chunks: AsyncIterator[bytes], size: int, digest: str
+) -> AsyncGenerator[bytes, None]:
+    """Pass *chunks* through, failing when they are not exactly *size* bytes."""
+    sent = 0
+    async for chunk in chunks:
+        sent += len(chunk)
+        if sent > size:
+            raise RegistryError(f"blob {digest} is larger than the {size} bytes announced")
+        yield chunk
+    if sent != size:
+        raise RegistryError(f"blob {digest} ended after {sent} of the {size} bytes announced")
+
+
+def _our_error(e: BaseException) -> ModelRunnerError | None:
+    """Our own error raised inside a streamed body, which aiohttp wraps as a connection error."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, ModelRunnerError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def _backoff(attempt: int) -> float:

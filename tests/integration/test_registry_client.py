@@ -190,6 +190,25 @@ class TestErrors:
                     registry.host, "ai/bad", sha(b"other"), 5, chunks_of(b"hello")
                 )
 
+    @pytest.mark.parametrize(("sent", "match"), [(100, "ended after 100 of"), (300, "larger")])
+    async def test_upload_of_the_wrong_size_is_refused(self, registry, make_client, sent, match):
+        """A body that is not the announced size fails with our message, not a socket error."""
+        data = b"s" * sent
+        async with make_client() as client:
+            with pytest.raises(RegistryError, match=match):
+                await client.upload_blob(registry.host, "ai/size", sha(data), 200, chunks_of(data))
+
+    async def test_the_callers_error_inside_an_upload_comes_through(self, registry, make_client):
+        """A store error raised by the chunk iterator is not disguised as a registry failure."""
+
+        async def broken() -> AsyncIterator[bytes]:
+            yield b"abc"
+            raise DigestMismatch("the local blob changed while it was being pushed")
+
+        async with make_client() as client:
+            with pytest.raises(DigestMismatch, match="changed while"):
+                await client.upload_blob(registry.host, "ai/broken", sha(b"abcdef"), 6, broken())
+
     async def test_manifest_with_missing_blob_is_refused(self, registry, make_client):
         async with make_client() as client:
             raw = manifest_for(b"{}", [b"never uploaded"])
