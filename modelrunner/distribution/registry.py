@@ -207,9 +207,12 @@ class RegistryClient:
 
     # -- blobs -----------------------------------------------------------------------------
 
-    async def blob_exists(self, registry: str, repository: str, digest: str) -> bool:
+    async def blob_exists(
+        self, registry: str, repository: str, digest: str, *, for_push: bool = False
+    ) -> bool:
+        """HEAD the blob; *for_push* asks for the push token at once (one token per push)."""
         url = self._url(registry, repository, "blobs", digest)
-        async with self._request("HEAD", url, registry, repository) as resp:
+        async with self._request("HEAD", url, registry, repository, push=for_push) as resp:
             if resp.status == 404:
                 return False
             if resp.status != 200:
@@ -281,7 +284,7 @@ class RegistryClient:
     ) -> None:
         """Upload a blob streamed from *chunks* (never held whole); a no-op if it exists."""
         try:
-            if await self.blob_exists(registry, repository, digest):
+            if await self.blob_exists(registry, repository, digest, for_push=True):
                 return
             start = URL(f"{self._base(registry)}/v2/{repository}/blobs/uploads/", encoded=True)
             async with self._request("POST", start, registry, repository, push=True) as resp:
