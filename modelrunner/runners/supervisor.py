@@ -329,6 +329,7 @@ class Supervisor:
     async def _reserve(self, runner: Runner) -> None:
         """Make room (true LRU) and register *runner* as loading; waits while all are busy."""
         cfg = self._config
+        waiting = False
         try:
             async with asyncio.timeout(cfg.queue_timeout_s):
                 while True:
@@ -366,7 +367,9 @@ class Supervisor:
                             f"cannot load model {runner.model.name!r}: all {cfg.max_loaded} runner "
                             "slots are held by pinned models (runners.max_loaded)"
                         )
-                    log.info("runner.waiting_for_room", model=runner.model.name)
+                    if not waiting:  # once per load, not on every wake-up
+                        waiting = True
+                        log.info("runner.waiting_for_room", model=runner.model.name)
                     await self._changed.wait()
         except TimeoutError:
             raise Unavailable(
