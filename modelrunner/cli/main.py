@@ -43,7 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
     for command in discover():
         p = sub.add_parser(
-            command.name, help=command.help, description=command.help, aliases=list(command.aliases)
+            command.name,
+            help=command.help,
+            description=command.help,
+            aliases=list(command.aliases),
+            epilog=command.epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         command.add_arguments(p)
         p.set_defaults(command=command)

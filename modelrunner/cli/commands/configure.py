@@ -1,0 +1,52 @@
+"""`modelrunner configure --context-size N REF [-- FLAGS...]`: per-model runner settings."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from modelrunner.cli.base import Command, connect
+from modelrunner.errors import InvalidRequest
+
+
+class Configure(Command):
+    name = "configure"
+    help = "Set a model's runner settings (context size, llama-server flags), kept by the daemon"
+    aliases = ("config",)
+    epilog = (
+        "examples:\n"
+        "  modelrunner configure --context-size 8192 ai/smollm2\n"
+        "  modelrunner configure ai/smollm2 -- --temp 0.7 --top-k 40"
+    )
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--context-size", type=int, metavar="N", help="context in tokens")
+        parser.add_argument(
+            "--keep-alive", metavar="DURATION", help="idle time before unload (10m, 0, -1 = never)"
+        )
+        parser.add_argument(
+            "--mode", choices=("completion", "embedding", "reranking"), help="runner mode"
+        )
+        parser.add_argument("model", metavar="MODEL", help="tag or ID")
+        parser.add_argument(
+            "runtime_flags", metavar="FLAGS", nargs="*", help="llama-server flags, after --"
+        )
+
+    def run(self, args: argparse.Namespace) -> int:
+        body: dict[str, Any] = {"model": args.model}
+        if args.context_size is not None:
+            if args.context_size < 1:
+                raise InvalidRequest(f"--context-size must be >= 1, got {args.context_size}")
+            body["context-size"] = args.context_size
+        if args.runtime_flags:
+            body["runtime-flags"] = list(args.runtime_flags)
+        if args.keep_alive is not None:
+            body["keep_alive"] = args.keep_alive
+        if args.mode:
+            body["mode"] = args.mode
+        if len(body) == 1:
+            raise InvalidRequest(
+                "nothing to configure: give --context-size, --keep-alive or -- FLAGS"
+            )
+        connect(args).request("POST", "/engines/_configure", json_body=body).close()
+        return 0
