@@ -1,0 +1,1 @@
+"""The daemon: aiohttp app, routes, listeners and signals (the composition root)."""

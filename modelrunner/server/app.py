@@ -1,0 +1,79 @@
+"""
+The aiohttp application: the composition root of the daemon's HTTP side.
+
+``make_app(config, store, supervisor)`` wires routes, middleware and the shared state; it does
+not touch the store or the supervisor (their lifecycles belong to ``daemon.py``), so the router
+can be built and inspected with stand-ins.  The upstream connection pool and the on-disk
+``_configure`` settings live and die with the app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from modelrunner.config import Config
+from modelrunner.runners.supervisor import Supervisor
+from modelrunner.server import engines_api, models_api, openai_api
+from modelrunner.server.catalog import Catalog
+from modelrunner.server.middleware import (
+    add_cors_headers,
+    make_cors_middleware,
+    make_error_middleware,
+)
+from modelrunner.server.proxy import UpstreamPool
+from modelrunner.server.settings import SettingsFile
+from modelrunner.server.state import STATE, ServerState
+
+if TYPE_CHECKING:
+    from modelrunner.distribution.store import Store
+
+__all__ = ["STATE", "ServerState", "make_app", "settings_path"]
+
+
+def settings_path(config: Config) -> SettingsFile:
+    return SettingsFile(config.home / "settings.json")
+
+
+def make_app(
+    config: Config,
+    store: Store,
+    supervisor: Supervisor,
+    *,
+    catalog: Catalog | None = None,
+) -> web.Application:
+    """The daemon's app; pass the *catalog* the supervisor's ``resolve`` came from, if any."""
+    if catalog is None:
+        catalog = Catalog(config, store, settings_path(config))
+    server = config.server
+    upstream = UpstreamPool(
+        connect_timeout_s=server.upstream_connect_timeout_s,
+        read_timeout_s=server.upstream_read_timeout_s,
+    )
+    state = ServerState(catalog=catalog, supervisor=supervisor, upstream=upstream)
+
+    def observe(request: web.Request, status: int, seconds: float) -> None:
+        info = request.match_info.route.resource
+        route = info.canonical if info is not None else "unmatched"
+        state.metrics.observe_request(request.method, route, status, seconds)
+
+    app = web.Application(
+        middlewares=[make_error_middleware(observe), make_cors_middleware(server.origins)],
+        # Bodies are read by read_body() against server.max_body_bytes; the tar upload streams.
+        client_max_size=server.max_body_bytes,
+    )
+    app[STATE] = state
+    app.on_response_prepare.append(add_cors_headers)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await state.settings.load()
+        yield
+        await upstream.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    engines_api.add_routes(app)
+    models_api.add_routes(app)
+    openai_api.add_routes(app)
+    return app

@@ -1,0 +1,338 @@
+"""
+The daemon process: both listeners, signals, readiness, reload and a draining shutdown.
+
+Owns the lifecycles the app does not: the store, the supervisor, the aiohttp runner and its two
+sites (the Unix socket, mode 0600, and TCP on a loopback address unless remote access is allowed
+explicitly).  ``daemon.ready`` is logged only once both listen.  SIGTERM/SIGINT: stop accepting,
+let in-flight requests finish (at most ``server.drain_timeout_s``), stop every runner, exit 0.
+SIGHUP (and ``POST /admin/reload``): re-read the config file; models whose settings changed are
+reconfigured, every other runner stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import ipaddress
+import os
+import signal
+import stat
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+from aiohttp import web
+
+from modelrunner import logs
+from modelrunner.config import Config
+from modelrunner.errors import ConfigError, ModelRunnerError, Unavailable
+from modelrunner.runners.supervisor import Supervisor
+from modelrunner.server.app import make_app, settings_path
+from modelrunner.server.catalog import Catalog
+from modelrunner.server.state import STATE
+
+log = structlog.get_logger(__name__)
+
+DAEMON_LOG = "daemon.log"
+LOG_ROTATE_BYTES = 10 * 1024 * 1024
+
+
+class Tee:
+    """A text stream writing to stderr and to the daemon's log file (served by ``/logs``)."""
+
+    def __init__(self, *streams: TextIO) -> None:
+        self._streams = streams
+
+    def write(self, text: str) -> int:
+        for s in self._streams:
+            with contextlib.suppress(OSError, ValueError):
+                s.write(text)
+                s.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        for s in self._streams:
+            with contextlib.suppress(OSError, ValueError):
+                s.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+def open_log(log_dir: Path) -> tuple[Path, TextIO]:
+    """The daemon's log file, rotated once (``.1``) when it has grown past 10 MiB."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    path = log_dir / DAEMON_LOG
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_size > LOG_ROTATE_BYTES:
+            os.replace(path, path.with_name(DAEMON_LOG + ".1"))
+    return path, open(path, "a", encoding="utf-8", buffering=1)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_host(config: Config) -> None:
+    server = config.server
+    if server.port and not is_loopback(server.host):
+        if not server.allow_remote:
+            raise ConfigError(
+                f"refusing to listen on {server.host}:{server.port}: not a loopback address; "
+                "pass --allow-remote (server.allow_remote) to accept connections from other hosts"
+            )
+        log.warning(
+            "daemon.remote_access",
+            host=server.host,
+            port=server.port,
+            note="anyone who can reach this address can use and manage your models",
+        )
+
+
+async def clear_socket(path: Path) -> None:
+    """Remove a stale socket file; refuse if a daemon answers on it or it is not a socket."""
+    try:
+        st = await asyncio.to_thread(os.lstat, path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ConfigError(f"{path} exists and is not a socket; remove it or choose --socket")
+    try:
+        async with asyncio.timeout(2):
+            _, writer = await asyncio.open_unix_connection(str(path))
+    except (ConnectionRefusedError, FileNotFoundError, TimeoutError):
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+        log.info("daemon.stale_socket_removed", socket=str(path))
+        return
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    raise ConfigError(
+        f"another daemon is already listening on {path}; stop it first "
+        "(or use --socket to choose another path)"
+    )
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: Path | None,
+        overrides: Mapping[str, Any] | None,
+        log_path: Path | None,
+        log_stream: TextIO | None = None,
+        json_logs: bool | None = None,
+    ) -> None:
+        self.json_logs = json_logs
+        self.config = config
+        self.config_path = config_path
+        self.overrides = dict(overrides or {})
+        self.log_path = log_path
+        self.log_stream = log_stream
+        self.stop = asyncio.Event()
+        self.catalog: Catalog | None = None
+        self.supervisor: Supervisor | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def run(self) -> int:
+        from modelrunner.distribution.store import Store
+
+        config = self.config
+        check_host(config)
+        socket_path = config.server.socket
+        await asyncio.to_thread(socket_path.parent.mkdir, parents=True, exist_ok=True)
+        await clear_socket(socket_path)
+        store = Store(config.store)
+        await store.open()
+        try:
+            self.catalog = Catalog(config, store, settings_path(config))
+            supervisor = Supervisor(config.runners, self.catalog.resolve)
+            self.supervisor = supervisor
+            try:
+                await supervisor.start()
+                await self._serve(store, supervisor)
+            finally:
+                await supervisor.aclose()
+        finally:
+            await store.close()
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(socket_path.unlink, missing_ok=True)
+        log.info("daemon.stopped")
+        return 0
+
+    async def _serve(self, store: Any, supervisor: Supervisor) -> None:
+        config = self.config
+        app = make_app(config, store, supervisor, catalog=self._ready()[0])
+        state = app[STATE]
+        state.daemon_log = self.log_path
+        state.reload = self.reload
+        runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=config.server.drain_timeout_s,
+        )
+        await runner.setup()
+        try:
+            port = await self._listen(runner)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_stop, sig)
+            loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+            log.info(
+                "daemon.ready",
+                socket=str(config.server.socket),
+                port=port,
+                host=config.server.host if port else None,
+                pid=os.getpid(),
+                store=str(config.store.path),
+            )
+            await self._preload()
+            await self.stop.wait()
+            log.info("daemon.stopping", drain_timeout_s=config.server.drain_timeout_s)
+        finally:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            # Stop accepting, drain in-flight requests (bounded), then cancel what is left.
+            await runner.cleanup()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _listen(self, runner: web.AppRunner) -> int | None:
+        server = self.config.server
+        unix = web.UnixSite(runner, str(server.socket))
+        old = os.umask(0o177)  # the socket is created 0600: no window where others can connect
+        try:
+            await unix.start()
+        finally:
+            os.umask(old)
+        await asyncio.to_thread(os.chmod, server.socket, 0o600)
+        if not server.port:
+            return None
+        tcp = web.TCPSite(runner, server.host, server.port, reuse_address=True)
+        try:
+            await tcp.start()
+        except OSError as e:
+            raise ConfigError(
+                f"cannot listen on {server.host}:{server.port}: {e.strerror or e}; "
+                "is another daemon running? (choose another with --port)"
+            ) from None
+        return server.port
+
+    def _on_stop(self, sig: signal.Signals) -> None:
+        log.info("daemon.signal", signal=sig.name)
+        self.stop.set()
+
+    def _on_hup(self) -> None:
+        log.info("daemon.signal", signal="SIGHUP")
+        self._own(self._reload_logged())
+
+    def _own(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reload_logged(self) -> None:
+        error = None
+        try:
+            await self.reload()
+        except ModelRunnerError as e:
+            error = e.message
+        if error is not None:
+            log.error("daemon.reload_failed", error=error)
+
+    def _ready(self) -> tuple[Catalog, Supervisor]:
+        if self.catalog is None or self.supervisor is None:
+            raise Unavailable("the daemon is not running yet")
+        return self.catalog, self.supervisor
+
+    async def _preload(self) -> None:
+        catalog, supervisor = self._ready()
+        refs = [ref for ref, s in self.config.models.items() if s.preload]
+        ids = []
+        for ref in refs:
+            error = None
+            try:
+                ids.append((await catalog.lookup(ref)).id)
+            except ModelRunnerError as e:
+                error = e.message
+            if error is not None:
+                log.error("daemon.preload_skipped", model=ref, error=error)
+        if ids:
+            await supervisor.preload(ids)
+
+    async def reload(self) -> dict[str, object]:
+        """Re-read the config file; reconfigure only the models whose settings changed."""
+        catalog, supervisor = self._ready()
+        new = await asyncio.to_thread(Config.load, self.config_path, None, self.overrides)
+        old = catalog.config
+        restart = [
+            name
+            for name in ("home", "store", "runners")
+            if getattr(old, name) != getattr(new, name)
+        ]
+        if old.server != new.server:
+            diff = [
+                f"server.{f.name}"
+                for f in dataclasses.fields(old.server)
+                if getattr(old.server, f.name) != getattr(new.server, f.name)
+                and f.name not in ("max_body_bytes", "disable_metrics")
+            ]
+            restart += diff
+        models = await catalog.store.list_models()
+        before = {m.id: catalog.file_settings(m) for m in models}
+        catalog.config = dataclasses.replace(
+            old,
+            models=new.models,
+            log_level=new.log_level,
+            server=dataclasses.replace(
+                old.server,
+                max_body_bytes=new.server.max_body_bytes,
+                disable_metrics=new.server.disable_metrics,
+            ),
+        )
+        if new.log_level != old.log_level:
+            logs.configure(new.log_level, stream=self.log_stream, json=self.json_logs)
+        changed = [m for m in models if catalog.file_settings(m) != before[m.id]]
+        for model in changed:
+            await supervisor.reconfigure(model.id)
+        names = [m.tags[0] if m.tags else m.id for m in changed]
+        log.info("daemon.reloaded", reconfigured=names, restart_required=restart)
+        return {"reloaded": True, "reconfigured": names, "restart_required": restart}
+
+
+def run(
+    config: Config,
+    *,
+    config_path: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> int:
+    """Run the daemon in the foreground until SIGTERM/SIGINT; the process's exit code."""
+    log_path, log_file = open_log(config.runners.log_dir)
+    json_logs = not sys.stderr.isatty()
+    stream = Tee(sys.stderr, log_file)
+    logs.configure(config.log_level, stream=stream, json=json_logs)  # type: ignore[arg-type]
+    daemon = Daemon(
+        config,
+        config_path=config_path,
+        overrides=overrides,
+        log_path=log_path,
+        log_stream=stream,  # type: ignore[arg-type]
+        json_logs=json_logs,
+    )
+    try:
+        return asyncio.run(daemon.run())
+    finally:
+        log_file.close()

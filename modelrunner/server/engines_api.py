@@ -1,0 +1,297 @@
+"""
+Engine management and daemon routes: status, ps, df, unload, ``_configure``, logs, metrics,
+reload, ``/`` and ``/version``.
+
+Docker's wire shapes (ps rows, df and unload JSON, ``_configure`` keys) with two deliberate
+changes: ``_configure`` settings are stored on disk and applied at every spawn (Docker forgets
+them at unload and restart), and a busy runner is not a 409 but is restarted once it goes idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+import aiofiles.os
+from aiohttp import web
+
+from modelrunner import __version__
+from modelrunner.errors import BinaryNotFound, InvalidRequest, NotFound
+from modelrunner.runners.args import validate_runtime_flags
+from modelrunner.runners.model import MODES
+from modelrunner.server.catalog import display_name
+from modelrunner.server.middleware import parse_json_object, read_body
+from modelrunner.server.openai_api import check_backend
+from modelrunner.server.settings import format_keep_alive, parse_keep_alive
+from modelrunner.server.state import STATE
+
+BACKEND = "llama.cpp"
+GO_ZERO_TIME = "0001-01-01T00:00:00Z"
+LOG_MAX_BYTES = 4 * 1024 * 1024
+
+
+async def banner(_: web.Request) -> web.Response:
+    return web.Response(text="Docker Model Runner is running")
+
+
+async def version(_: web.Request) -> web.Response:
+    return web.json_response({"version": __version__})
+
+
+async def status(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    try:
+        info = await state.supervisor.binary()
+    except BinaryNotFound as e:
+        return web.json_response({BACKEND: f"Error: {e.message}"})
+    return web.json_response({BACKEND: f"Running: llama.cpp {info.version} ({info.backend})"})
+
+
+def _rfc3339(ts: float | None) -> str:
+    if ts is None:
+        return GO_ZERO_TIME
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+async def ps(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    rows = []
+    for r in await state.supervisor.status():
+        row: dict[str, Any] = {
+            "backend_name": BACKEND,
+            "model_name": r.name,
+            "mode": r.mode,
+            "last_used": _rfc3339(r.last_used if r.in_flight == 0 else None),
+        }
+        if r.in_flight:
+            row["in_use"] = True
+        if r.state == "loading":
+            row["loading"] = True
+        settings = state.settings.get(r.model)
+        if settings is not None and settings.keep_alive_s is not None:
+            row["keep_alive"] = format_keep_alive(settings.keep_alive_s)
+        # Ours, beyond Docker's keys (its clients ignore unknown ones).
+        row.update(
+            model_id=r.model,
+            state=r.state,
+            pid=r.pid,
+            rss_bytes=r.rss_bytes,
+            in_flight=r.in_flight,
+            loaded_since=r.loaded_since,
+            until=r.until,
+            pinned=r.pinned,
+        )
+        rows.append(row)
+    return web.json_response(rows)
+
+
+def _dir_bytes(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            total += st.st_size
+    return total
+
+
+async def df(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    models = await state.store.disk_usage()
+    try:
+        binary = (await state.supervisor.binary()).path
+        backend = await asyncio.to_thread(_dir_bytes, binary.resolve().parent)
+    except BinaryNotFound:
+        backend = 0
+    return web.json_response(
+        {"models_disk_usage": int(models), "default_backend_disk_usage": int(backend)}
+    )
+
+
+async def unload(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    payload = parse_json_object(
+        await read_body(request, state.config.server.max_body_bytes), empty_ok=True
+    )
+    all_ = payload.get("all", False)
+    backend = payload.get("backend", "")
+    models = payload.get("models", [])
+    if not isinstance(all_, bool):
+        raise InvalidRequest("'all' must be a boolean")
+    if not isinstance(backend, str) or backend not in ("", BACKEND):
+        raise InvalidRequest(f"'backend' must be {BACKEND!r} or empty")
+    if models is None:
+        models = []
+    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+        raise InvalidRequest("'models' must be a list of model references")
+    if all_:
+        stopped = await state.supervisor.unload(None)
+    elif models:
+        ids = []
+        for ref in models:
+            model = await state.catalog.lookup(ref)
+            ids.append(model.id)
+        stopped = await state.supervisor.unload(ids)
+    else:
+        stopped = []
+    return web.json_response({"unloaded_runners": len(stopped)})
+
+
+def _configure_changes(payload: dict[str, Any]) -> dict[str, Any]:
+    """Docker's ``_configure`` body keys -> StoredSettings fields; 400 on any bad value."""
+    changes: dict[str, Any] = {}
+    mode = payload.get("mode")
+    if mode is not None:
+        if mode not in MODES:
+            raise InvalidRequest(f"'mode' must be one of {', '.join(MODES)}")
+        changes["mode"] = mode
+    if "context-size" in payload:
+        ctx = payload["context-size"]
+        if ctx is not None and (isinstance(ctx, bool) or not isinstance(ctx, int)):
+            raise InvalidRequest("'context-size' must be an integer")
+        if ctx is not None and (ctx == 0 or ctx < -1 or ctx > 16 * 1024 * 1024):
+            raise InvalidRequest("'context-size' must be a positive number of tokens, or -1")
+        changes["context_size"] = ctx
+    flags = payload.get("runtime-flags")
+    raw = payload.get("raw-runtime-flags")
+    if flags is not None:
+        if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+            raise InvalidRequest("'runtime-flags' must be a list of strings")
+        changes["runtime_flags"] = validate_runtime_flags(flags)
+    elif raw is not None:
+        if not isinstance(raw, str):
+            raise InvalidRequest("'raw-runtime-flags' must be a string")
+        try:
+            parsed = shlex.split(raw)
+        except ValueError as e:
+            raise InvalidRequest(f"'raw-runtime-flags' cannot be parsed: {e}") from None
+        changes["runtime_flags"] = validate_runtime_flags(parsed)
+    if "keep_alive" in payload:
+        ka = payload["keep_alive"]
+        if ka is not None and not isinstance(ka, str):
+            raise InvalidRequest("'keep_alive' must be a duration string such as '10m' or '-1'")
+        changes["keep_alive_s"] = parse_keep_alive(ka) if ka is not None else None
+    if "pinned" in payload:
+        pinned = payload["pinned"]
+        if pinned is not None and not isinstance(pinned, bool):
+            raise InvalidRequest("'pinned' must be a boolean")
+        changes["pinned"] = pinned
+    if "--embeddings" in changes.get("runtime_flags", ()) and "mode" not in changes:
+        changes["mode"] = "embedding"
+    return changes
+
+
+async def configure(request: web.Request) -> web.Response:
+    """Store settings on disk; idle runners restart now, busy ones once idle: 202."""
+    check_backend(request)
+    state = request.app[STATE]
+    payload = parse_json_object(await read_body(request, state.config.server.max_body_bytes))
+    ref = payload.get("model")
+    if not isinstance(ref, str) or not ref.strip():
+        raise InvalidRequest("'model' is required (a model reference)")
+    changes = _configure_changes(payload)
+    model = await state.catalog.lookup(ref)
+    await state.settings.update(model.id, changes, display_name(model))
+    await state.supervisor.reconfigure(model.id)
+    return web.Response(status=202)
+
+
+async def get_configure(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    only: str | None = None
+    if "model" in request.query:
+        only = (await state.catalog.lookup(request.query["model"])).id
+    rows = [
+        {
+            "Backend": BACKEND,
+            "Model": s.model,
+            "ModelID": model_id,
+            "Mode": s.mode,
+            "Config": s.to_wire(),
+        }
+        for model_id, s in state.settings.items()
+        if only is None or model_id == only
+    ]
+    return web.json_response(rows)
+
+
+async def _tail(path: Path, limit: int) -> bytes:
+    try:
+        async with aiofiles.open(path, "rb") as f:
+            size = (await aiofiles.os.stat(path)).st_size
+            if size > limit:
+                await f.seek(size - limit)
+            return await f.read()
+    except FileNotFoundError:
+        raise NotFound(f"no log at {path}") from None
+
+
+async def logs(request: web.Request) -> web.Response:
+    """The daemon's log, or with ``?model=`` (and ``?mode=``) that model's runner log."""
+    state = request.app[STATE]
+    model_ref = request.query.get("model")
+    if model_ref is None:
+        if state.daemon_log is None:
+            raise NotFound("this daemon writes no log file")
+        return web.Response(
+            body=await _tail(state.daemon_log, LOG_MAX_BYTES),
+            content_type="text/plain",
+            charset="utf-8",
+        )
+    mode = request.query.get("mode", "completion")
+    if mode not in MODES:
+        raise InvalidRequest(f"mode must be one of {', '.join(MODES)}")
+    model = await state.catalog.lookup(model_ref)
+    path = state.supervisor.runner_log(model.id, mode)
+    try:
+        data = await _tail(path, LOG_MAX_BYTES)
+    except NotFound:
+        raise NotFound(
+            f"model {display_name(model)!r} has no {mode} runner log yet (it has not run)"
+        ) from None
+    return web.Response(body=data, content_type="text/plain", charset="utf-8")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.config.server.disable_metrics:
+        raise NotFound("metrics are disabled (DISABLE_METRICS)")
+    runners = await state.supervisor.status()
+    text = state.metrics.render(state.supervisor.stats, runners)
+    return web.Response(
+        text=text,
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Prometheus-Format": "0.0.4"},
+    )
+
+
+async def reload(request: web.Request) -> web.Response:
+    """Re-read the config file (as SIGHUP does); runners the change does not touch stay."""
+    state = request.app[STATE]
+    if state.reload is None:
+        raise NotFound("this daemon has no config file to reload")
+    return web.json_response(await state.reload())
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/", banner)
+    r.add_get("/version", version)
+    r.add_get("/engines/status", status)
+    r.add_get("/engines/ps", ps)
+    r.add_get("/engines/df", df)
+    r.add_post("/engines/unload", unload)
+    r.add_get("/engines/_configure", get_configure)
+    r.add_post("/engines/_configure", configure)
+    r.add_post("/engines/{backend}/_configure", configure)
+    r.add_get("/logs", logs)
+    r.add_get("/metrics", metrics)
+    r.add_post("/admin/reload", reload)

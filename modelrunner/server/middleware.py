@@ -1,0 +1,202 @@
+"""
+Request middleware: one JSON error shape, body limits, CORS, and one log line per request.
+
+Management routes answer ``{"error": "..."}``; OpenAI routes (``.../v1/...``, ``/rerank``,
+``/score``) answer OpenAI's ``{"error": {"message", "type", "code"}}`` because the openai package
+reads ``error.message``.  Both come from the same exception tree (``modelrunner.errors``) and from
+aiohttp's own HTTP exceptions (404/405/413).  Knows nothing of models or runners.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from modelrunner.errors import InvalidRequest, ModelRunnerError, PayloadTooLarge, TooManyRequests
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Observer = Callable[[web.Request, int, float], None]
+
+_OPENAI_SUFFIXES = ("/rerank", "/score")
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error"}
+
+
+def is_openai_path(path: str) -> bool:
+    """OpenAI-shaped errors for ``.../v1/...`` and the rerank/score routes."""
+    return "/v1/" in path or path.endswith("/v1") or path.rstrip("/").endswith(_OPENAI_SUFFIXES)
+
+
+def error_body(path: str, status: int, message: str, code: str) -> dict[str, Any]:
+    """The error payload for *path*'s family of routes."""
+    if is_openai_path(path):
+        kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        return {"error": {"message": message, "type": kind, "code": code}}
+    return {"error": message}
+
+
+def error_response(
+    request: web.Request,
+    status: int,
+    message: str,
+    code: str,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    return web.json_response(
+        error_body(request.path, status, message, code), status=status, headers=headers
+    )
+
+
+def _http_message(e: web.HTTPException) -> str:
+    if e.status == 404:
+        return f"no route for {e.status} {e.reason.lower()}: see docs/openapi.yaml"
+    if e.status == 405:
+        return "method not allowed"
+    if e.status == 413:
+        return "request body is too large"
+    text = e.text or e.reason
+    return text.removeprefix(f"{e.status}: ").strip() or e.reason
+
+
+def make_error_middleware(observe: Observer | None = None) -> Any:
+    """Render every failure as JSON and log one ``http.request`` line per request."""
+
+    @web.middleware
+    async def errors_and_access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except ModelRunnerError as e:
+            status = e.status
+            headers = None
+            if isinstance(e, TooManyRequests):
+                headers = {"Retry-After": str(e.retry_after_s)}
+            return error_response(request, e.status, e.message, e.code, headers)
+        except web.HTTPException as e:
+            status = e.status
+            if e.status < 400:
+                raise
+            if e.status == 413:
+                return error_response(request, 413, _http_message(e), PayloadTooLarge.code)
+            code = "not_found" if e.status == 404 else "http_error"
+            headers = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None
+            return error_response(request, e.status, _http_message(e), code, headers)
+        except (ConnectionResetError, TimeoutError) as e:
+            # The client went away (or stalled) while we wrote: nothing left to answer.
+            status = 499
+            log.info("http.client_gone", path=request.path, error=repr(e))
+            raise
+        except Exception:
+            request_id = uuid.uuid4().hex[:12]
+            log.exception("http.unhandled", method=request.method, path=request.path, id=request_id)
+            return error_response(
+                request, 500, f"internal error (request id {request_id})", "internal_error"
+            )
+        finally:
+            elapsed = time.perf_counter() - started
+            if observe is not None:
+                observe(request, status, elapsed)
+            log.info(
+                "http.request",
+                method=request.method,
+                path=request.path,
+                status=status,
+                duration_ms=round(elapsed * 1000, 2),
+            )
+
+    return errors_and_access_log
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, refusing (413) more than *limit* bytes without keeping them."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"request body of {length} bytes is over the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json_object(body: bytes, *, empty_ok: bool = False) -> dict[str, Any]:
+    """A JSON object or InvalidRequest (malformed, too deep, not an object, bad UTF-8)."""
+    if not body.strip():
+        if empty_ok:
+            return {}
+        raise InvalidRequest("request body is empty; expected a JSON object")
+    try:
+        value = json.loads(body)
+    except RecursionError:
+        raise InvalidRequest("request body is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidRequest(f"request body is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"request body must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def _origin_pattern(origin: str) -> re.Pattern[str]:
+    """``http://localhost:*`` matches any port (Docker's entries are literal: a bug we fix)."""
+    escaped = re.escape(origin.rstrip("/"))
+    return re.compile("^" + escaped.replace(r":\*", r"(:[0-9]{1,5})?") + "$")
+
+
+CORS_ORIGIN = web.RequestKey("cors_origin", str)
+
+
+async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: the allowed origin (never the runner's own header)."""
+    origin = request.get(CORS_ORIGIN)
+    response.headers.popall("Access-Control-Allow-Origin", None)
+    if origin is not None:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+
+
+def make_cors_middleware(origins: Iterable[str]) -> Any:
+    """CORS only for configured origins (``*`` = any); others get no CORS headers and a 403."""
+    allowed = tuple(o.strip() for o in origins if o.strip())
+    allow_all = "*" in allowed
+    patterns = [_origin_pattern(o) for o in allowed if o != "*"]
+
+    def ok(origin: str) -> bool:
+        return allow_all or any(p.match(origin) for p in patterns)
+
+    @web.middleware
+    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return await handler(request)
+        if not ok(origin):
+            return error_response(request, 403, f"origin {origin!r} is not allowed", "forbidden")
+        if request.method == "OPTIONS":
+            return web.Response(
+                status=204,
+                headers={
+                    "Access-Control-Allow-Origin": origin,
+                    "Access-Control-Allow-Credentials": "true",
+                    "Access-Control-Allow-Methods": "GET, POST, DELETE",
+                    "Access-Control-Allow-Headers": "*",
+                    "Vary": "Origin",
+                },
+            )
+        # Headers go on in on_response_prepare (add_cors_headers), so streamed answers get them too.
+        request[CORS_ORIGIN] = origin
+        return await handler(request)
+
+    return cors

@@ -1,0 +1,199 @@
+"""
+Docker Model Runner's model management routes (``/models…``) on the store.
+
+Wire shapes are Docker's (``/models`` items from ``Model.to_api()``, the delete result list, the
+tag answer, the progress stream); errors are ``{"error": "…"}`` with Docker's statuses.
+``GET /models/{name}`` adds what Docker cannot show: the effective settings and the exact
+llama-server argv the next spawn will use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from modelrunner.distribution.reference import parse_reference
+from modelrunner.errors import BinaryNotFound, InvalidRequest, ModelRunnerError
+from modelrunner.runners.args import build_argv
+from modelrunner.runners.model import MODES, Mode
+from modelrunner.server.catalog import display_name
+from modelrunner.server.middleware import parse_json_object, read_body
+from modelrunner.server.progress import ProgressStream
+from modelrunner.server.state import STATE
+
+log = structlog.get_logger(__name__)
+
+_TAR_TYPES = ("application/x-tar", "application/octet-stream", "application/tar", "")
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    """Go's query booleans: ``?force`` alone or ``=true/1/t`` means true."""
+    if name not in request.query:
+        return False
+    value = request.query[name].strip().lower()
+    if value in ("", "1", "t", "true", "yes"):
+        return True
+    if value in ("0", "f", "false", "no"):
+        return False
+    raise InvalidRequest(f"query parameter {name!r} must be a boolean, not {value!r}")
+
+
+async def list_models(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    models = await state.store.list_models()
+    return web.json_response([m.to_api() for m in models])
+
+
+async def get_model(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    name = request.match_info["name"]
+    if _flag(request, "remote"):
+        from modelrunner.server.remote import remote_model
+
+        return web.json_response(await remote_model(state.config.store, name))
+    model = await state.catalog.lookup(name)
+    body = model.to_api()
+    files = state.catalog.files(model)
+    settings = dataclasses.asdict(files.settings)
+    settings["runtime_flags"] = list(files.settings.runtime_flags)
+    body["settings"] = settings
+    try:
+        binary = (await state.supervisor.binary()).path
+    except BinaryNotFound:
+        binary = Path("llama-server")
+    runners = state.config.runners
+    argv: dict[str, list[str]] = {}
+    for mode in MODES:
+        try:
+            argv[mode] = build_argv(binary, files, mode, runners.run_dir / "runner.sock", runners)
+        except InvalidRequest as e:
+            body["settings_error"] = e.message
+    body["llama_server_args"] = argv
+    return web.json_response(body)
+
+
+async def create(request: web.Request) -> web.StreamResponse:
+    """Pull: Docker's progress lines, then a success or error line."""
+    state = request.app[STATE]
+    payload = parse_json_object(await read_body(request, state.config.server.max_body_bytes))
+    source = payload.get("from")
+    if not isinstance(source, str) or not source.strip():
+        raise InvalidRequest("'from' must be a model reference such as ai/smollm2")
+    parse_reference(source)  # InvalidReference (400) before anything streams
+    stream = ProgressStream(request, "pull")
+    return await stream.run(
+        lambda progress: state.store.pull(source, progress=progress),
+        lambda _model: "Model pulled successfully",
+        failure_prefix="error while pulling model",
+    )
+
+
+async def push(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    await read_body(request, state.config.server.max_body_bytes)  # optional bearer-token: unused
+    name = request.match_info["name"]
+    model = await state.catalog.lookup(name)  # 404 before streaming
+    del model
+    stream = ProgressStream(request, "push")
+    return await stream.run(
+        lambda progress: state.store.push(name, progress=progress),
+        lambda _none: "Model pushed successfully",
+        failure_prefix="error while pushing model",
+    )
+
+
+async def load_archive(request: web.Request) -> web.StreamResponse:
+    """``docker model package``'s tar upload; the model is left untagged unless ``?tag=``."""
+    state = request.app[STATE]
+    ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if ctype not in _TAR_TYPES:
+        raise web.HTTPUnsupportedMediaType(text="the body must be a tar (application/x-tar)")
+    tag = request.query.get("tag") or None
+    if tag is not None:
+        parse_reference(tag)
+
+    async def chunks() -> Any:
+        async for chunk in request.content.iter_chunked(1 << 20):
+            yield chunk
+
+    stream = ProgressStream(request, "pull")
+
+    async def operation(progress: Any) -> Any:
+        return await state.store.load_archive(chunks(), tag, progress)
+
+    return await stream.run(
+        operation,
+        lambda model: f"Model loaded successfully: {model.id}",
+        failure_prefix="error while loading model",
+    )
+
+
+async def delete(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    name = request.match_info["name"]
+    force = _flag(request, "force")
+    model = await state.catalog.lookup(name)
+    result = await state.store.remove(name, force=force, in_use=state.supervisor.in_use)
+    if result.deleted:
+        await state.supervisor.unload([model.id])
+        await state.settings.remove([model.id])
+    return web.json_response(result.to_api())
+
+
+async def purge(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    await state.supervisor.unload(None)
+    await state.store.purge()
+    await state.settings.remove(None)
+    return web.Response(status=200)
+
+
+async def tag(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    repo, tag_ = request.query.get("repo", ""), request.query.get("tag", "")
+    if not repo:
+        raise InvalidRequest("missing repo or tag query parameter")
+    target = f"{repo}:{tag_}" if tag_ else repo
+    parse_reference(target)
+    await state.catalog.lookup(request.match_info["name"])
+    await state.store.tag(request.match_info["name"], target)
+    return web.json_response(
+        {
+            "message": f"Model tagged successfully with {target!r}".replace("'", '"'),
+            "target": target,
+        },
+        status=201,
+    )
+
+
+async def load_model(request: web.Request) -> web.Response:
+    """Start the model's runner now (``?mode=completion|embedding|reranking``)."""
+    state = request.app[STATE]
+    mode = request.query.get("mode", "completion")
+    if mode not in MODES:
+        raise InvalidRequest(f"mode must be one of {', '.join(MODES)}")
+    model = await state.catalog.lookup(request.match_info["name"])
+    mode_t: Mode = mode
+    await state.supervisor.load(model.id, mode_t)
+    return web.json_response({"model": display_name(model), "id": model.id, "mode": mode})
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/models", list_models)
+    r.add_post("/models/create", create)
+    r.add_post("/models/load", load_archive)
+    r.add_delete("/models/purge", purge)
+    # Suffix routes before the bare {name:.+} ones: names contain slashes.
+    r.add_post("/models/{name:.+}/tag", tag)
+    r.add_post("/models/{name:.+}/push", push)
+    r.add_post("/models/{name:.+}/load", load_model)
+    r.add_get("/models/{name:.+}", get_model)
+    r.add_delete("/models/{name:.+}", delete)
+
+
+__all__ = ["ModelRunnerError", "add_routes"]

@@ -1,0 +1,163 @@
+"""
+OpenAI-compatible routes: inference pass-through and the model list.
+
+``POST .../v1/chat/completions|completions|embeddings`` and ``.../rerank|score`` under
+``/engines/{backend}``, ``/engines`` and ``/`` (Docker's ``/v1`` alias).  Only ``model`` is read
+from the body (plus Ollama's optional ``keep_alive``); the bytes go to that model's runner as
+they came.  ``GET .../v1/models[/{name}]`` answers from the store, one entry per model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from modelrunner.errors import InvalidRequest, ModelRunnerError, UpstreamError
+from modelrunner.runners.model import Mode
+from modelrunner.server.catalog import display_name
+from modelrunner.server.middleware import parse_json_object, read_body
+from modelrunner.server.proxy import Forwarded, write_stream_error
+from modelrunner.server.settings import parse_keep_alive
+from modelrunner.server.state import STATE, ServerState
+
+BACKENDS = ("llama.cpp",)
+PREFIXES = ("/engines/{backend}", "/engines", "")
+
+# (path suffix, mode, path sent to llama-server)
+INFERENCE: tuple[tuple[str, Mode, str], ...] = (
+    ("/v1/chat/completions", "completion", "/v1/chat/completions"),
+    ("/v1/completions", "completion", "/v1/completions"),
+    ("/v1/embeddings", "embedding", "/v1/embeddings"),
+    ("/rerank", "reranking", "/v1/rerank"),
+    ("/score", "reranking", "/v1/rerank"),
+)
+
+
+def check_backend(request: web.Request) -> None:
+    backend = request.match_info.get("backend")
+    if backend is not None and backend not in BACKENDS:
+        raise InvalidRequest(
+            f"unknown backend {backend!r}; the only backend is {', '.join(BACKENDS)}"
+        )
+
+
+def _keep_alive(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise InvalidRequest("keep_alive must be a duration string or a number of seconds")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        return parse_keep_alive(value)
+    raise InvalidRequest("keep_alive must be a duration string or a number of seconds")
+
+
+def inference_handler(mode: Mode, upstream_path: str) -> Any:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        check_backend(request)
+        state = request.app[STATE]
+        body = await read_body(request, state.config.server.max_body_bytes)
+        payload = parse_json_object(body)
+        if "model" not in payload:
+            raise InvalidRequest("request body has no 'model' field")
+        model = await state.catalog.lookup(payload["model"])
+        keep_alive_s = _keep_alive(payload.get("keep_alive"))
+        preload_only = request.headers.get("X-Preload-Only", "").lower() == "true"
+        return await serve(
+            state,
+            request,
+            model.id,
+            display_name(model),
+            mode,
+            upstream_path,
+            body,
+            keep_alive_s,
+            preload_only,
+        )
+
+    return handler
+
+
+async def serve(
+    state: ServerState,
+    request: web.Request,
+    model_id: str,
+    name: str,
+    mode: Mode,
+    upstream_path: str,
+    body: bytes,
+    keep_alive_s: float | None,
+    preload_only: bool = False,
+) -> web.StreamResponse:
+    """Acquire the model's runner and pass the request through; errors after the answer began
+    end the stream with an error event instead of a status."""
+    forwarded = Forwarded()
+    try:
+        async with state.supervisor.acquire(model_id, mode, keep_alive_s) as runner:
+            if preload_only:
+                return web.Response(status=200)
+            response = await state.upstream.forward(
+                request, runner.socket_path, upstream_path, body, forwarded
+            )
+    except (aiohttp.ClientError, TimeoutError) as e:
+        error: ModelRunnerError = UpstreamError(f"runner for model {name!r} failed: {e!r}")
+        if forwarded.response is None:
+            raise error from e
+        state.metrics.stream_errors += 1
+        await write_stream_error(forwarded, error)
+        return forwarded.response
+    except ModelRunnerError as e:
+        if forwarded.response is None:
+            raise
+        state.metrics.stream_errors += 1
+        await write_stream_error(forwarded, e)
+        return forwarded.response
+    if forwarded.usage is not None:
+        state.metrics.observe_usage(name, forwarded.usage)
+    return response
+
+
+def _openai_model(item: dict[str, Any]) -> dict[str, Any]:
+    tags = item.get("tags") or []
+    out: dict[str, Any] = {
+        "id": tags[0] if tags else item["id"],
+        "object": "model",
+        "created": item.get("created", 0),
+        "owned_by": "docker",
+    }
+    config = item.get("config")
+    if isinstance(config, dict):
+        out["dmr"] = {
+            k: config[k]
+            for k in ("architecture", "parameters", "quantization", "size")
+            if k in config
+        }
+        if "context_size" in config:
+            out["dmr"]["context_window"] = config["context_size"]
+    return out
+
+
+async def list_models(request: web.Request) -> web.Response:
+    check_backend(request)
+    state = request.app[STATE]
+    models = await state.store.list_models()
+    data = [_openai_model(m.to_api()) for m in models]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    check_backend(request)
+    state = request.app[STATE]
+    model = await state.catalog.lookup(request.match_info["name"])
+    return web.json_response(_openai_model(model.to_api()))
+
+
+def add_routes(app: web.Application) -> None:
+    for prefix in PREFIXES:
+        for suffix, mode, upstream in INFERENCE:
+            app.router.add_post(prefix + suffix, inference_handler(mode, upstream))
+        app.router.add_get(prefix + "/v1/models", list_models)
+        app.router.add_get(prefix + "/v1/models/{name:.+}", get_model)

@@ -1,0 +1,186 @@
+"""
+Pass-through of one OpenAI request to a runner's llama-server, over its Unix socket.
+
+The body goes upstream unchanged; the answer comes back chunk by chunk as it arrives (SSE gets
+``X-Accel-Buffering: no``), never buffered, so the first token reaches the client as soon as
+llama-server writes it.  A client that disconnects cancels this handler (the daemon runs with
+``handler_cancellation=True``), which closes the upstream connection and stops generation.
+A runner that dies after the answer has started cannot change the status any more: the caller
+ends the stream with an error event (``write_stream_error``).  Knows nothing of models or routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict
+
+from modelrunner.errors import ModelRunnerError
+
+log = structlog.get_logger(__name__)
+
+# Request headers that describe this hop, not the request; never forwarded.
+_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Host",
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Connection",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Content-Length",
+        "Expect",
+        "Accept-Encoding",
+        "Origin",
+    )
+)
+_RESPONSE_SKIP = _HOP | {"content-encoding", "access-control-allow-origin", "server", "date"}
+
+MAX_SESSIONS = 16  # one per runner socket; old runners' sessions are closed beyond this
+
+UsageFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Forwarded:
+    """What a forward got to before it ended: the client response once headers were sent."""
+
+    response: web.StreamResponse | None = None
+    streaming: bool = False
+    usage: dict[str, Any] | None = field(default=None)
+
+
+class UpstreamPool:
+    """One aiohttp session (UnixConnector) per runner socket, closed when the pool closes."""
+
+    def __init__(self, *, connect_timeout_s: float, read_timeout_s: float) -> None:
+        # total=None: a long generation is not an error; a silent upstream is.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
+        )
+        self._sessions: collections.OrderedDict[Path, aiohttp.ClientSession] = (
+            collections.OrderedDict()
+        )
+        self._busy: collections.Counter[Path] = collections.Counter()
+
+    def session(self, socket_path: Path) -> aiohttp.ClientSession:
+        session = self._sessions.get(socket_path)
+        if session is None or session.closed:
+            connector = aiohttp.UnixConnector(path=str(socket_path), limit=0)
+            session = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, auto_decompress=False
+            )
+            self._sessions[socket_path] = session
+            self._prune()
+        self._sessions.move_to_end(socket_path)
+        return session
+
+    def _prune(self) -> None:
+        """Close the least recently used idle sessions beyond MAX_SESSIONS (old runners)."""
+        for path in list(self._sessions):
+            if len(self._sessions) <= MAX_SESSIONS:
+                break
+            if not self._busy[path]:
+                old = self._sessions.pop(path)
+                asyncio.get_running_loop().create_task(old.close())
+
+    async def close(self) -> None:
+        sessions = list(self._sessions.values())
+        self._sessions.clear()
+        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+
+    async def forward(
+        self,
+        request: web.Request,
+        socket_path: Path,
+        upstream_path: str,
+        body: bytes,
+        state: Forwarded,
+    ) -> web.StreamResponse:
+        """Send *body* to the runner and stream its answer back; *state* records progress."""
+        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _HOP)
+        session = self.session(socket_path)
+        self._busy[socket_path] += 1
+        try:
+            async with session.post(
+                f"http://localhost{upstream_path}", data=body, headers=headers
+            ) as up:
+                return await self._relay(request, up, state)
+        finally:
+            self._busy[socket_path] -= 1
+            if not self._busy[socket_path]:
+                del self._busy[socket_path]
+
+    async def _relay(
+        self, request: web.Request, up: aiohttp.ClientResponse, state: Forwarded
+    ) -> web.StreamResponse:
+        out_headers = CIMultiDict(
+            (k, v) for k, v in up.headers.items() if k.lower() not in _RESPONSE_SKIP
+        )
+        ctype = up.headers.get("Content-Type", "")
+        if "text/event-stream" not in ctype and up.content_length is not None:
+            # A plain JSON answer of known length: one read, one write (and usage for metrics).
+            data = await up.read()
+            if up.status == 200 and b'"usage"' in data:
+                state.usage = _usage(data)
+            return web.Response(status=up.status, body=data, headers=out_headers)
+        if "text/event-stream" in ctype:
+            out_headers["X-Accel-Buffering"] = "no"
+            out_headers["Cache-Control"] = "no-cache"
+        response = web.StreamResponse(status=up.status, headers=out_headers)
+        await response.prepare(request)
+        state.response = response
+        state.streaming = True
+        async for chunk in up.content.iter_any():
+            if b'"usage"' in chunk:
+                usage = _usage_from_sse(chunk)
+                if usage is not None:
+                    state.usage = usage
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+
+def _usage(data: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    usage = value.get("usage") if isinstance(value, dict) else None
+    return usage if isinstance(usage, dict) else None
+
+
+def _usage_from_sse(chunk: bytes) -> dict[str, Any] | None:
+    for line in chunk.split(b"\n"):
+        if line.startswith(b"data:") and b'"usage"' in line:
+            usage = _usage(line[5:].strip())
+            if usage is not None:
+                return usage
+    return None
+
+
+async def write_stream_error(state: Forwarded, error: ModelRunnerError) -> None:
+    """End an already-started answer with an error event (SSE) or a JSON line; never raises."""
+    response = state.response
+    if response is None:
+        return
+    payload = {"error": {"message": error.message, "type": "server_error", "code": error.code}}
+    line = json.dumps(payload)
+    try:
+        await response.write(f"data: {line}\n\n".encode())
+        await response.write_eof()
+    except (ConnectionError, RuntimeError, aiohttp.ClientError) as e:
+        log.info("proxy.error_event_lost", error=repr(e))

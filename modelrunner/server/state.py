@@ -1,0 +1,55 @@
+"""
+What every route handler reaches through ``request.app[STATE]``: one object, typed.
+
+Holds the current config (replaced on reload), the store, the supervisor, the catalog (resolve),
+the on-disk settings, the metrics and the upstream connection pool.  No logic beyond reload.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from modelrunner.config import Config
+from modelrunner.runners.supervisor import Supervisor
+from modelrunner.server.catalog import Catalog
+from modelrunner.server.metrics import Metrics
+from modelrunner.server.proxy import UpstreamPool
+from modelrunner.server.settings import SettingsFile
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from modelrunner.distribution.store import Store
+
+    ReloadFn = Callable[[], Awaitable[dict[str, object]]]
+
+
+@dataclass
+class ServerState:
+    catalog: Catalog
+    supervisor: Supervisor
+    upstream: UpstreamPool
+    metrics: Metrics = field(default_factory=Metrics)
+    started: float = field(default_factory=time.time)
+    reload: ReloadFn | None = None  # set by the daemon; None = no config file to reload
+    daemon_log: Path | None = None
+
+    @property
+    def config(self) -> Config:
+        return self.catalog.config
+
+    @property
+    def store(self) -> Store:
+        return self.catalog.store
+
+    @property
+    def settings(self) -> SettingsFile:
+        return self.catalog.settings
+
+
+STATE = web.AppKey("state", ServerState)
