@@ -72,7 +72,7 @@ async def setup_default(
     try:
         model = None if force else await _existing(store, tag)
         if model is not None:
-            say(f"{tag} is already in the store ({model.id.removeprefix('sha256:')[:12]})")
+            say(f"{tag} is already in the store ({model.short_id})")
             return model, False
         package = _gemma_package()
         lic = await asyncio.to_thread(license_path, package)
@@ -87,7 +87,7 @@ async def setup_default(
             model = await store.package(gguf, tag, license=lic, chat_template=template)
         finally:
             await asyncio.to_thread(_remove_workdir, work)
-        say(f"added {tag} ({model.id.removeprefix('sha256:')[:12]}) to {config.store.path}")
+        say(f"added {tag} ({model.short_id}) to {config.store.path}")
         return model, True
     finally:
         await store.close()

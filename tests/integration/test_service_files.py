@@ -1,0 +1,84 @@
+"""The real CLI's `service install --dry-run`: a plist plistlib reads, a unit systemd accepts."""
+
+from __future__ import annotations
+
+import os
+import plistlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modelrunner.service import LABEL
+
+CLI = [sys.executable, "-m", "modelrunner"]
+
+
+def dry_run(home: Path, manager: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODEL_RUNNER")}
+    env["HOME"] = str(home)
+    return subprocess.run(
+        [*CLI, "service", "--manager", manager, "install", "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+
+def test_dry_run_prints_the_plist_and_writes_nothing(tmp_path: Path) -> None:
+    """stdout is the plist itself; stderr names where it would go; the home stays empty."""
+    done = dry_run(tmp_path, "launchd")
+    plist = plistlib.loads(done.stdout.encode())
+    assert plist["Label"] == LABEL
+    assert plist["ProgramArguments"][-3:] == [
+        "--config",
+        str(tmp_path / ".modelrunner" / "config.yaml"),
+        "serve",
+    ]
+    assert Path(plist["ProgramArguments"][0]).name in ("modelrunner", Path(sys.executable).name)
+    assert plist["KeepAlive"] == {"SuccessfulExit": False}
+    assert f"Library/LaunchAgents/{LABEL}.plist" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    """`systemd-analyze --user verify` accepts the unit with no warning at all."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (apt-get install systemd; `make test` does)")
+    done = dry_run(tmp_path, "systemd")
+    assert "Restart=on-failure" in done.stdout
+    assert ".config/systemd/user/modelrunner.service" in done.stderr
+    unit = tmp_path / "modelrunner.service"
+    unit.write_text(done.stdout)
+    (tmp_path / ".modelrunner").mkdir()  # WorkingDirectory must exist
+    runtime = tmp_path / "xdg"
+    runtime.mkdir(mode=0o700)
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "HOME": str(tmp_path)}
+    verify = subprocess.run(
+        [analyze, "--user", "verify", str(unit)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if verify.returncode != 0 and "Failed to initialize manager" in verify.stderr:
+        pytest.skip(f"systemd-analyze cannot start a user manager here: {verify.stderr.strip()}")
+    assert (verify.returncode, verify.stderr) == (0, "")
+
+    # The same check rejects a broken unit, so the pass above means something.
+    unit.write_text(done.stdout.replace("Restart=on-failure", "Restart=sometimes"))
+    broken = subprocess.run(
+        [analyze, "--user", "verify", str(unit)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "restart specifier" in broken.stderr
