@@ -1,13 +1,17 @@
 """Fixtures for the reliability suite: the running daemon, reached over TCP, or a skip.
 
-The daemon fixture (tests/fixtures/daemon.py) is owned by the server work; until it exists these
-tests skip with a reason instead of erroring, so the suite's skeleton runs from day one.
+The daemon comes from `tests/fixtures/daemon.py` (contract: /work/notes/daemon-fixture.md, owned
+by the server work): a synchronous `daemon_factory(**sections) -> DaemonHandle` and a `daemon`
+with default sections. Until that module exists these tests skip with a reason instead of
+erroring. The handle's blocking calls (start, `add_model`, `restart`) run in a thread here, so an
+async test's own servers (the fault proxy) keep answering meanwhile.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,21 +19,10 @@ import pytest
 
 @dataclass(frozen=True)
 class Target:
-    """Where a running daemon answers, and the handle the fixture gave us."""
+    """Where a running daemon answers, and the fixture's `DaemonHandle`."""
 
     base_url: str
     handle: Any
-
-
-def _base_url(handle: Any) -> str | None:
-    for attr in ("base_url", "url", "tcp_url"):
-        value = getattr(handle, attr, None)
-        if isinstance(value, str) and value.startswith("http"):
-            return value.rstrip("/")
-    port = getattr(handle, "port", None)
-    if isinstance(port, int):
-        return f"http://127.0.0.1:{port}"
-    return None
 
 
 @pytest.fixture
@@ -39,56 +32,79 @@ def target(request: pytest.FixtureRequest) -> Target:
         handle = request.getfixturevalue("daemon")
     except pytest.FixtureLookupError:
         pytest.skip("tests/fixtures/daemon.py (the `daemon` fixture) is not there yet")
-    url = _base_url(handle)
-    if url is None:
-        pytest.skip(f"cannot tell the daemon fixture's TCP address from {handle!r}")
-    return Target(base_url=url, handle=handle)
+    return Target(base_url=handle.base_url.rstrip("/"), handle=handle)
 
 
-async def start_daemon(request: pytest.FixtureRequest, **settings: Any) -> Target:
-    """Start a daemon with config overrides via `daemon_factory`; the one adapter to the fixture.
-
-    `settings` are config sections as dicts (``runners={"max_loaded": 2}``). Skips while the
-    fixture is missing.
-    """
+def daemon_factory(request: pytest.FixtureRequest) -> Any:
+    """The fixture's factory, or a skip while tests/fixtures/daemon.py is missing."""
     try:
-        factory = request.getfixturevalue("daemon_factory")
+        return request.getfixturevalue("daemon_factory")
     except pytest.FixtureLookupError:
         pytest.skip("tests/fixtures/daemon.py (`daemon_factory`) is not there yet")
-    handle = factory(**settings)
-    if hasattr(handle, "__await__"):
-        handle = await handle
-    url = _base_url(handle)
-    if url is None:
-        pytest.skip(f"cannot tell the daemon fixture's TCP address from {handle!r}")
-    return Target(base_url=url, handle=handle)
 
 
-async def seed_models(target: Target, models: dict[str, Any]) -> None:
+async def start_daemon(request: pytest.FixtureRequest, **sections: Any) -> Target:
+    """Start a daemon with config sections as dicts (``runners={"max_loaded": 2}``).
+
+    The one adapter to `daemon_factory`; skips while the fixture is missing.
+    """
+    factory = daemon_factory(request)
+    handle = await asyncio.to_thread(factory, **sections)
+    return Target(base_url=handle.base_url.rstrip("/"), handle=handle)
+
+
+async def seed_models(target: Target, models: dict[str, Path]) -> None:
     """Put GGUFs into the daemon's store under the given references ({ref: gguf_path})."""
-    add = getattr(target.handle, "add_model", None)
-    if add is None:
-        pytest.skip("the daemon fixture offers no add_model(ref, gguf) to seed its store")
     for ref, path in models.items():
-        result = add(ref, path)
-        if hasattr(result, "__await__"):
-            await result
+        await asyncio.to_thread(target.handle.add_model, ref, path)
+
+
+async def kill(target: Target) -> None:
+    """SIGKILL the daemon mid-whatever and wait for it (its runners are left to the next start)."""
+    await asyncio.to_thread(target.handle.kill)
+
+
+async def restart(target: Target) -> None:
+    """Start the daemon again on the same home, socket and port (the pid changes)."""
+    await asyncio.to_thread(target.handle.restart)
+
+
+async def kill_and_restart(target: Target) -> None:
+    """SIGKILL, then start again on the same home, socket and port."""
+    await kill(target)
+    await restart(target)
 
 
 def pid_of(handle: Any) -> int:
-    """The daemon's pid from the fixture's handle (`pid`, or `process.pid`), or a skip."""
-    pid = getattr(handle, "pid", None)
-    if isinstance(pid, int):
-        return pid
-    proc = getattr(handle, "process", None) or getattr(handle, "proc", None)
-    if proc is not None and isinstance(getattr(proc, "pid", None), int):
-        return int(proc.pid)
-    pytest.skip(f"cannot tell the daemon's pid from {handle!r}")
+    """The daemon's current pid (it changes on restart)."""
+    pid: int = handle.pid
+    return pid
 
 
-def wait_exit(pid: int, timeout_s: float = 10.0) -> None:
-    """Wait for (and, if ours, reap) a killed daemon; run it in a thread."""
-    import psutil
+async def publish(registry_host: str, ref: str, gguf: Path, workdir: Path) -> None:
+    """Package *gguf* in a throwaway store and push it as ``<registry_host>/<ref>``.
 
-    with contextlib.suppress(psutil.NoSuchProcess):
-        psutil.Process(pid).wait(timeout_s)
+    Goes through the distribution Store API (the same artifact the daemon pulls); skips while
+    the store's modules are not in the tree yet.
+    """
+    from modelrunner.config import StoreConfig
+    from modelrunner.errors import StoreError
+
+    try:
+        from modelrunner.distribution.store import Store
+
+        store = Store(StoreConfig(path=workdir / "publish-store"))
+        await store.open()
+        try:
+            await store.package(gguf, f"{registry_host}/{ref}")
+            await store.push(f"{registry_host}/{ref}")
+        finally:
+            await store.close()
+    except ModuleNotFoundError as e:
+        if not (e.name or "").startswith("modelrunner."):
+            raise
+        pytest.skip(f"the store cannot push yet ({e.name} is missing)")
+    except StoreError as e:
+        if "not implemented" not in e.message:
+            raise
+        pytest.skip(f"the store cannot push yet: {e.message}")

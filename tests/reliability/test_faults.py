@@ -16,7 +16,17 @@ import aiohttp
 import psutil
 import pytest
 
-from tests.reliability.conftest import Target, pid_of, seed_models, start_daemon, wait_exit
+from tests.reliability.conftest import (
+    Target,
+    daemon_factory,
+    kill,
+    kill_and_restart,
+    pid_of,
+    publish,
+    restart,
+    seed_models,
+    start_daemon,
+)
 from tests.reliability.faulty_proxy import FaultyProxy, Mode
 from tests.reliability.slots import wait_all_idle, wait_any_busy
 
@@ -99,25 +109,18 @@ async def test_client_disconnect_cancels_upstream(served: Target) -> None:
     await eventually_true(lambda: psutil.Process(pid).num_fds() <= fds0)
 
 
-def publish_to(registry: Any, ref: str, gguf: Path) -> str:
-    """Push a GGUF to the test registry; the fixture's own helper, or skip."""
-    push = getattr(registry, "push_gguf", None) or getattr(registry, "push", None)
-    if push is None:
-        pytest.skip("the registry fixture offers no push helper yet")
-    result: str = push(ref, gguf)
-    return result
-
-
 @pytest.fixture
-async def proxied(registry: Any, tmp_path: Path) -> Any:
+async def proxied(request: pytest.FixtureRequest, registry: Any, tmp_path: Path) -> Any:
     """A registry holding one ~8 MiB model, seen through the fault proxy.
 
     `registry` is session-scoped: asked for as an argument it starts before the autouse
     `no_orphans` check takes its baseline (via getfixturevalue it would count as a leak)."""
     from scripts.make_tiny_gguf import build
 
+    daemon_factory(request)  # every user starts a daemon: skip before publishing without one
+
     gguf = build(tmp_path / "big.gguf", seed=9, name="big", pad_mib=8)
-    publish_to(registry, "test/big:latest", gguf)
+    await publish(registry.host, "test/big:latest", gguf, tmp_path)
     proxy = FaultyProxy(upstream=registry.url, stall_s=20.0)
     await proxy.start()
     try:
@@ -172,20 +175,13 @@ async def test_daemon_sigkilled_mid_pull_then_resumes(
 ) -> None:
     """SIGKILL while a blob streams; after restart nothing is listed, then the pull resumes."""
     target = await start_daemon(request)
-    restart = getattr(target.handle, "restart", None)
-    if restart is None:
-        pytest.skip("the daemon fixture offers no restart() on the same home")
     proxied.mode, proxied.only_blobs, proxied.cut_after = Mode.PASS, True, 0
     task = asyncio.create_task(pull(target, f"{proxied.host}/test/big:latest"))
     await proxied.first_blob.wait()
-    pid = pid_of(target.handle)
-    os.kill(pid, signal.SIGKILL)
+    await kill(target)
     with pytest.raises(aiohttp.ClientError):
         await task
-    await asyncio.to_thread(wait_exit, pid)
-    restarted = restart()
-    if hasattr(restarted, "__await__"):
-        await restarted
+    await restart(target)
     assert not await listed(target)
     lines = await pull(target, f"{proxied.host}/test/big:latest")
     assert "error" not in lines[-1], lines[-3:]
@@ -220,18 +216,6 @@ async def test_disk_full_during_pull(
         assert usage.f_bfree * usage.f_frsize > 3 * 1024 * 1024
     finally:
         subprocess.run(["umount", "-l", str(store)], check=False)
-
-
-async def kill_and_restart(target: Target) -> None:
-    restart = getattr(target.handle, "restart", None)
-    if restart is None:
-        pytest.skip("the daemon fixture offers no restart() on the same home")
-    pid = pid_of(target.handle)
-    os.kill(pid, signal.SIGKILL)
-    await asyncio.to_thread(wait_exit, pid)
-    restarted = restart()
-    if hasattr(restarted, "__await__"):
-        await restarted
 
 
 async def every_listed_model_loads(target: Target) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.reliability.conftest import Target
+from tests.reliability.conftest import Target, pid_of
 
 ROOT = Path(__file__).resolve().parents[2]
 # Pulls and pushes would reach out to registries named by random strings; they are fuzzed by the
@@ -62,4 +62,4 @@ async def test_schemathesis_finds_nothing(target: Target, tmp_path: Path) -> Non
             await proc.wait()
     text = out.decode(errors="replace")
     assert proc.returncode == 0, text[-6000:]
-    assert psutil.pid_exists(getattr(target.handle, "pid", os.getpid()))
+    assert psutil.pid_exists(pid_of(target.handle))

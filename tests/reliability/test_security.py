@@ -16,17 +16,9 @@ import pytest
 from tests.reliability.conftest import Target, pid_of
 
 
-def socket_path(handle: Any) -> Path:
-    for attr in ("socket", "socket_path", "sock"):
-        value = getattr(handle, attr, None)
-        if isinstance(value, (str, Path)):
-            return Path(value)
-    pytest.skip(f"cannot tell the daemon's socket from {handle!r}")
-
-
 def test_unix_socket_is_0600(target: Target) -> None:
     """Only the owner may talk to the daemon through its socket."""
-    st = os.stat(socket_path(target.handle))
+    st = os.stat(target.handle.socket_path)
     assert stat.S_ISSOCK(st.st_mode)
     assert stat.S_IMODE(st.st_mode) == 0o600
 
