@@ -122,27 +122,32 @@ async def package(
                 )
             )
 
-    layers = []
-    for (kind, path), st in zip(files, stats, strict=True):
+    with contextlib.ExitStack() as held:  # our new blobs stay out of gc/remove until committed
+        layers = []
+        for (kind, path), st in zip(files, stats, strict=True):
+            try:
+                digest, size = await asyncio.to_thread(
+                    ingest_file, store.layout.blobs_dir, path, None
+                )
+            except ModelRunnerError:
+                raise
+            except OSError as e:
+                raise os_error(e, f"copying {path} into the store") from e
+            held.enter_context(store.writing(digest))
+            report(kind, digest, size, size)
+            done += size
+            layers.append(layer(kind, digest, size, path.name, st.st_mtime_ns))
+        if context_size is not None:
+            values["context_size"] = context_size
+        config = build_config(values, [x["digest"] for x in layers])
+        config_digest = sha256_digest(config)
+        held.enter_context(store.writing(config_digest))
         try:
-            digest, size = await asyncio.to_thread(ingest_file, store.layout.blobs_dir, path, None)
-        except ModelRunnerError:
-            raise
+            await asyncio.to_thread(atomic_write, store.layout.blob(config_digest), config)
         except OSError as e:
-            raise os_error(e, f"copying {path} into the store") from e
-        report(kind, digest, size, size)
-        done += size
-        layers.append(layer(kind, digest, size, path.name, st.st_mtime_ns))
-    if context_size is not None:
-        values["context_size"] = context_size
-    config = build_config(values, [x["digest"] for x in layers])
-    config_digest = sha256_digest(config)
-    try:
-        await asyncio.to_thread(atomic_write, store.layout.blob(config_digest), config)
-    except OSError as e:
-        raise os_error(e, "writing the config blob") from e
-    raw = build_manifest(config_digest, len(config), layers)
-    model = await store.commit(raw, parse_manifest(raw, ref.display), ref.store_name)
+            raise os_error(e, "writing the config blob") from e
+        raw = build_manifest(config_digest, len(config), layers)
+        model = await store.commit(raw, parse_manifest(raw, ref.display), ref.store_name)
     log.info("store.packaged", model=model.id, tag=ref.store_name, bytes=total)
     if progress is not None:
         progress(

@@ -156,15 +156,18 @@ async def _pull(store: Store, ref: Reference, progress: ProgressFn | None) -> Mo
             return model
         log.info("store.pull_started", ref=ref.store_name, model=manifest.digest)
         await _check_space(store, [parsed.config, *parsed.layers])
-        await _fetch_config(store, ref, parsed.config)
         sem = asyncio.Semaphore(PARALLEL_LAYERS)
 
         async def one(desc: Descriptor) -> None:
             async with sem:
                 await fetch_blob(store, ref, desc, reporter)
 
-        await _all_or_nothing([one(d) for d in _unique(parsed.layers)])
-        model = await store.commit(manifest.raw, parsed, tag)
+        with contextlib.ExitStack() as held:  # gc/remove here keep them until the commit
+            for digest in parsed.files:
+                held.enter_context(store.writing(digest))
+            await _fetch_config(store, ref, parsed.config)
+            await _all_or_nothing([one(d) for d in _unique(parsed.layers)])
+            model = await store.commit(manifest.raw, parsed, tag)
         log.info("store.pulled", ref=ref.store_name, model=model.id)
         reporter.finish("success", "Model pulled successfully")
         return model

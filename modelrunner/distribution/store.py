@@ -54,7 +54,7 @@ class Store:
         self._client: Any = None  # RegistryClient, made on first use
         self._pulls: dict[str, asyncio.Task[Model]] = {}
         self._blob_locks: dict[str, asyncio.Lock] = {}
-        self._active_blobs: set[str] = set()  # digests being written by this process
+        self._active_blobs: dict[str, int] = {}  # digests being written here (nesting count)
         self._pull_slots = asyncio.Semaphore(max(1, config.max_concurrent_pulls))
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -274,15 +274,16 @@ class Store:
             raise Conflict(
                 f"model {ref!r} is in use by a running model; unload it first or force the removal"
             )
-        return await self._mutate(lambda index: self._delete(index, model_id))
+        active = frozenset(self._active_blobs)
+        return await self._mutate(lambda index: self._delete(index, model_id, active))
 
-    def _delete(self, index: Index, model_id: str) -> RemoveResult:
+    def _delete(self, index: Index, model_id: str, active: frozenset[str]) -> RemoveResult:
         entry = index.find(model_id)
         if entry is None:
             raise not_found(model_id)
         index.models.remove(entry)
         index.save(self.layout.index_path)  # first: a crash from here on leaves orphans only
-        keep = index.referenced()
+        keep = index.referenced() | active  # blobs a pull or package here is writing stay
         self._remove_files(model_id, [d for d in entry.files if d not in keep])
         self._cache.pop(model_id, None)
         log.info("store.model_deleted", model=model_id)
@@ -290,7 +291,7 @@ class Store:
 
     def _remove_files(self, model_id: str | None, blobs: list[str]) -> int:
         freed = 0
-        paths = [self.layout.blob(d) for d in blobs if d not in self._active_blobs]
+        paths = [self.layout.blob(d) for d in blobs]
         if model_id is not None:
             paths.append(self.layout.manifest(model_id))
             shutil.rmtree(self.layout.bundle(model_id), ignore_errors=True)
@@ -319,10 +320,11 @@ class Store:
         stale ``.incomplete`` files."""
         lay = self.layout
         incomplete_age = self.config.incomplete_max_age_s
+        active = frozenset(self._active_blobs)
 
         def do(index: Index) -> GCResult:
             now = time.time()
-            referenced = index.referenced() | self._active_blobs
+            referenced = index.referenced() | active
             ids = {m.id for m in index.models}
             blobs = manifests = freed = 0
             incomplete = sweep(lay, incomplete_age)
@@ -414,11 +416,13 @@ class Store:
     @contextlib.contextmanager
     def writing(self, digest: str) -> Any:
         """Mark *digest* as being written by this process (gc and remove leave it alone)."""
-        self._active_blobs.add(digest)
+        self._active_blobs[digest] = self._active_blobs.get(digest, 0) + 1
         try:
             yield
         finally:
-            self._active_blobs.discard(digest)
+            left = self._active_blobs.pop(digest) - 1
+            if left:
+                self._active_blobs[digest] = left
 
 
 # -- pure helpers on the index -----------------------------------------------------------------
