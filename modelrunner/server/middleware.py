@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -66,6 +67,14 @@ def _http_message(e: web.HTTPException) -> str:
     return text.removeprefix(f"{e.status}: ").strip() or e.reason
 
 
+def _frames(e: BaseException) -> list[str]:
+    """Where *e* came from (file:line in function), without reading source files."""
+    return [
+        f"{frame.f_code.co_filename}:{lineno} in {frame.f_code.co_name}"
+        for frame, lineno in traceback.walk_tb(e.__traceback__)
+    ]
+
+
 def make_error_middleware(observe: Observer | None = None) -> Any:
     """Render every failure as JSON and log one ``http.request`` line per request."""
 
@@ -97,9 +106,16 @@ def make_error_middleware(observe: Observer | None = None) -> Any:
             status = 499
             log.info("http.client_gone", path=request.path, error=repr(e))
             raise
-        except Exception:
+        except Exception as e:
             request_id = uuid.uuid4().hex[:12]
-            log.exception("http.unhandled", method=request.method, path=request.path, id=request_id)
+            log.error(  # noqa: TRY400 - frames without source lines: no file reads on the loop
+                "http.unhandled",
+                method=request.method,
+                path=request.path,
+                id=request_id,
+                error=repr(e),
+                frames=_frames(e),
+            )
             return error_response(
                 request, 500, f"internal error (request id {request_id})", "internal_error"
             )
@@ -184,19 +200,18 @@ def make_cors_middleware(origins: Iterable[str]) -> Any:
             return await handler(request)
         if not ok(origin):
             return error_response(request, 403, f"origin {origin!r} is not allowed", "forbidden")
+        # Headers go on in on_response_prepare (add_cors_headers), so streamed answers get them too.
+        request[CORS_ORIGIN] = origin
         if request.method == "OPTIONS":
             return web.Response(
                 status=204,
                 headers={
-                    "Access-Control-Allow-Origin": origin,
                     "Access-Control-Allow-Credentials": "true",
                     "Access-Control-Allow-Methods": "GET, POST, DELETE",
                     "Access-Control-Allow-Headers": "*",
                     "Vary": "Origin",
                 },
             )
-        # Headers go on in on_response_prepare (add_cors_headers), so streamed answers get them too.
-        request[CORS_ORIGIN] = origin
         return await handler(request)
 
     return cors

@@ -10,6 +10,7 @@ llama-server argv the next spawn will use.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,8 @@ async def create(request: web.Request) -> web.StreamResponse:
     source = payload.get("from")
     if not isinstance(source, str) or not source.strip():
         raise InvalidRequest("'from' must be a model reference such as ai/smollm2")
+    if re.fullmatch(r"(sha256:)?[0-9a-fA-F]{12,64}", source.strip()):
+        raise InvalidRequest(f"cannot pull {source!r}: pull takes a reference such as ai/smollm2")
     parse_reference(source)  # InvalidReference (400) before anything streams
     stream = ProgressStream(request, "pull")
     return await stream.run(

@@ -1,0 +1,157 @@
+"""The pass-through proxy against a scripted upstream on a Unix socket (no llama-server):
+chunks arrive as they are written, a vanished client cancels the upstream request, and an
+upstream that dies mid-stream ends the answer with an error event."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from modelrunner.server.metrics import Metrics
+from modelrunner.server.middleware import make_error_middleware
+from modelrunner.server.openai_api import serve
+from modelrunner.server.proxy import UpstreamPool
+
+
+class Upstream:
+    """A fake llama-server: SSE chunks released one at a time by the test."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.cancelled = asyncio.Event()
+        self.bodies: list[bytes] = []
+        self.headers: list[dict[str, str]] = []
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        self.bodies.append(await request.read())
+        self.headers.append(dict(request.headers))
+        if request.query.get("json"):
+            return web.json_response({"usage": {"prompt_tokens": 3, "completion_tokens": 2}})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        try:
+            await resp.write(b"data: one\n\n")
+            await self.release.wait()
+            if request.query.get("die"):
+                assert request.transport is not None
+                request.transport.abort()  # the runner "crashes" mid-answer
+                return resp
+            await resp.write(b"data: two\n\n")
+            await resp.write(b"data: [DONE]\n\n")
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return resp
+
+
+class FakeSupervisor:
+    def __init__(self, socket_path: Path) -> None:
+        self.runner = SimpleNamespace(socket_path=socket_path)
+
+    @contextlib.asynccontextmanager
+    async def acquire(self, *_: Any) -> AsyncIterator[Any]:
+        yield self.runner
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[tuple[Upstream, Path]]:
+    tmp = Path(tempfile.mkdtemp(prefix="mr-", dir="/tmp"))
+    fake = Upstream()
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", fake.chat)
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    sock = tmp / "up.sock"
+    await web.UnixSite(runner, str(sock)).start()
+    try:
+        yield fake, sock
+    finally:
+        await runner.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+async def proxy(aiohttp_client: Any, upstream: tuple[Upstream, Path]) -> Any:
+    _, sock = upstream
+    pool = UpstreamPool(connect_timeout_s=2, read_timeout_s=10)
+    state = SimpleNamespace(supervisor=FakeSupervisor(sock), upstream=pool, metrics=Metrics())
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        path = "/v1/chat/completions" + ("?" + request.query_string if request.query_string else "")
+        return await serve(state, request, "sha256:x", "ai/x", "completion", path, body, None)  # type: ignore[arg-type]
+
+    app = web.Application(middlewares=[make_error_middleware()])
+    app.router.add_post("/engines/v1/chat/completions", handler)
+
+    async def close_pool(_: web.Application) -> None:
+        await pool.close()
+
+    app.on_cleanup.append(close_pool)
+    client = await aiohttp_client(app)
+    client.state = state
+    return client
+
+
+async def test_chunks_pass_through_as_they_arrive(proxy: Any, upstream: Any) -> None:
+    """The second chunk is only written after the client holds the first: no buffering."""
+    fake, _ = upstream
+    body = b'{"model": "ai/x", "stream": true, "extra": [1, 2]}'
+    async with asyncio.timeout(10):
+        resp = await proxy.post(
+            "/engines/v1/chat/completions",
+            data=body,
+            headers={"Authorization": "Bearer k", "Content-Type": "application/json"},
+        )
+        assert resp.status == 200
+        assert resp.headers["X-Accel-Buffering"] == "no"
+        assert await resp.content.readline() == b"data: one\n"
+        fake.release.set()
+        rest = await resp.read()
+    assert rest == b"\ndata: two\n\ndata: [DONE]\n\n"
+    assert fake.bodies == [body]  # forwarded byte for byte
+    assert fake.headers[0]["Authorization"] == "Bearer k"
+
+
+async def test_client_disconnect_cancels_upstream(proxy: Any, upstream: Any) -> None:
+    fake, _ = upstream
+    async with asyncio.timeout(10):
+        resp = await proxy.post("/engines/v1/chat/completions", data=b'{"model": "ai/x"}')
+        assert await resp.content.readline() == b"data: one\n"
+        resp.close()
+        await fake.cancelled.wait()
+
+
+async def test_upstream_death_mid_stream_ends_with_an_error_event(
+    proxy: Any, upstream: Any
+) -> None:
+    fake, _ = upstream
+    async with asyncio.timeout(10):
+        resp = await proxy.post("/engines/v1/chat/completions?die=1", data=b'{"model": "ai/x"}')
+        assert resp.status == 200
+        assert await resp.content.readline() == b"data: one\n"
+        fake.release.set()
+        text = (await resp.read()).decode()
+    last = [line for line in text.splitlines() if line.startswith("data:")][-1]
+    error = json.loads(last.removeprefix("data:"))["error"]
+    assert error["code"] == "upstream_error"
+    assert proxy.state.metrics.stream_errors == 1
+
+
+async def test_json_answers_and_usage_are_counted(proxy: Any) -> None:
+    resp = await proxy.post("/engines/v1/chat/completions?json=1", data=b'{"model": "ai/x"}')
+    assert resp.status == 200
+    assert (await resp.json())["usage"]["completion_tokens"] == 2
+    tokens = proxy.state.metrics.tokens
+    assert tokens[("ai/x", "prompt")] == 3
+    assert tokens[("ai/x", "completion")] == 2
