@@ -106,7 +106,7 @@ def make_error_middleware(observe: Observer | None = None) -> Any:
             status = 499
             log.info("http.client_gone", path=request.path, error=repr(e))
             raise
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - the last line of defence: never a traceback out
             request_id = uuid.uuid4().hex[:12]
             log.error(  # noqa: TRY400 - frames without source lines: no file reads on the loop
                 "http.unhandled",
