@@ -5,8 +5,9 @@ Starts its own docker-registry on 127.0.0.1 (throwaway storage), pushes an artif
 layer is ``--size-mib`` MiB, then alternates, ``--runs`` times:
 - baseline: ``curl -sf BLOB_URL | tee FILE | sha256sum`` (fetch, write, hash the same blob), and
   the same followed by ``sync FILE`` (our pull fsyncs before it renames);
-- ours: ``Store.pull`` into a fresh store when ``modelrunner.distribution.store`` exists, else
-  the registry client's blob download written and hashed as the store would (``--mode``).
+- ours, two paths (``--mode both``, the default): ``Store.pull`` into a fresh store (manifest,
+  config, free-space check, layer to ``.incomplete`` hashed while written, fsync, rename, index),
+  and the registry client's bare blob download written and hashed the same way (``client``).
 Each pull and the push run in a child process that reports its own peak RSS growth
 (``/proc/self/clear_refs`` resets the high-water mark just before the operation).
 ``--write`` updates the "## Pull" section of docs/benchmarks.md.
@@ -202,6 +203,7 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
             if args.op == "push":  # the store holds the pulled model; push it under a new name
                 await store.pull(ref)
                 await store.tag(ref, dst)
+            await store.registry().head_manifest(host, REPO, TAG)  # session and connection up
             _reset_peak()
             base = _rss()
             t = time.perf_counter()
@@ -334,7 +336,9 @@ def mbps(size: int, seconds: float) -> float:
 def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from tests.fixtures.registry import RegistryServer
 
-    mode = args.mode or ("store" if store_available() else "client")
+    modes = ["client", "store"] if args.mode in (None, "both") else [args.mode]
+    if "store" in modes and not store_available():
+        modes.remove("store")
     gguf = work / "model.gguf"
     print(f"writing a {args.size_mib} MiB GGUF…", flush=True)
     digest, size = write_gguf(gguf, args.size_mib)
@@ -345,74 +349,79 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         url = f"{server.url}/v2/{REPO}/blobs/{digest}"
         curl_baseline(url, work / "warm", digest, sync=False)  # page cache warm for everyone
         rm(work / "warm")
-        rows: dict[str, list[float]] = {"curl": [], "curl+sync": [], "ours": []}
-        rss: list[int] = []
+        rows: dict[str, list[float]] = {"curl": [], "curl+sync": [], **{m: [] for m in modes}}
+        rss: dict[str, list[int]] = {m: [] for m in modes}
         for i in range(args.runs):
-            order = ["ours", "curl", "curl+sync"] if i % 2 else ["curl", "curl+sync", "ours"]
+            order = ["curl", "curl+sync", *modes]
+            order = order[::-1] if i % 2 else order
             for what in order:
                 out = work / f"run-{i}-{what}"
-                if what == "ours":
-                    r = run_child("pull", mode, server.host, digest, out, gguf)
-                    rows["ours"].append(r["seconds"])
-                    rss.append(r["rss_growth"])
+                if what in modes:
+                    r = run_child("pull", what, server.host, digest, out, gguf)
+                    rows[what].append(r["seconds"])
+                    rss[what].append(r["rss_growth"])
                 else:
                     rows[what].append(curl_baseline(url, out, digest, sync=what == "curl+sync"))
                 rm(out)
                 print(f"run {i} {what}: {mbps(size, rows[what][-1]):.0f} MB/s", flush=True)
-        pushes: list[float] = []
-        push_rss: list[int] = []
+        pushes: dict[str, list[float]] = {m: [] for m in modes}
+        push_rss: dict[str, list[int]] = {m: [] for m in modes}
         curl_pushes: list[float] = []
         for i in range(args.runs):
             curl_pushes.append(curl_push(server.url, gguf, digest))
-            r = run_child("push", mode, server.host, digest, work / f"push-{i}", gguf)
-            pushes.append(r["seconds"])
-            push_rss.append(r["rss_growth"])
-            rm(work / f"push-{i}")
+            for m in modes:
+                r = run_child("push", m, server.host, digest, work / f"push-{i}", gguf)
+                pushes[m].append(r["seconds"])
+                push_rss[m].append(r["rss_growth"])
+                rm(work / f"push-{i}")
             print(
                 f"push {i}: curl {mbps(size, curl_pushes[-1]):.0f} MB/s, "
-                f"ours {mbps(size, pushes[-1]):.0f} MB/s",
+                + ", ".join(f"{m} {mbps(size, pushes[m][-1]):.0f} MB/s" for m in modes),
                 flush=True,
             )
     finally:
         server.close()
     med = {k: statistics.median(v) for k, v in rows.items()}
     return {
-        "mode": mode,
+        "modes": modes,
         "size": size,
         "runs": args.runs,
         "curl": mbps(size, med["curl"]),
         "curl_sync": mbps(size, med["curl+sync"]),
-        "ours": mbps(size, med["ours"]),
-        "rss_growth": max(rss),
-        "push": mbps(size, statistics.median(pushes)),
+        "pull": {m: mbps(size, med[m]) for m in modes},
+        "rss_growth": {m: max(rss[m]) for m in modes},
+        "push": {m: mbps(size, statistics.median(pushes[m])) for m in modes},
         "curl_push": mbps(size, statistics.median(curl_pushes)),
-        "push_rss_growth": max(push_rss),
+        "push_rss_growth": {m: max(push_rss[m]) for m in modes},
     }
 
 
 def report(r: dict[str, Any]) -> str:
-    what = (
-        "`Store.pull` into a fresh store (manifest, config, layer streamed to `.incomplete` "
-        "with sha256 while writing, fsync, rename, index)"
-        if r["mode"] == "store"
-        else "the registry client's blob download, hashed and written in a worker thread "
-        "overlapped with receiving the next 4 MiB, then fsync and the digest check (the "
-        "store's write path; `Store.pull` was not there yet)"
-    )
     intro = (
         f"A {r['size'] / MIB:.0f} MiB GGUF artifact on a local docker-registry 2.8 (loopback, "
         f"started by the script); medians of {r['runs']} runs in alternating order, page cache "
-        f"warm for all.  Pull (ours): {what}.  Push (ours): `upload_blob` streaming the file in "
-        "1 MiB reads, vs `curl -T FILE` into an upload session.  Peak RSS growth: the child "
-        "process's high-water mark over its RSS just before the operation."
+        "warm for all.  Pull, store path: `Store.pull` into a fresh store (manifest, config, "
+        "free-space check, the layer streamed to `.incomplete` with sha256 computed while "
+        "writing in a worker thread overlapped with receiving the next 4 MiB, fsync, rename, "
+        "index).  Pull, client path: the registry client's bare blob download written and "
+        "hashed the same way.  Push: `Store.push` (layer, config, manifest; the layer read in "
+        "1 MiB chunks and hashed on the way) and the client's `upload_blob` alone, vs `curl -T "
+        "FILE` into an upload session.  Peak RSS growth: the child process's high-water mark "
+        "over its RSS just before the operation."
     )
-    rows = [
+    names = {"store": "`Store.{op}`", "client": "registry client alone"}
+    rows: list[tuple[str, float, float, int | None]] = [
         ("`curl URL \\| tee FILE \\| sha256sum`", r["curl"], 1.0, None),
         ("same, then `sync FILE`", r["curl_sync"], r["curl_sync"] / r["curl"], None),
-        ("**pull (ours)**", r["ours"], r["ours"] / r["curl"], r["rss_growth"]),
-        ("`curl -T FILE` (push baseline)", r["curl_push"], 1.0, None),
-        ("**push (ours)**", r["push"], r["push"] / r["curl_push"], r["push_rss_growth"]),
     ]
+    for m in r["modes"][::-1]:
+        rate = r["pull"][m]
+        name = names[m].format(op="pull")
+        rows.append((f"**pull: {name}**", rate, rate / r["curl"], r["rss_growth"][m]))
+    rows.append(("`curl -T FILE` (push baseline)", r["curl_push"], 1.0, None))
+    for m in r["modes"][::-1]:
+        rate = r["push"][m]
+        rows.append((f"**push: {names[m]}**", rate, rate / r["curl_push"], r["push_rss_growth"][m]))
     table = ["| | MB/s | vs its curl baseline | peak RSS growth |", "|---|---:|---:|---:|"]
     for name, rate, ratio, rss in rows:
         grow = "" if rss is None else f"{rss / MIB:.1f} MiB"
@@ -445,7 +454,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--mode", choices=["store", "client"], default=None)
+    parser.add_argument("--mode", choices=["both", "store", "client"], default="both")
     parser.add_argument("--dir", type=Path, default=None, help="scratch dir (needs ~4x size)")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--child", choices=["pull", "push"], help=argparse.SUPPRESS)
@@ -464,7 +473,8 @@ def main() -> int:
     print(body)
     if args.write:
         command = f".venv/bin/python scripts/bench_pull.py --size-mib {args.size_mib}"
-        command += f" --runs {args.runs}" + (f" --mode {args.mode}" if args.mode else "")
+        command += f" --runs {args.runs}"
+        command += f" --mode {args.mode}" if args.mode != "both" else ""
         write_section(body, command + " --write")
     return 0
 
