@@ -14,25 +14,62 @@ from modelrunner.cli import commands
 from modelrunner.cli.base import Command
 from modelrunner.errors import ModelRunnerError
 
+# Aliases of verbs whose module is named after the verb, so `modelrunner ls` imports one module.
+ALIASES = {"ls": "list", "remove": "rm", "stop": "unload", "config": "configure"}
 
-def discover() -> list[Command]:
-    """Every Command subclass defined in a module of cli/commands/, sorted by name."""
+
+def _commands_in(module_name: str) -> dict[str, Command]:
+    module = importlib.import_module(f"{commands.__name__}.{module_name}")
     found: dict[str, Command] = {}
-    for info in pkgutil.iter_modules(commands.__path__):
-        module = importlib.import_module(f"{commands.__name__}.{info.name}")
-        for obj in vars(module).values():
-            if (
-                isinstance(obj, type)
-                and issubclass(obj, Command)
-                and obj is not Command
-                and obj.__module__ == module.__name__
-                and getattr(obj, "name", None)
-            ):
-                found[obj.name] = obj()
+    for obj in vars(module).values():
+        if (
+            isinstance(obj, type)
+            and issubclass(obj, Command)
+            and obj is not Command
+            and obj.__module__ == module.__name__
+            and getattr(obj, "name", None)
+        ):
+            found[obj.name] = obj()
+    return found
+
+
+def discover(only: str | None = None) -> list[Command]:
+    """Every Command subclass defined in a module of cli/commands/, sorted by name.
+
+    With *only* (a verb), just that verb's module is imported when it is named after the verb:
+    start-up then costs one module, not every verb's imports (serve's aiohttp among them).
+    """
+    if only == "":
+        return []  # `--version`: no verb needed
+    modules = [info.name for info in pkgutil.iter_modules(commands.__path__)]
+    if only is not None:
+        module_name = ALIASES.get(only, only).replace("-", "_")
+        if module_name in modules:
+            found = _commands_in(module_name)
+            if any(c.name == only or only in c.aliases for c in found.values()):
+                return [found[k] for k in sorted(found)]
+    found = {}
+    for name in modules:
+        found.update(_commands_in(name))
     return [found[k] for k in sorted(found)]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _verb(argv: Sequence[str]) -> str | None:
+    """The verb in *argv*, or None when the whole command list is wanted (help, version)."""
+    args = iter(argv)
+    for arg in args:
+        if arg == "--config":
+            next(args, None)
+        elif arg in ("-v", "--verbose") or arg.startswith("--config="):
+            continue
+        elif arg.startswith("-"):
+            return None
+        else:
+            return arg
+    return None
+
+
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modelrunner",
         description="Run AI models locally on llama-server, with Docker Model Runner's API.",
@@ -41,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     parser.add_argument("--config", help="config file (default ~/.modelrunner/config.yaml)")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
-    for command in discover():
+    for command in discover(verb):
         p = sub.add_parser(
             command.name,
             help=command.help,
@@ -56,7 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    verb = _verb(argv)
+    if verb is None and argv[:1] == ["--version"]:
+        verb = ""
+    parser = build_parser(verb)
     args = parser.parse_args(argv)
     command: Command | None = getattr(args, "command", None)
     if command is None:

@@ -26,6 +26,7 @@ _VERBS = {
     "pull": ("Downloading", "Pull complete"),
     "push": ("Pushing", "Pushed"),
     "load": ("Loading", "Loaded"),
+    "package": ("Storing", "Stored"),
 }
 
 
@@ -103,19 +104,22 @@ class ProgressRenderer:
         tty: bool,
         color: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        mode: str | None = None,
     ) -> None:
         self.out = out
         self.tty = tty
         self.color = color
         self.clock = clock
         self.layers: dict[str, Layer] = {}
-        self.mode = "pull"
+        self.mode = mode or "pull"
+        self._fixed_mode = mode is not None  # the verb knows better than the stream
         self._drawn = 0  # terminal lines drawn by the last redraw
         self._last_draw = float("-inf")
 
     def feed(self, event: dict[str, Any]) -> None:
         """Take one progress event (a ``type: progress`` line)."""
-        self.mode = str(event.get("mode") or self.mode)
+        if not self._fixed_mode:
+            self.mode = str(event.get("mode") or self.mode)
         layer = event.get("layer") or {}
         layer_id = layer.get("id") if isinstance(layer, dict) else None
         if not layer_id:

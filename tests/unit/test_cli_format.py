@@ -6,7 +6,7 @@ import pytest
 
 from modelrunner.cli import format as fmt
 from modelrunner.cli.commands.df import df_rows
-from modelrunner.cli.commands.list import HEADERS, matches
+from modelrunner.cli.commands.list import HEADERS, filter_models
 from modelrunner.cli.commands.ps import runner_name, runner_rows
 from modelrunner.cli.commands.rm import removal_lines
 from modelrunner.cli.commands.tag import split_target
@@ -131,12 +131,13 @@ class TestModelRows:
         rows = fmt.model_rows([{"id": ID, "tags": ["a/b:c"], "created": 0, "config": {}}], NOW)
         assert rows[0] == ["a/b:c", "-", "-", "-", "354bf30d0aa3", "-", "-"]
 
-    def test_ls_filter_matches_names_and_ids(self) -> None:
-        m = model(["docker.io/ai/smollm2:360M"])
-        assert matches(m, "smollm2")
-        assert matches(m, "ai/smollm2:360M")
-        assert matches(m, "354bf30d0aa3")
-        assert not matches(m, "smol")
+    def test_ls_filter_keeps_matching_tags_and_whole_models_by_id(self) -> None:
+        m = model(["docker.io/ai/smollm2:360M", "docker.io/me/other:latest"])
+        for pattern in ("smollm2", "ai/smollm2:360M", "SmolLM2:360m"):
+            assert filter_models([m], pattern)[0]["tags"] == ["docker.io/ai/smollm2:360M"]
+        assert filter_models([m], "me/other")[0]["tags"] == ["docker.io/me/other:latest"]
+        assert filter_models([m], "354bf30d0aa3") == [m]
+        assert filter_models([m], "smol") == []
 
 
 class TestPsRows:
@@ -207,3 +208,18 @@ class TestColor:
         assert not fmt.color_enabled({"TERM": "dumb"}, True)
         assert fmt.paint("x", "1", False) == "x"
         assert fmt.paint("x", "1", True) == "\x1b[1mx\x1b[0m"
+
+
+class TestLogsFollow:
+    def test_new_part_of_a_growing_tail(self) -> None:
+        from modelrunner.cli.commands.logs import new_part
+
+        assert new_part(b"", b"a\n") == b"a\n"
+        assert new_part(b"a\n", b"a\nb\n") == b"b\n"
+        assert new_part(b"a\nb\n", b"a\nb\n") == b""
+
+    def test_new_part_after_the_window_slid_or_the_file_rotated(self) -> None:
+        from modelrunner.cli.commands.logs import new_part
+
+        assert new_part(b"x\nline 1\nline 2\n", b"line 1\nline 2\nline 3\n") == b"line 3\n"
+        assert new_part(b"old stuff\n", b"fresh\n") == b"fresh\n"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from modelrunner.cli.base import Command, connect
@@ -22,17 +21,27 @@ HEADERS = (
 )
 
 
-def matches(model: Mapping[str, Any], pattern: str) -> bool:
-    """``ls NAME`` keeps models with a tag whose display or stored form equals or starts with it."""
+def tag_matches(tag: str, pattern: str) -> bool:
+    """``ls NAME``: a tag matches its stored or display form, with or without its tag part."""
     p = pattern.lower()
     wanted = {p, display_name(p)}
-    for tag in model.get("tags") or []:
-        shown = display_name(tag.lower())
-        untagged = shown.rpartition(":")[0] if ":" in shown.rsplit("/", 1)[-1] else shown
-        if wanted & {tag.lower(), shown, untagged}:
-            return True
-    model_id = str(model.get("id", ""))
-    return p in (model_id, short_id(model_id))
+    shown = display_name(tag.lower())
+    untagged = shown.rpartition(":")[0] if ":" in shown.rsplit("/", 1)[-1] else shown
+    return bool(wanted & {tag.lower(), shown, untagged})
+
+
+def filter_models(models: list[dict[str, Any]], pattern: str) -> list[dict[str, Any]]:
+    """The models (with only their matching tags) that ``ls PATTERN`` shows; an ID keeps all."""
+    kept = []
+    for m in models:
+        model_id = str(m.get("id", ""))
+        if pattern.lower() in (model_id, short_id(model_id)):
+            kept.append(m)
+            continue
+        tags = [t for t in m.get("tags") or [] if tag_matches(t, pattern)]
+        if tags:
+            kept.append({**m, "tags": tags})
+    return kept
 
 
 class List(Command):
@@ -55,7 +64,7 @@ class List(Command):
             return 0
         models = client.get_json("/models") or []
         if args.model:
-            models = [m for m in models if matches(m, args.model)]
+            models = filter_models(models, args.model)
         if args.json:
             print(json.dumps(models, indent=4, ensure_ascii=False))
         elif args.quiet:

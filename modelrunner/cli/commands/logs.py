@@ -1,12 +1,48 @@
-"""`modelrunner logs [-f] [--runner REF]`: the daemon's log, or one runner's llama-server log."""
+"""`modelrunner logs [-f] [--runner REF]`: the daemon's log, or one runner's llama-server log.
+
+``GET /logs`` answers the tail of the file (up to 4 MiB).  ``-f`` asks again every
+``POLL_INTERVAL_S`` and prints only what is new: the part of the new tail after the end of the
+previous one (after a rotation, whatever follows the last lines seen, or the whole tail).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 import urllib.parse
 
 from modelrunner.cli.base import Command, connect
+from modelrunner.cli.client import Client
+
+POLL_INTERVAL_S = 1.0
+OVERLAP_BYTES = 4096
+
+
+def new_part(previous: bytes, current: bytes) -> bytes:
+    """What *current* (a fresh tail of the log) adds to *previous* (the last tail seen)."""
+    if not previous:
+        return current
+    if current.startswith(previous):
+        return current[len(previous) :]
+    # The tail window slid (the log grew past the limit) or the file was rotated: find where
+    # the end of *previous* sits in *current* (its last line, confirmed by everything before).
+    body = previous[-OVERLAP_BYTES:]
+    cut = body.rfind(b"\n", 0, len(body) - 1)
+    marker = body[cut + 1 :] if cut >= 0 else body
+    best = None
+    at = current.find(marker)
+    while at >= 0:
+        end = at + len(marker)
+        if previous.endswith(current[:end]):
+            best = end
+        at = current.find(marker, at + 1)
+    return current if best is None else current[best:]
+
+
+def fetch(client: Client, path: str) -> bytes:
+    response = client.request("GET", path, headers={"Accept": "text/plain"})
+    return b"".join(response.chunks())
 
 
 class Logs(Command):
@@ -19,15 +55,18 @@ class Logs(Command):
         parser.add_argument("--runner", metavar="MODEL", help="the llama-server log of MODEL")
 
     def run(self, args: argparse.Namespace) -> int:
-        query = {}
+        path = "/logs"
         if args.runner:
-            query["model"] = args.runner
-        if args.follow:
-            query["follow"] = "true"
-        path = "/logs" + ("?" + urllib.parse.urlencode(query) if query else "")
-        response = connect(args).request("GET", path, stream=args.follow, headers={"Accept": "*/*"})
+            path += "?" + urllib.parse.urlencode({"model": args.runner})
+        client = connect(args)
         out = sys.stdout.buffer
-        for chunk in response.chunks():
-            out.write(chunk)
+        seen = fetch(client, path)
+        out.write(seen)
+        out.flush()
+        while args.follow:
+            time.sleep(POLL_INTERVAL_S)
+            current = fetch(client, path)
+            out.write(new_part(seen, current))
             out.flush()
+            seen = current
         return 0

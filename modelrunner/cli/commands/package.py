@@ -160,7 +160,9 @@ class Package(Command):
             stream=True,
         )
         tty = sys.stdout.isatty()
-        renderer = ProgressRenderer(sys.stdout, tty=tty, color=tty and stdout_color())
+        renderer = ProgressRenderer(
+            sys.stdout, tty=tty, color=tty and stdout_color(), mode="package"
+        )
         follow(response.lines(), renderer, warn=sys.stderr)
         print(f"Model packaged successfully as {ref.display}", flush=True)
         return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,7 +88,8 @@ class Run(Command):
             )
             print(flush=True)
             if args.debug and answer.usage:
-                print(f"[debug] usage: {answer.usage}", file=sys.stderr)
+                usage = json.dumps(answer.usage, sort_keys=True)
+                print(f"[debug] usage: {usage}", file=sys.stderr)
             return 130 if answer.interrupted else 0
         # Load the runner before the first prompt, so the first answer starts at once.
         client.request("POST", f"/models/{quote_ref(args.model)}/load").close()

@@ -1,0 +1,45 @@
+"""The entry point: which verb is asked for, and that only its module is imported for it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from modelrunner.cli.main import _verb, discover
+
+
+@pytest.mark.parametrize(
+    ("argv", "verb"),
+    [
+        (["ls"], "ls"),
+        (["-v", "--config", "c.yaml", "run", "x"], "run"),
+        (["--config=c.yaml", "ps"], "ps"),
+        (["--help"], None),
+        (["--version"], None),
+        ([], None),
+    ],
+)
+def test_the_verb_is_found_past_the_global_options(argv, verb) -> None:
+    assert _verb(argv) == verb
+
+
+def test_an_alias_finds_its_verb_alone_and_an_unknown_verb_finds_every_verb() -> None:
+    assert [c.name for c in discover("ls")] == ["list"]
+    assert [c.name for c in discover("stop")] == ["unload"]
+    assert len(discover("no-such-verb")) > 10
+    assert discover("") == []
+
+
+def test_a_client_verb_does_not_import_aiohttp() -> None:
+    """Start-up stays fast: `modelrunner ls --help` never imports the server's stack."""
+    code = (
+        "import sys; from modelrunner.cli.main import main\n"
+        "try:\n    main(['ls', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print('aiohttp' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert out.strip().endswith("False")
