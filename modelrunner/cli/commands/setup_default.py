@@ -8,6 +8,7 @@ from pathlib import Path
 
 from modelrunner.cli.base import Command
 from modelrunner.config import Config
+from modelrunner.logs import configure as configure_logs
 from modelrunner.runners.locate import find_binary
 from modelrunner.service.default_model import DEFAULT_TAG, setup_default
 
@@ -32,6 +33,8 @@ class SetupDefault(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         config = Config.load(Path(args.config) if args.config else None)
+        # Our own lines say what happens; the store's info events would repeat them.
+        configure_logs("debug" if config.log_level == "debug" else "warning")
         asyncio.run(setup_default(config, tag=args.tag, force=args.force, say=_say))
         if not args.skip_llama_check:
             # Raises BinaryNotFound with every place tried and how to install one
