@@ -41,7 +41,7 @@ test: venv system-deps
 $(RUN_STAMP): $(BIN)/python pyproject.toml
 	@if [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ]; then :; else \
 	  echo "installing modelrunner into $(VENV) (runtime, llama-server, default model)"; \
-	  $(BIN)/python -m pip install --quiet -e '.[llama,default-model]' || exit 1; \
+	  PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet -e '.[llama,default-model]' || exit 1; \
 	fi
 	@touch $@
 
