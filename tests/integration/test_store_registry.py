@@ -192,8 +192,50 @@ async def test_a_wrong_partial_file_is_caught_and_thrown_away(registry, stores, 
     assert (await b.pull(ref)).gguf_paths[0].read_bytes() == gguf.read_bytes()
 
 
+@pytest.fixture(scope="module")
+def big_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 48 MiB model: large enough that a stall lands mid-layer."""
+    return build_tiny_gguf(tmp_path_factory.mktemp("big") / "big.gguf", seed=16, pad_mib=48)
+
+
+async def test_a_stream_that_breaks_mid_layer_is_resumed_in_the_same_pull(
+    registry_factory, make_store, big_gguf
+):
+    """The registry stalls past the read timeout, then comes back: the pull goes on with Range."""
+    reg = registry_factory()
+    a = make_store("a")
+    b = make_store("b", registry_timeout_s=0.5)
+    await a.open()
+    await b.open()
+    try:
+        ref = f"{reg.host}/ai/flaky:v1"
+        made = await a.package(big_gguf, ref)
+        await a.push(ref)
+        layer = json.loads(made.manifest_path.read_bytes())["layers"][0]["digest"]
+        loop = asyncio.get_running_loop()
+        stalled = []
+
+        def stall(e: ProgressEvent) -> None:
+            if e.digest == layer and e.layer_current > 0 and not stalled:
+                stalled.append(e.layer_current)
+                reg.pause()
+                # Back well after the 0.5 s read timeout broke the stream, while the resumed
+                # GET is still being retried by the client.
+                loop.call_later(1.5, reg.resume)
+
+        with capture_logs() as logs:
+            got = await b.pull(ref, stall)
+        assert stalled
+        assert got.gguf_paths[0].read_bytes() == big_gguf.read_bytes()
+        assert [e["event"] for e in logs].count("store.stream_resumed") == 1
+    finally:
+        reg.resume()
+        await a.close()
+        await b.close()
+
+
 async def test_a_stalled_registry_fails_keeps_the_part_and_the_next_pull_resumes(
-    registry_factory, make_store, tmp_path, monkeypatch
+    registry_factory, make_store, big_gguf, monkeypatch
 ):
     """The registry stops answering mid-layer: the pull fails, the next one resumes."""
     monkeypatch.setattr(pull_module, "STREAM_RESUMES", 0)  # no in-pull retries: fail at once
@@ -203,7 +245,7 @@ async def test_a_stalled_registry_fails_keeps_the_part_and_the_next_pull_resumes
     await a.open()
     await b.open()
     try:
-        gguf = build_tiny_gguf(tmp_path / "big.gguf", seed=16, pad_mib=48)
+        gguf = big_gguf
         ref = f"{reg.host}/ai/stall:v1"
         made = await a.package(gguf, ref)
         await a.push(ref)
