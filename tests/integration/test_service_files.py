@@ -82,3 +82,25 @@ def test_the_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
         check=False,
     )
     assert "restart specifier" in broken.stderr
+
+
+def test_a_service_installed_from_a_checkout_runs_the_bin_shim(tmp_path: Path) -> None:
+    """`bin/modelrunner service install` makes the service run that same shim."""
+    shim = Path(__file__).resolve().parents[2] / "bin" / "modelrunner"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODEL_RUNNER")}
+    env["HOME"] = str(tmp_path)
+    done = subprocess.run(
+        [str(shim), "service", "--manager", "launchd", "install", "--dry-run"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    plist = plistlib.loads(done.stdout)
+    assert plist["ProgramArguments"][0] == str(shim)
+    serve = shim.with_name("modelrunner-serve")
+    assert os.access(serve, os.X_OK)
+    version = subprocess.run(
+        [str(shim), "--version"], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert version.stdout.startswith("modelrunner ")
