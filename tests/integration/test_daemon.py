@@ -1,0 +1,256 @@
+"""The real daemon (tests/fixtures/daemon.py) driven as its users do: `curl --unix-socket` in a
+subprocess, the `openai` package over TCP, and raw HTTP for the error cases."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import openai
+import psutil
+import pytest
+
+from tests.fixtures.daemon import DaemonHandle
+
+pytestmark = pytest.mark.llama
+
+MODEL = "test/tiny"  # == test/tiny:latest == docker.io/test/tiny:latest
+
+
+def curl(
+    d: DaemonHandle, method: str, path: str, body: Any = None, headers: tuple[str, ...] = ()
+) -> tuple[int, str]:
+    """One request through the Unix socket with the real curl; (status, body)."""
+    argv = [
+        "curl",
+        "-sS",
+        "--unix-socket",
+        str(d.socket_path),
+        "-X",
+        method,
+        "-w",
+        "\n%{http_code}",
+        f"http://localhost{path}",
+    ]
+    for h in headers:
+        argv += ["-H", h]
+    if body is not None:
+        data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+        argv += ["-H", "Content-Type: application/json", "--data-binary", "@-"]
+        out = subprocess.run(
+            argv,
+            input=data if isinstance(data, bytes) else data.encode(),
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+    else:
+        out = subprocess.run(argv, capture_output=True, check=True, timeout=60)
+    text, _, status = out.stdout.decode().rpartition("\n")
+    return int(status), text
+
+
+def client(d: DaemonHandle) -> openai.OpenAI:
+    # openai>=3 refuses an empty api_key client-side; the daemon ignores the key.
+    return openai.OpenAI(
+        base_url=f"{d.base_url}/engines/llama.cpp/v1/", api_key="unused", max_retries=0, timeout=60
+    )
+
+
+@pytest.fixture
+def served(daemon: DaemonHandle, tiny_gguf: Path) -> DaemonHandle:
+    daemon.add_model(MODEL, tiny_gguf)
+    return daemon
+
+
+def runner_pids(d: DaemonHandle) -> dict[str, int]:
+    status, text = curl(d, "GET", "/engines/ps")
+    assert status == 200
+    return {f"{r['model_name']}/{r['mode']}": r["pid"] for r in json.loads(text)}
+
+
+def test_models_over_the_unix_socket(served: DaemonHandle) -> None:
+    status, text = curl(served, "GET", "/models")
+    assert status == 200
+    (item,) = json.loads(text)
+    assert item["tags"] == ["docker.io/test/tiny:latest"]
+    assert item["id"].startswith("sha256:")
+    assert item["config"]["format"] == "gguf"
+    status, text = curl(served, "GET", "/models/test/tiny")  # normalised, slash in the name
+    assert status == 200
+    one = json.loads(text)
+    assert one["id"] == item["id"]
+    argv = one["llama_server_args"]["completion"]
+    assert argv[argv.index("--ctx-size") + 1] == "512"  # the artifact's context
+    assert "--embeddings" in one["llama_server_args"]["embedding"]
+    assert curl(served, "GET", "/") == (200, "Docker Model Runner is running")
+    status, text = curl(served, "GET", "/engines/status")
+    assert json.loads(text)["llama.cpp"].startswith("Running: llama.cpp")
+
+
+def test_openai_package_end_to_end(served: DaemonHandle) -> None:
+    """Models list, chat (plain and streamed), completions and embeddings with `openai`."""
+    # The tiny GGUF declares no pooling, which llama-server's OpenAI embeddings refuse: set one.
+    flags = {"model": MODEL, "mode": "embedding", "runtime-flags": ["--pooling", "mean"]}
+    assert curl(served, "POST", "/engines/_configure", flags) == (202, "")
+    oa = client(served)
+    assert [m.id for m in oa.models.list()] == ["docker.io/test/tiny:latest"]
+    assert oa.models.retrieve("test/tiny").object == "model"
+    msgs = [{"role": "user", "content": "hi"}]
+    chat = oa.chat.completions.create(model=MODEL, messages=msgs, max_tokens=4)  # type: ignore[arg-type]
+    assert chat.choices[0].message.content
+    assert chat.usage is not None
+    assert chat.usage.completion_tokens == 4
+    chunks = list(
+        oa.chat.completions.create(
+            model="test/tiny:latest",
+            messages=msgs,
+            max_tokens=5,
+            stream=True,  # type: ignore[arg-type]
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(chunks) >= 5
+    assert text
+    done = oa.completions.create(model=MODEL, prompt="once upon", max_tokens=3)
+    assert done.choices[0].text
+    emb = oa.embeddings.create(model=MODEL, input=["a", "b"])
+    assert len(emb.data) == 2
+    assert len(emb.data[0].embedding) == 64  # the tiny model's n_embd
+    modes = sorted(runner_pids(served))
+    assert modes == ["test/tiny:latest/completion", "test/tiny:latest/embedding"]
+
+
+def test_engines_routes_and_metrics_after_traffic(served: DaemonHandle) -> None:
+    oa = client(served)
+    oa.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=2
+    )
+    status, text = curl(served, "GET", "/engines/ps")
+    (row,) = json.loads(text)
+    assert row["backend_name"] == "llama.cpp"
+    assert row["model_name"] == "test/tiny:latest"
+    assert row["mode"] == "completion"
+    assert row["last_used"].endswith("Z")
+    assert row["last_used"] != "0001-01-01T00:00:00Z"
+    status, text = curl(served, "GET", "/engines/df")
+    df = json.loads(text)
+    assert df["models_disk_usage"] > 500_000
+    assert df["default_backend_disk_usage"] > 0
+    status, text = curl(served, "GET", "/metrics")
+    assert status == 200
+    assert 'modelrunner_tokens_total{model="test/tiny:latest",kind="completion"} 2' in text
+    assert "modelrunner_runner_loads_total 1" in text
+    assert 'modelrunner_runner_memory_bytes{model="test/tiny:latest"' in text
+    assert 'route="/engines/{backend}/v1/chat/completions",status="200"} 1' in text
+    status, text = curl(served, "GET", "/logs")
+    assert status == 200
+    assert "daemon.ready" in text
+    status, text = curl(served, "GET", "/logs?model=test/tiny")
+    assert status == 200
+    assert "llama" in text.lower()
+    assert curl(served, "POST", "/engines/unload", {"models": [MODEL]}) == (
+        200,
+        '{"unloaded_runners": 1}',
+    )
+    assert json.loads(curl(served, "GET", "/engines/ps")[1]) == []
+    assert curl(served, "POST", "/engines/unload", {"all": True})[1] == '{"unloaded_runners": 0}'
+
+
+def test_tag_and_rm(served: DaemonHandle) -> None:
+    status, text = curl(served, "POST", "/models/test/tiny/tag?repo=test/other&tag=v2")
+    assert status == 201
+    assert json.loads(text) == {
+        "message": 'Model tagged successfully with "test/other:v2"',
+        "target": "test/other:v2",
+    }
+    oa = client(served)
+    assert [m.id for m in oa.models.list()] == ["docker.io/test/tiny:latest"]  # one per model
+    status, text = curl(served, "DELETE", "/models/test/tiny")
+    assert (status, json.loads(text)) == (200, [{"Untagged": "docker.io/test/tiny:latest"}])
+    model_id = json.loads(curl(served, "GET", "/models/test/other:v2")[1])["id"]
+    status, text = curl(served, "DELETE", f"/models/{model_id}")
+    assert status == 200
+    assert {"Deleted": model_id} in json.loads(text)
+    assert curl(served, "GET", "/models") == (200, "[]")
+
+
+def test_configure_is_stored_applied_and_survives_restart(served: DaemonHandle) -> None:
+    body = {
+        "model": MODEL,
+        "context-size": 1024,
+        "runtime-flags": ["--temp", "0.1"],
+        "keep_alive": "10m",
+    }
+    assert curl(served, "POST", "/engines/_configure", body) == (202, "")
+    _, text = curl(served, "GET", "/engines/_configure")
+    (row,) = json.loads(text)
+    assert row["Model"] == "test/tiny:latest"
+    assert row["Config"] == {
+        "context-size": 1024,
+        "runtime-flags": ["--temp", "0.1"],
+        "keep_alive": "10m0s",
+    }
+    oa = client(served)
+    oa.completions.create(model=MODEL, prompt="x", max_tokens=1)
+    pid = runner_pids(served)["test/tiny:latest/completion"]
+    argv = psutil.Process(pid).cmdline()
+    assert argv[argv.index("--ctx-size") + 1] == "1024"
+    assert argv[argv.index("--temp") + 1] == "0.1"
+    served.kill()  # a crash: no clean shutdown, the socket file stays behind
+    served.restart()
+    _status, text = curl(served, "GET", "/models/test/tiny")
+    args = json.loads(text)["llama_server_args"]["completion"]
+    assert args[args.index("--ctx-size") + 1] == "1024"
+    oa.completions.create(model=MODEL, prompt="x", max_tokens=1)
+    argv = psutil.Process(runner_pids(served)["test/tiny:latest/completion"]).cmdline()
+    assert argv[argv.index("--ctx-size") + 1] == "1024"
+    assert json.loads(curl(served, "GET", "/engines/ps")[1])[0]["keep_alive"] == "10m0s"
+
+
+BAD_OPENAI = [
+    (b"{", 400, "not valid JSON"),
+    (b"[]", 400, "JSON object"),
+    (b'{"messages": []}', 400, "no 'model'"),
+    (b'{"model": 3}', 400, "non-empty string"),
+    (b'{"model": ""}', 400, "non-empty string"),
+    (b'{"model": "AI/Bad Name"}', 400, ""),
+    (b'{"model": "ai/absent"}', 404, "modelrunner pull ai/absent"),
+]
+
+
+def test_4xx_are_json_never_500(
+    daemon_factory: Callable[..., DaemonHandle], tiny_gguf: Path
+) -> None:
+    d = daemon_factory(server={"max_body_bytes": 4096})
+    d.add_model(MODEL, tiny_gguf)
+    for body, want, words in BAD_OPENAI:
+        status, text = curl(d, "POST", "/engines/llama.cpp/v1/chat/completions", body)
+        assert status == want, (body, text)
+        assert words in json.loads(text)["error"]["message"], text
+    status, text = curl(d, "POST", "/engines/vllm/v1/chat/completions", {"model": MODEL})
+    assert status == 400
+    assert "unknown backend 'vllm'" in json.loads(text)["error"]["message"]
+    status, text = curl(d, "POST", "/v1/completions", {"model": MODEL, "p": "x" * 5000})
+    assert status == 413
+    assert json.loads(text)["error"]["code"] == "payload_too_large"
+    for method, path, body in [
+        ("POST", "/engines/_configure", {"model": MODEL, "context-size": "big"}),
+        ("POST", "/engines/_configure", {"model": MODEL, "runtime-flags": ["--model", "x"]}),
+        ("POST", "/engines/unload", {"models": "notalist"}),
+        ("POST", "/models/create", {"from": 3}),
+        ("POST", "/models/test/tiny/tag", None),
+        ("GET", "/models/ai/absent", None),
+        ("DELETE", "/models/ai/absent", None),
+        ("PUT", "/models", None),
+    ]:
+        status, text = curl(d, method, path, body)
+        assert 400 <= status < 500, (path, status, text)
+        assert isinstance(json.loads(text)["error"], str), text
+    oa = client(d)
+    with pytest.raises(openai.NotFoundError, match="not in the local store"):
+        oa.chat.completions.create(model="ai/absent", messages=[], max_tokens=1)
+    assert "Traceback" not in d.log_text()
