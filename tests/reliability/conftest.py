@@ -10,6 +10,7 @@ async test's own servers (the fault proxy) keep answering meanwhile.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,14 +26,25 @@ class Target:
     handle: Any
 
 
-@pytest.fixture
-def target(request: pytest.FixtureRequest) -> Target:
-    """The real daemon on a temp home, or a skip while tests/fixtures/daemon.py is missing."""
+@pytest.fixture(scope="module")
+def target(llama_server_bin: Path) -> Iterator[Target]:
+    """One real daemon (default sections) shared by a test module, or a skip while
+    tests/fixtures/daemon.py is missing.
+
+    Module-scoped, so the ~130 hostile/security requests-per-test don't each pay a daemon start
+    (and one daemon taking every bad input in turn is the stronger check). Built from the
+    fixture's `DaemonHandle` because `daemon` itself is function-scoped; being module-scoped it
+    is up before the autouse `no_orphans` baseline of each test.
+    """
     try:
-        handle = request.getfixturevalue("daemon")
-    except pytest.FixtureLookupError:
+        from tests.fixtures.daemon import DaemonHandle
+    except ModuleNotFoundError:
         pytest.skip("tests/fixtures/daemon.py (the `daemon` fixture) is not there yet")
-    return Target(base_url=handle.base_url.rstrip("/"), handle=handle)
+    handle = DaemonHandle({}, llama_server_bin)
+    try:
+        yield Target(base_url=handle.base_url.rstrip("/"), handle=handle)
+    finally:
+        handle.close()
 
 
 def daemon_factory(request: pytest.FixtureRequest) -> Any:

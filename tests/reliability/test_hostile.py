@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from collections.abc import AsyncIterator
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from tests.reliability.conftest import Target
 
@@ -24,7 +26,7 @@ BAD_REFERENCES = [
     "ai/smöllm2",
     "ai/😀",
     "ai/smollm2:" + "t" * 300,
-    "sha256:" + "0" * 63,
+    "ai/smollm2@sha256:" + "0" * 63,
     " ",
     "ai/smollm2@sha256:zz",
 ]
@@ -97,8 +99,13 @@ async def assert_alive(http: aiohttp.ClientSession) -> None:
 
 
 @pytest.mark.parametrize("ref", BAD_REFERENCES, ids=range(len(BAD_REFERENCES)))
-async def test_bad_model_reference_in_paths(http: aiohttp.ClientSession, ref: str) -> None:
-    """A hostile reference in a path is a JSON 4xx, never a file outside the store."""
+async def test_bad_model_reference_in_paths(
+    target: Target, http: aiohttp.ClientSession, ref: str
+) -> None:
+    """A hostile reference in a path is a JSON 4xx, never a file outside the store.
+
+    URLs are sent as written (``encoded=True``): the client would otherwise resolve
+    ``/models/..`` to ``/`` before the daemon ever saw it."""
     quoted = quote(ref, safe="")
     for method, path in [
         ("GET", f"/models/{quoted}"),
@@ -107,7 +114,7 @@ async def test_bad_model_reference_in_paths(http: aiohttp.ClientSession, ref: st
         ("POST", f"/models/{quoted}/push"),
         ("GET", f"/engines/v1/models/{quoted}"),
     ]:
-        async with http.request(method, path) as resp:
+        async with http.request(method, URL(target.base_url + path, encoded=True)) as resp:
             await assert_json_4xx(resp, f"{method} {ref!r}")
     await assert_alive(http)
 
@@ -148,7 +155,8 @@ async def test_body_over_the_limit_is_413(http: aiohttp.ClientSession) -> None:
     """A body over max_body_bytes (10 MiB by default) is 413, streamed in without being kept."""
     big = b'{"model": "ai/x", "prompt": "' + b"a" * (11 * 1024 * 1024) + b'"}'
     for path in ["/engines/v1/completions", "/models/create", "/engines/_configure"]:
-        async with http.post(path, data=big, headers={"Content-Type": "application/json"}) as resp:
+        body = io.BytesIO(big)  # raw bytes this big make aiohttp warn (an error here)
+        async with http.post(path, data=body, headers={"Content-Type": "application/json"}) as resp:
             assert resp.status == 413, f"{path}: {resp.status}"
             await assert_json_4xx(resp, path)
     await assert_alive(http)
