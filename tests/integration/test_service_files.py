@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import plistlib
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -104,3 +107,59 @@ def test_a_service_installed_from_a_checkout_runs_the_bin_shim(tmp_path: Path) -
         [str(shim), "--version"], capture_output=True, text=True, timeout=60, check=True
     )
     assert version.stdout.startswith("modelrunner ")
+
+
+def test_the_service_command_serves_and_exits_0_on_sigterm(tmp_path: Path) -> None:
+    """What launchd/systemd run (argv and environment from the plist) serves, and a stop by
+    SIGTERM exits 0: launchd's KeepAlive {SuccessfulExit: false} must not restart it."""
+    home = Path(tempfile.mkdtemp(prefix="mr-", dir="/tmp"))
+    try:
+        config = home / "service.yaml"
+        config.write_text("server:\n  port: 0\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MODEL_RUNNER")}
+        env["HOME"] = str(tmp_path)
+        env["MODEL_RUNNER_HOME"] = str(home / "mr")
+        argv = ["--config", str(config), "service", "--manager", "launchd", "install", "--dry-run"]
+        done = subprocess.run(
+            [*CLI, *argv],
+            env=env,
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+        plist = plistlib.loads(done.stdout)
+        service_env = {"HOME": str(tmp_path), **plist["EnvironmentVariables"]}
+        (home / "mr").mkdir()
+        proc = subprocess.Popen(
+            plist["ProgramArguments"],
+            env=service_env,
+            cwd=plist["WorkingDirectory"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            sock = home / "mr" / "run" / "model-runner.sock"
+            deadline = time.monotonic() + 30
+            while not sock.exists():
+                assert proc.poll() is None, proc.communicate()[1]
+                assert time.monotonic() < deadline, "the daemon did not open its socket"
+                time.sleep(0.05)
+            listed = subprocess.run(
+                ["curl", "-sf", "--unix-socket", str(sock), "http://localhost/models"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            )
+            assert listed.stdout.strip() == "[]"
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+            assert proc.returncode == 0, err
+            assert b"daemon.stopped" in err
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
