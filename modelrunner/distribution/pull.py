@@ -1,4 +1,4 @@
-"""Pull and push: stream blobs between a registry and the store, verified while they flow.
+"""Pull: stream blobs from a registry into the store, verified while they flow.
 
 Pull: manifest (digest-checked by the client), config blob (size- and digest-checked), a
 free-space check, then the layers in parallel.  Each layer streams into
@@ -7,9 +7,6 @@ hashed as it is written in ~4 MiB batches in a worker thread overlapped with rec
 an interrupted layer keeps its ``.incomplete`` and the next pull resumes it with ``Range`` after
 hashing the prefix; the complete file is size- and digest-checked, fsynced and renamed.  Only
 then is the model committed.  Concurrent pulls of one reference in this process share one task.
-
-Push streams each layer from its blob (hashed on the way, so a corrupt local blob fails loudly),
-then the config, then the stored manifest bytes unchanged (the id stays the same).
 """
 
 from __future__ import annotations
@@ -21,7 +18,7 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -30,7 +27,6 @@ import structlog
 from ..errors import (
     DigestMismatch,
     InsufficientStorage,
-    InvalidReference,
     RegistryError,
     StoreError,
 )
@@ -38,14 +34,13 @@ from .artifact import Descriptor, config_object, parse_manifest
 from .gguf import format_size
 from .layout import atomic_write, fsync_dir, os_error
 from .model import MIB, Model, ProgressEvent, ProgressFn, ProgressMode
-from .reference import Reference, parse_reference
+from .reference import Reference
 
 if TYPE_CHECKING:
     from .store import Store
 
 log = structlog.get_logger(__name__)
 BATCH = 4 * MIB
-READ_CHUNK = 1 * MIB
 PARALLEL_LAYERS = 4
 STREAM_RESUMES = 3  # a stream that breaks mid-blob is resumed this many times in one pull
 EMIT_INTERVAL_S = 0.1
@@ -166,19 +161,19 @@ async def _pull(store: Store, ref: Reference, progress: ProgressFn | None) -> Mo
             for digest in parsed.files:
                 held.enter_context(store.writing(digest))
             await _fetch_config(store, ref, parsed.config)
-            await _all_or_nothing([one(d) for d in _unique(parsed.layers)])
+            await all_or_nothing([one(d) for d in unique(parsed.layers)])
             model = await store.commit(manifest.raw, parsed, tag)
         log.info("store.pulled", ref=ref.store_name, model=model.id)
         reporter.finish("success", "Model pulled successfully")
         return model
 
 
-def _unique(descs: Iterable[Descriptor]) -> list[Descriptor]:
+def unique(descs: Iterable[Descriptor]) -> list[Descriptor]:
     """One descriptor per digest (a layer listed twice is fetched once)."""
     return list({d.digest: d for d in descs}.values())
 
 
-async def _all_or_nothing(coros: list[Awaitable[None]]) -> None:
+async def all_or_nothing(coros: list[Awaitable[None]]) -> None:
     """Run together; the first failure cancels the rest and is raised as itself."""
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:
@@ -206,7 +201,7 @@ async def _check_space(store: Store, descs: list[Descriptor]) -> None:
 
     def need_and_free() -> tuple[int, int]:
         need = 0
-        for d in _unique(descs):
+        for d in unique(descs):
             if lay.blob(d.digest).exists():
                 continue
             try:
@@ -424,67 +419,3 @@ async def _stream_into(
                 await asyncio.to_thread(part.write, bufs)
         finally:
             reporter.update(desc, part.size)
-
-
-# -- push --------------------------------------------------------------------------------------
-
-
-async def push(store: Store, name: str, progress: ProgressFn | None) -> None:
-    """Push the local model *name* to the registry and tag its reference names."""
-    ref = parse_reference(name)
-    if ref.tag is None:
-        raise InvalidReference(f"{name!r}: push needs a tag (name:tag), not a digest")
-    model, raw = await store.read_manifest(name)
-    parsed = parse_manifest(raw, ref.display)
-    client = store.registry()
-    reporter = Reporter(progress, "push", parsed.layer_bytes)
-    sem = asyncio.Semaphore(PARALLEL_LAYERS)
-
-    async def one(desc: Descriptor) -> None:
-        async with sem:
-            path = store.layout.blob(desc.digest)
-            chunks = _file_chunks(path, desc, lambda n: reporter.update(desc, n))
-            await client.upload_blob(ref.registry, ref.repository, desc.digest, desc.size, chunks)
-            reporter.update(desc, desc.size, force=True)
-
-    log.info("store.push_started", ref=ref.store_name, model=model.id)
-    await _all_or_nothing([one(d) for d in _unique(parsed.layers)])
-    cfg = parsed.config
-    await client.upload_blob(
-        ref.registry,
-        ref.repository,
-        cfg.digest,
-        cfg.size,
-        _file_chunks(store.layout.blob(cfg.digest), cfg, None),
-    )
-    await client.put_manifest(ref.registry, ref.repository, ref.reference, raw, parsed.media_type)
-    log.info("store.pushed", ref=ref.store_name, model=model.id)
-    reporter.finish("success", "Model pushed successfully")
-
-
-async def _file_chunks(
-    path: Path, desc: Descriptor, on_bytes: Callable[[int], None] | None
-) -> AsyncGenerator[bytes, None]:
-    """A blob read in 1 MiB chunks in a thread, hashed on the way: a corrupt blob fails."""
-    try:
-        f = await asyncio.to_thread(open, path, "rb")
-    except OSError as e:
-        raise StoreError(f"blob {desc.digest} is missing from the store: {e.strerror}") from e
-    h = hashlib.sha256()
-    sent = 0
-
-    def read() -> bytes:
-        block = f.read(READ_CHUNK)
-        h.update(block)
-        return block
-
-    try:
-        while block := await asyncio.to_thread(read):
-            sent += len(block)
-            if on_bytes is not None:
-                on_bytes(sent)
-            if sent == desc.size and "sha256:" + h.hexdigest() != desc.digest:
-                raise DigestMismatch(f"the store's blob {desc.digest} is corrupt; pull it again")
-            yield block
-    finally:
-        await asyncio.to_thread(f.close)

@@ -384,7 +384,7 @@ class Store:
         return await pull(self, parse_reference(ref), progress)
 
     async def push(self, ref: str, progress: ProgressFn | None = None) -> None:
-        from .pull import push
+        from .push import push
 
         await push(self, ref, progress)
 
