@@ -1,0 +1,75 @@
+"""Push and pull through the daemon against a real local registry (Debian's docker-registry):
+Docker's progress lines, then a success line; failures before streaming keep their status."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures.daemon import DaemonHandle
+from tests.integration.test_daemon import curl
+
+pytestmark = [pytest.mark.llama, pytest.mark.registry]
+
+
+def lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in text.splitlines() if x.startswith("{")]
+
+
+def test_push_rm_pull_with_progress(daemon: DaemonHandle, registry: Any, tiny_gguf: Path) -> None:
+    ref = f"{registry.host}/test/tiny:v1"
+    daemon.add_model(ref, tiny_gguf)
+    status, text = curl(
+        daemon, "POST", f"/models/{ref}/push", headers=("Accept: application/json",)
+    )
+    assert status == 200, text
+    pushed = lines(text)
+    assert pushed[-1]["type"] == "success"
+    assert {p["mode"] for p in pushed} == {"push"}
+    status, text = curl(daemon, "DELETE", f"/models/{ref}")
+    assert status == 200
+    assert curl(daemon, "GET", "/models") == (200, "[]")
+
+    status, text = curl(
+        daemon, "POST", "/models/create", {"from": ref}, headers=("Accept: application/json",)
+    )
+    assert status == 200, text
+    pulled = lines(text)
+    progress = [p for p in pulled if p["type"] == "progress"]
+    assert progress
+    biggest = max(p["layer"]["size"] for p in progress)
+    gguf_layer = [p for p in progress if p["layer"]["size"] == biggest][-1]
+    assert gguf_layer["layer"]["id"].startswith("sha256:")
+    assert gguf_layer["layer"]["current"] == gguf_layer["layer"]["size"]
+    assert {p["mode"] for p in pulled} == {"pull"}
+    assert pulled[-1]["type"] == "success"
+    (model,) = json.loads(curl(daemon, "GET", "/models")[1])
+    assert model["tags"] == [ref]
+
+    # Docker's CLI sends no Accept: text/plain, HTML-escaped lines (it unescapes them).
+    status, text = curl(daemon, "POST", "/models/create", {"from": ref})
+    assert status == 200
+    assert '"' not in text
+    assert lines(html.unescape(text))[-1]["type"] == "success"
+
+
+def test_pull_failures_before_streaming_keep_their_status(
+    daemon: DaemonHandle, registry: Any
+) -> None:
+    status, text = curl(
+        daemon,
+        "POST",
+        "/models/create",
+        {"from": f"{registry.host}/no/such:1"},
+        headers=("Accept: application/json",),
+    )
+    assert status == 404, text
+    assert "no/such" in json.loads(text)["error"]
+    status, text = curl(daemon, "POST", "/models/create", {"from": "Bad Ref"})
+    assert status == 400
+    status, text = curl(daemon, "POST", f"/models/{registry.host}/absent:1/push")
+    assert status == 404
