@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import signal
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from modelrunner.errors import (
 from scripts.make_tiny_gguf import build as build_tiny_gguf
 
 pytestmark = pytest.mark.registry
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -43,6 +46,12 @@ def make_store(tmp_path: Path) -> Callable[..., Store]:
         return s
 
     return make
+
+
+@pytest.fixture(scope="module")
+def big_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 48 MiB model: large enough that a stall lands mid-layer."""
+    return build_tiny_gguf(tmp_path_factory.mktemp("big") / "big.gguf", seed=16, pad_mib=48)
 
 
 @pytest.fixture
@@ -178,6 +187,47 @@ async def test_a_pull_killed_half_way_resumes_and_verifies(registry, stores, tin
     assert not b.layout.incomplete(layer).exists()
 
 
+KILLED_CHILD = """
+import asyncio, os, signal, sys
+sys.path.insert(0, {root!r})
+from pathlib import Path
+from modelrunner.config import StoreConfig
+from modelrunner.distribution import Store
+
+def die_half_way(event):
+    if event.digest == {layer!r} and 0 < event.layer_current < event.layer_size:
+        os.kill(os.getpid(), signal.SIGKILL)  # a real kill, mid-layer, nothing cleaned up
+
+async def main():
+    store = Store(StoreConfig(path=Path({path!r}), docker_config=Path({path!r}) / "none.json"))
+    await store.open()
+    await store.pull({ref!r}, die_half_way)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_pull_process_killed_mid_layer_resumes_and_verifies(
+    registry, stores, big_gguf: Path
+):
+    """SIGKILL a pulling process mid-layer; the next pull resumes from its .incomplete."""
+    a, b = stores
+    ref = f"{registry.host}/ai/killed:v1"
+    made = await a.package(big_gguf, ref)
+    await a.push(ref)
+    layer = json.loads(made.manifest_path.read_bytes())["layers"][0]["digest"]
+    code = KILLED_CHILD.format(root=str(ROOT), layer=layer, path=str(b.root), ref=ref)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code)
+    assert await proc.wait() == -signal.SIGKILL
+    part = b.layout.incomplete(layer).stat().st_size
+    assert 0 < part < big_gguf.stat().st_size
+    assert await b.list_models() == []
+    with capture_logs() as logs:
+        got = await b.pull(ref)
+    assert got.gguf_paths[0].read_bytes() == big_gguf.read_bytes()
+    assert [e["offset"] for e in logs if e["event"] == "store.resume"] == [part]
+
+
 async def test_a_wrong_partial_file_is_caught_and_thrown_away(registry, stores, tiny_gguf_factory):
     a, b = stores
     gguf = tiny_gguf_factory(seed=15)
@@ -190,12 +240,6 @@ async def test_a_wrong_partial_file_is_caught_and_thrown_away(registry, stores, 
         await b.pull(ref)
     assert not b.layout.incomplete(layer).exists()
     assert (await b.pull(ref)).gguf_paths[0].read_bytes() == gguf.read_bytes()
-
-
-@pytest.fixture(scope="module")
-def big_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 48 MiB model: large enough that a stall lands mid-layer."""
-    return build_tiny_gguf(tmp_path_factory.mktemp("big") / "big.gguf", seed=16, pad_mib=48)
 
 
 async def test_a_stream_that_breaks_mid_layer_is_resumed_in_the_same_pull(
