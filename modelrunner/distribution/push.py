@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .store import Store
 
 log = structlog.get_logger(__name__)
-READ_CHUNK = MIB
+READ_CHUNK = 2 * MIB
 
 
 async def push(store: Store, name: str, progress: ProgressFn | None) -> None:
@@ -64,7 +64,8 @@ async def push(store: Store, name: str, progress: ProgressFn | None) -> None:
 async def _file_chunks(
     path: Path, desc: Descriptor, on_bytes: Callable[[int], None] | None
 ) -> AsyncGenerator[bytes, None]:
-    """A blob read in 1 MiB chunks in a thread, hashed on the way: a corrupt blob fails."""
+    """A blob read in a thread, hashed on the way (a corrupt blob fails); the next chunk is
+    read and hashed while the current one is sent."""
     try:
         f = await asyncio.to_thread(open, path, "rb")
     except OSError as e:
@@ -77,13 +78,18 @@ async def _file_chunks(
         h.update(block)
         return block
 
+    ahead: asyncio.Future[bytes] | None = None
     try:
-        while block := await asyncio.to_thread(read):
+        ahead = asyncio.ensure_future(asyncio.to_thread(read))
+        while block := await ahead:
             sent += len(block)
-            if on_bytes is not None:
-                on_bytes(sent)
             if sent == desc.size and "sha256:" + h.hexdigest() != desc.digest:
                 raise DigestMismatch(f"the store's blob {desc.digest} is corrupt; pull it again")
+            ahead = asyncio.ensure_future(asyncio.to_thread(read))
+            if on_bytes is not None:
+                on_bytes(sent)
             yield block
     finally:
+        if ahead is not None and not ahead.done():
+            await asyncio.wait([ahead])  # never close the file under a read in flight
         await asyncio.to_thread(f.close)

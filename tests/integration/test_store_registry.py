@@ -418,3 +418,18 @@ class TestOras:
         manifest, files = await asyncio.to_thread(pull)
         assert manifest == json.loads(made.manifest_path.read_bytes())
         assert [Path(f).read_bytes() for f in files] == [tiny_gguf.read_bytes()]
+
+
+async def test_push_refuses_a_corrupt_local_blob(registry, stores, tiny_gguf_factory):
+    """The bytes are hashed as they are read: a damaged store is not uploaded as the model."""
+    a, _ = stores
+    ref = f"{registry.host}/ai/damaged:v1"
+    made = await a.package(tiny_gguf_factory(seed=24), ref)
+    path = made.gguf_paths[0]
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(DigestMismatch, match="corrupt"):
+        await a.push(ref)
+    with pytest.raises(ModelNotFound):
+        await a.pull(ref)  # the manifest never reached the registry
