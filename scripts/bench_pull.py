@@ -405,7 +405,8 @@ def report(r: dict[str, Any]) -> str:
         "writing in a worker thread overlapped with receiving the next 4 MiB, fsync, rename, "
         "index).  Pull, client path: the registry client's bare blob download written and "
         "hashed the same way.  Push: `Store.push` (layer, config, manifest; the layer read in "
-        "1 MiB chunks and hashed on the way) and the client's `upload_blob` alone, vs `curl -T "
+        "2 MiB chunks, the next one read and hashed while the current one is sent) and the "
+        "client's `upload_blob` alone (1 MiB reads), vs `curl -T "
         "FILE` into an upload session.  Peak RSS growth: the child process's high-water mark "
         "over its RSS just before the operation."
     )
@@ -421,7 +422,8 @@ def report(r: dict[str, Any]) -> str:
     rows.append(("`curl -T FILE` (push baseline)", r["curl_push"], 1.0, None))
     for m in r["modes"][::-1]:
         rate = r["push"][m]
-        rows.append((f"**push: {names[m]}**", rate, rate / r["curl_push"], r["push_rss_growth"][m]))
+        name = names[m].format(op="push")
+        rows.append((f"**push: {name}**", rate, rate / r["curl_push"], r["push_rss_growth"][m]))
     table = ["| | MB/s | vs its curl baseline | peak RSS growth |", "|---|---:|---:|---:|"]
     for name, rate, ratio, rss in rows:
         grow = "" if rss is None else f"{rss / MIB:.1f} MiB"
@@ -432,6 +434,8 @@ def report(r: dict[str, Any]) -> str:
         f"- Machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()}; the "
         "registry and the client share the cores.  Coreutils `sha256sum` (~350 MB/s here) is the "
         "baseline's bottleneck; hashlib uses OpenSSL with SHA-NI (~1.7 GB/s).",
+        f"- Load average when the run ended: {os.getloadavg()[0]:.1f} (other work shared the "
+        "box; single runs vary by +-30 %, compare within one run).",
     ]
     notes = [textwrap.fill(n, 100, subsequent_indent="  ") for n in notes]
     return "\n".join([textwrap.fill(intro, 100), "", *table, "", *notes])
