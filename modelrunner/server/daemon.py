@@ -201,9 +201,8 @@ class Daemon:
             await self.stop.wait()
             log.info("daemon.stopping", drain_timeout_s=config.server.drain_timeout_s)
         finally:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
+            # The handlers stay until the loop closes: a second SIGTERM while draining must not
+            # kill the process mid-shutdown (runners would be left to the next start's sweep).
             # Stop accepting, drain in-flight requests (bounded), then cancel what is left.
             await runner.cleanup()
             for task in list(self._tasks):
@@ -232,7 +231,7 @@ class Daemon:
         return server.port
 
     def _on_stop(self, sig: signal.Signals) -> None:
-        log.info("daemon.signal", signal=sig.name)
+        log.info("daemon.signal", signal=sig.name, already_stopping=self.stop.is_set())
         self.stop.set()
 
     def _on_hup(self) -> None:

@@ -1,0 +1,162 @@
+"""The daemon as a service: readiness, the socket's mode and ownership, non-loopback refusal,
+SIGTERM drain, SIGHUP reload, and a runner dying under a stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+import psutil
+import pytest
+import yaml
+
+from tests.fixtures.daemon import DaemonHandle
+from tests.integration.test_daemon import curl, runner_pids
+
+pytestmark = pytest.mark.llama
+
+MODEL = "test/tiny"
+LONG = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "talk"}],
+    "max_tokens": 3000,
+    "ignore_eos": True,
+    "stream": True,
+}
+
+
+def wait_for_log(d: DaemonHandle, needle: str, timeout_s: float = 20.0) -> None:
+    """Deadline-bounded poll of another process's log (no event to await across processes)."""
+    deadline = time.monotonic() + timeout_s
+    while needle not in d.log_text():
+        assert time.monotonic() < deadline, f"{needle!r} not logged:\n{d.log_text()[-3000:]}"
+        time.sleep(0.02)
+
+
+def serve(d: DaemonHandle, *flags: str) -> subprocess.CompletedProcess[str]:
+    """A second `modelrunner serve` on the same home (expected to refuse and exit)."""
+    argv = [sys.executable, "-m", "modelrunner", "--config", str(d.config_path), "serve", *flags]
+    return subprocess.run(argv, env=d.env, capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def long_ctx(daemon: DaemonHandle, tiny_gguf: Path) -> DaemonHandle:
+    """A daemon whose model has room for a long answer (the tiny GGUF is trained on 512)."""
+    daemon.add_model(MODEL, tiny_gguf)
+    assert curl(daemon, "POST", "/engines/_configure", {"model": MODEL, "context-size": 4096}) == (
+        202,
+        "",
+    )
+    return daemon
+
+
+def test_socket_is_0600_a_live_one_is_refused_a_stale_one_replaced(daemon: DaemonHandle) -> None:
+    st = os.stat(daemon.socket_path)
+    assert stat.S_ISSOCK(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    second = serve(daemon)
+    assert second.returncode == 1
+    assert "modelrunner: another daemon is already listening on" in second.stderr
+    assert curl(daemon, "GET", "/")[0] == 200  # the first one is untouched
+    daemon.kill()
+    assert daemon.socket_path.exists()  # left behind by the SIGKILL
+    daemon.restart()  # replaced, not refused
+    assert curl(daemon, "GET", "/")[0] == 200
+    assert "daemon.stale_socket_removed" in daemon.log_text()
+
+
+def test_non_loopback_needs_allow_remote(
+    daemon_factory: Callable[..., DaemonHandle], daemon: DaemonHandle
+) -> None:
+    refused = serve(daemon, "--host", "0.0.0.0", "--socket", str(daemon.home / "b.sock"))
+    assert refused.returncode == 1
+    assert "not a loopback address; pass --allow-remote" in refused.stderr
+    remote = daemon_factory(server={"host": "0.0.0.0", "allow_remote": True})
+    assert "daemon.remote_access" in remote.log_text()
+
+
+async def test_sigterm_drains_the_stream_in_flight_then_exits_0(long_ctx: DaemonHandle) -> None:
+    d = long_ctx
+    async with aiohttp.ClientSession(base_url=d.base_url) as http:
+        resp = await http.post("/engines/v1/chat/completions", json=LONG)
+        assert resp.status == 200
+        first = await resp.content.readline()
+        assert first.startswith(b"data: ")
+        os.kill(d.pid, signal.SIGTERM)
+        await asyncio.to_thread(wait_for_log, d, "daemon.stopping")
+        with pytest.raises(ConnectionRefusedError):  # no new connections while draining
+            await asyncio.open_connection("127.0.0.1", d.port)
+        body = await resp.read()
+        resp.close()
+    assert body.rstrip().endswith(b"data: [DONE]")  # the request in flight finished whole
+    assert await asyncio.to_thread(d.stop) == 0
+    assert "daemon.stopped" in d.log_text()
+    assert not d.socket_path.exists()
+
+
+async def test_runner_killed_mid_stream_ends_with_an_error_event(long_ctx: DaemonHandle) -> None:
+    d = long_ctx
+    async with aiohttp.ClientSession(base_url=d.base_url) as http:
+        resp = await http.post("/engines/v1/chat/completions", json=LONG)
+        await resp.content.readline()
+        pid = runner_pids(d)["test/tiny:latest/completion"]
+        psutil.Process(pid).kill()
+        text = (await resp.read()).decode()
+        last = [x for x in text.splitlines() if x.startswith("data:")][-1]
+        error = json.loads(last.removeprefix("data:"))["error"]
+        assert "crashed while serving" in error["message"]
+        async with http.post(
+            "/engines/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 1}
+        ) as again:
+            assert again.status == 200  # a fresh runner
+    metrics = curl(d, "GET", "/metrics")[1]
+    assert "modelrunner_stream_errors_total 1" in metrics
+    assert "modelrunner_runner_crashes_total 1" in metrics
+
+
+def test_sighup_reconfigures_only_the_changed_model(
+    daemon_factory: Callable[..., DaemonHandle], tiny_gguf_factory: Callable[..., Path]
+) -> None:
+    d = daemon_factory(models={"test/a": {"context_size": 256}})
+    d.add_model("test/a", tiny_gguf_factory(seed=1, name="a"))
+    d.add_model("test/b", tiny_gguf_factory(seed=2, name="b"))
+    for m in ("test/a", "test/b"):
+        curl(d, "POST", "/v1/completions", {"model": m, "prompt": "x", "max_tokens": 1})
+    before = runner_pids(d)
+    argv = psutil.Process(before["test/a:latest/completion"]).cmdline()
+    assert argv[argv.index("--ctx-size") + 1] == "256"
+
+    d.sections["models"] = {"test/a": {"context_size": 384}}
+    d.config_path.write_text(yaml.safe_dump(d.sections))
+    os.kill(d.pid, signal.SIGHUP)
+    wait_for_log(d, "daemon.reloaded")
+    after = runner_pids(d)
+    assert after == {"test/b:latest/completion": before["test/b:latest/completion"]}
+    curl(d, "POST", "/v1/completions", {"model": "test/a", "prompt": "x", "max_tokens": 1})
+    argv = psutil.Process(runner_pids(d)["test/a:latest/completion"]).cmdline()
+    assert argv[argv.index("--ctx-size") + 1] == "384"
+
+    status, text = curl(d, "POST", "/admin/reload")  # the same, on an endpoint; nothing changed
+    assert status == 200
+    assert json.loads(text) == {"reloaded": True, "reconfigured": [], "restart_required": []}
+    assert set(runner_pids(d)) == {"test/a:latest/completion", "test/b:latest/completion"}
+
+
+def test_ready_means_both_listeners_answer(daemon: DaemonHandle) -> None:
+    """`daemon.ready` carries both addresses; the fixture already waited for it."""
+    line = next(x for x in daemon.log_text().splitlines() if "daemon.ready" in x)
+    ready = json.loads(line)
+    assert ready["socket"] == str(daemon.socket_path)
+    assert ready["port"] == daemon.port
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=5):
+        pass
