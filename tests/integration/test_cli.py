@@ -261,3 +261,37 @@ def test_logs_follow_prints_new_lines(daemon) -> None:
             proc.stdout.close()
         if proc.stderr:
             proc.stderr.close()
+
+
+@pytest.mark.registry
+def test_push_pull_and_run_pulls_a_missing_model(daemon, tiny_gguf, registry) -> None:
+    """push to a real registry, pull it back (plain lines), and `run` pulls what is missing."""
+    env = daemon.env
+    remote = f"{registry.host}/cli/tiny:v1"
+    daemon.add_model(TINY, tiny_gguf)
+    ok("tag", TINY, remote, env=env)
+    pushed = ok("push", remote, env=env).splitlines()
+    assert pushed[-1] == "Model pushed successfully"
+    assert any(line.endswith("kB") and ": Pushed" in line for line in pushed), pushed
+    assert all("\x1b" not in line for line in pushed)  # no terminal, no escape codes
+    ok("rm", "-f", TINY, remote, env=env)
+    assert ok("ls", "-q", env=env) == ""
+
+    pulled = ok("pull", remote, env=env).splitlines()
+    assert pulled[-1] == "Model pulled successfully"
+    # One layer (the GGUF): a line when it starts, one when it is complete.
+    layer = pulled[0].split(":")[0]
+    assert pulled[:2] == [f"{layer}: Downloading 536.22kB", f"{layer}: Pull complete  536.22kB"]
+    assert json.loads(ok("inspect", remote, env=env))["tags"] == [remote]
+    assert "cached" in ok("pull", remote, env=env).lower()
+
+    fails("pull", f"{registry.host}/cli/nothing:v1", env=env, match="cli/nothing")
+    fails("pull", "127.0.0.1:1/cli/tiny:v1", env=env, match="127.0.0.1:1")
+    fails("pull", "Not A Ref", env=env, match="Not A Ref")
+    fails("push", "cli/nothing-here", env=env, match="cli/nothing-here")
+
+    ok("rm", remote, env=env)
+    answer = ok("run", remote, "hi", "--max-tokens", "4", env=env)
+    assert answer.startswith(f"Unable to find model '{remote}' locally. Pulling")
+    assert "Model pulled successfully\n" in answer
+    assert answer.rsplit("Model pulled successfully\n", 1)[1].strip()  # then the answer
