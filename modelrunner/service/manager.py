@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +138,9 @@ class ServiceManager:
         return self._tool(argv, False).returncode
 
 
+BOOTSTRAP_EIO = 5
+
+
 class Launchd(ServiceManager):
     kind = "launchd"
     label = LABEL
@@ -172,8 +176,23 @@ class Launchd(ServiceManager):
             self._run("launchctl", "bootout", self.target)
         # enable clears a `launchctl disable` left from before, which would make bootstrap fail.
         self._run("launchctl", "enable", self.target, check=False)
-        self._run("launchctl", "bootstrap", self.domain, str(self.path))
+        self._bootstrap()
         say(f"loaded {self.label} in {self.domain} (starts now and at every login)")
+
+    bootstrap_attempts: ClassVar[int] = 5
+    bootstrap_pause_s: float = 0.5
+
+    def _bootstrap(self) -> None:
+        # Right after a bootout, launchd may still be tearing the old instance down and refuse
+        # with "5: Input/output error"; it succeeds a moment later.
+        for _ in range(self.bootstrap_attempts - 1):
+            result = self._run("launchctl", "bootstrap", self.domain, str(self.path), check=False)
+            if result.returncode == 0:
+                return
+            if result.returncode != BOOTSTRAP_EIO:
+                break
+            time.sleep(self.bootstrap_pause_s)
+        self._run("launchctl", "bootstrap", self.domain, str(self.path))
 
     def _deactivate(self, say: Say) -> None:
         if self._loaded() is None:
@@ -227,8 +246,8 @@ class Systemd(ServiceManager):
         return self._run("systemctl", "--user", *args, check=check)
 
     def _activate(self, changed: bool, say: Say) -> None:
-        if changed:
-            self._systemctl("daemon-reload")
+        # Always: the file may be unchanged but never loaded (an install without a user bus).
+        self._systemctl("daemon-reload")
         self._systemctl("enable", self.label)
         active = self._systemctl("is-active", "--quiet", self.label, check=False).returncode == 0
         if active and not changed:

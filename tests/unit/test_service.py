@@ -211,6 +211,24 @@ class TestLaunchdRoundTrip:
         env = plistlib.loads(mgr.path.read_bytes())["EnvironmentVariables"]
         assert env["LOG_LEVEL"] == "debug"
 
+    def test_bootstrap_is_retried_while_launchd_tears_the_old_agent_down(
+        self, tmp_path: Path
+    ) -> None:
+        fake = FakeLaunchctl()
+        busy = [ToolResult(5, "", "Bootstrap failed: 5: Input/output error\n")] * 2
+
+        def flaky(argv: Sequence[str], capture: bool) -> ToolResult:
+            if argv[1] == "bootstrap" and busy:
+                fake.calls.append(list(argv))
+                return busy.pop()
+            return fake(argv, capture)
+
+        mgr = Launchd(tmp_path, tool=flaky, uid=501)
+        mgr.bootstrap_pause_s = 0
+        mgr.install(spec_for(tmp_path), say=lambda _: None)
+        assert fake.verbs() == ["enable", "bootstrap", "bootstrap", "bootstrap"]
+        assert f"gui/501/{LABEL}" in fake.loaded
+
     def test_logs_tail_the_service_log(self, tmp_path: Path) -> None:
         fake = FakeLaunchctl()
         mgr = Launchd(tmp_path, tool=fake, uid=501)
@@ -237,7 +255,7 @@ class TestSystemdRoundTrip:
         assert fake.verbs() == ["daemon-reload", "enable", "is-active", "start"]
         fake.calls.clear()
         assert not mgr.install(spec, say=lambda _: None)
-        assert fake.verbs() == ["enable", "is-active"], "a second install starts nothing"
+        assert fake.verbs() == ["daemon-reload", "enable", "is-active"], "nothing restarts"
         state = mgr.state()
         assert (state.installed, state.running, state.pid) == (True, True, 777)
         fake.calls.clear()
@@ -288,7 +306,10 @@ class TestCommand:
         unit = (home / ".config/systemd/user/modelrunner.service").read_text()
         assert f"--config {config} serve" in unit
         assert main(["service", "--manager", "systemd", "status"]) == 0
-        assert "active (running), pid 777" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "active (running), pid 777" in out
+        sock = home / ".modelrunner" / "run" / "model-runner.sock"
+        assert f"socket:    {sock} (nothing listening)" in out
         assert main(["service", "--manager", "systemd", "logs", "-n", "5"]) == 0
         assert fake.calls[-1] == [
             "journalctl",

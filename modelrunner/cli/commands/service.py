@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from pathlib import Path
 
@@ -23,6 +24,17 @@ from modelrunner.service.units import parse_env
 
 def _err(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+def _probe(path: Path) -> str:
+    """Whether a daemon accepts connections on the Unix socket *path* (whoever started it)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(2)
+        try:
+            s.connect(str(path))
+        except OSError:
+            return "nothing listening"
+    return "a daemon is listening"
 
 
 class Service(Command):
@@ -71,9 +83,11 @@ class Service(Command):
             "status": self._status,
             "logs": self._logs,
         }[args.action]
-        return action(mgr, spec, args)
+        return action(mgr, spec, args, config)
 
-    def _install(self, mgr: ServiceManager, spec: ServiceSpec, args: argparse.Namespace) -> int:
+    def _install(
+        self, mgr: ServiceManager, spec: ServiceSpec, args: argparse.Namespace, config: Config
+    ) -> int:
         if args.dry_run:
             _err(f"# {mgr.kind}: would write {mgr.path}")
             sys.stdout.write(mgr.render(spec).decode())
@@ -82,10 +96,12 @@ class Service(Command):
             print(f"wrote a starter config to {spec.config_path}")
         mgr.install(spec)
         print(f"config: {spec.config_path} (edit it, then reload or restart the service)")
-        print(f"logs:   modelrunner service logs ({spec.stderr_log})")
+        print("logs:   modelrunner service logs [-f]")
         return 0
 
-    def _uninstall(self, mgr: ServiceManager, spec: ServiceSpec, args: argparse.Namespace) -> int:
+    def _uninstall(
+        self, mgr: ServiceManager, spec: ServiceSpec, args: argparse.Namespace, config: Config
+    ) -> int:
         if args.dry_run:
             verb = "would stop the service and remove" if mgr.path.exists() else "nothing at"
             print(f"{mgr.kind}: {verb} {mgr.path}")
@@ -94,15 +110,21 @@ class Service(Command):
         print(f"kept: {spec.config_path}, the models and the logs under {spec.home}")
         return 0
 
-    def _status(self, mgr: ServiceManager, spec: ServiceSpec, args: argparse.Namespace) -> int:
+    def _status(
+        self, mgr: ServiceManager, spec: ServiceSpec, args: argparse.Namespace, config: Config
+    ) -> int:
         state = mgr.state()
+        sock = config.server.socket
         print(f"manager:   {mgr.kind} ({mgr.label})")
         print(f"file:      {mgr.path} ({'installed' if state.installed else 'not installed'})")
         pid = f", pid {state.pid}" if state.pid else ""
         print(f"state:     {state.detail}{pid}")
         print(f"config:    {spec.config_path}")
+        print(f"socket:    {sock} ({_probe(sock)})")
         return 0 if state.running else 3
 
-    def _logs(self, mgr: ServiceManager, spec: ServiceSpec, args: argparse.Namespace) -> int:
+    def _logs(
+        self, mgr: ServiceManager, spec: ServiceSpec, args: argparse.Namespace, config: Config
+    ) -> int:
         argv = mgr.logs_argv(spec, args.lines, args.follow)
         return mgr.run_logs(argv)
