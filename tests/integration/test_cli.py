@@ -25,12 +25,15 @@ CLI = [str(BIN)] if BIN.exists() else [sys.executable, "-m", "modelrunner"]
 TINY = "cli/tiny:v1"
 
 
-def mr(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run the CLI to completion with no terminal (stdin closed)."""
+def mr(
+    *args: str, env: dict[str, str], stdin: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI to completion with no terminal (stdin closed, or *stdin* piped in)."""
     return subprocess.run(
         [*CLI, *args],
         env=env,
-        stdin=subprocess.DEVNULL,
+        input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -195,6 +198,10 @@ def test_runner_verbs(daemon, tiny_gguf) -> None:
     assert answer.stdout.strip()
     usage = json.loads(answer.stderr.split("[debug] usage: ", 1)[1])
     assert usage["completion_tokens"] == 8
+    piped = mr("run", TINY, "--max-tokens", "4", "--debug", env=env, stdin="a prompt from a pipe")
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout.strip()
+    assert json.loads(piped.stderr.split("[debug] usage: ", 1)[1])["prompt_tokens"] > 0
 
     row = ok("ps", env=env).splitlines()[1].split()
     assert row[:3] == ["cli/tiny:v1", "llama.cpp", "completion"]
@@ -283,12 +290,15 @@ def test_push_pull_and_run_pulls_a_missing_model(daemon, tiny_gguf, registry) ->
     layer = pulled[0].split(":")[0]
     assert pulled[:2] == [f"{layer}: Downloading 536.22kB", f"{layer}: Pull complete  536.22kB"]
     assert json.loads(ok("inspect", remote, env=env))["tags"] == [remote]
+    remote_view = json.loads(ok("inspect", "--remote", remote, env=env))
+    assert remote_view["config"]["architecture"] == "llama"
     assert "cached" in ok("pull", remote, env=env).lower()
 
     fails("pull", f"{registry.host}/cli/nothing:v1", env=env, match="cli/nothing")
     fails("pull", "127.0.0.1:1/cli/tiny:v1", env=env, match="127.0.0.1:1")
     fails("pull", "Not A Ref", env=env, match="Not A Ref")
     fails("push", "cli/nothing-here", env=env, match="cli/nothing-here")
+    fails("run", f"{registry.host}/cli/nothing:v1", "hi", env=env, match="cli/nothing")
 
     ok("rm", remote, env=env)
     answer = ok("run", remote, "hi", "--max-tokens", "4", env=env)
