@@ -32,11 +32,16 @@ def mr_home() -> Iterator[Path]:
     shutil.rmtree(home, ignore_errors=True)
 
 
-def setup_default(home: Path) -> subprocess.CompletedProcess[str]:
+def setup_default(home: Path, **env_vars: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODEL_RUNNER")}
-    env["MODEL_RUNNER_HOME"] = str(home)
+    env |= {"MODEL_RUNNER_HOME": str(home), **env_vars}
     return subprocess.run(
-        [*CLI, "setup-default"], env=env, capture_output=True, text=True, timeout=110, check=True
+        [*CLI, "setup-default"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=not env_vars,
     )
 
 
@@ -69,9 +74,13 @@ def test_setup_default_packages_gemma_with_template_and_license(mr_home: Path) -
     assert not (mr_home / "tmp").exists(), "the assembled GGUF is not left behind"
 
     index = (mr_home / "models" / "models.json").read_bytes()
-    again = setup_default(mr_home)
+    # Again, and without a llama-server: the model is there; the error says how to get one.
+    again = setup_default(mr_home, LLAMA_SERVER_PATH=str(mr_home / "nowhere"))
     assert f"{DEFAULT_TAG} is already in the store ({model.short_id})" in again.stdout
     assert "assembling" not in again.stdout
+    assert again.returncode == 1
+    assert again.stderr.startswith("modelrunner: no llama-server binary found")
+    assert "install it with" in again.stderr
     assert (mr_home / "models" / "models.json").read_bytes() == index
 
 
