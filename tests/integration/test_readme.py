@@ -32,8 +32,6 @@ ROOT = Path(__file__).resolve().parents[2]
 TAG = "ai/gemma3:270M-Q4_K_M"
 SIGILL = "exit code -4"
 
-pytestmark = pytest.mark.slow
-
 
 def code_blocks(text: str, lang: str) -> list[str]:
     return re.findall(rf"^```{lang}\n(.*?)^```", text, re.S | re.M)
@@ -105,6 +103,7 @@ def wait_for_models(sock: Path, make: subprocess.Popen[bytes], log: Path) -> str
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_readme_from_a_clean_clone(root: Path) -> None:
     """`make run`; the README's curl and openai examples as written; Ctrl-C; nothing left."""
     for tool in ("git", "make", "curl"):
@@ -198,3 +197,17 @@ def test_readme_from_a_clean_clone(root: Path) -> None:
             "listed the model and ran both examples, but llama-server died of SIGILL "
             f"(this CPU lacks what the wheel build needs): {answer_skipped}"
         )
+
+
+def test_the_readme_config_example_is_a_valid_config(tmp_path: Path) -> None:
+    """Every key the README's YAML example shows exists and takes the value shown."""
+    from modelrunner.config import Config
+
+    (block,) = code_blocks((ROOT / "README.md").read_text(), "yaml")
+    path = tmp_path / "config.yaml"
+    path.write_text(block)
+    config = Config.load(path, env={"HOME": str(tmp_path)})
+    assert config.runners.max_loaded == 2
+    assert config.models[TAG].pinned is True
+    assert config.models[TAG].context_size == 4096
+    assert config.server.port == 12434
