@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import psutil
+import yaml
 
 from tests.reliability.conftest import Target, pid_of
 
@@ -16,6 +17,24 @@ ROOT = Path(__file__).resolve().parents[2]
 # Pulls and pushes would reach out to registries named by random strings; they are fuzzed by the
 # hostile-input tests with hand-picked references instead. Purge would empty the store mid-run.
 EXCLUDE = r"^/models/(create|load|purge)$|/push$"
+# Likewise `GET /models/{name}?remote` asks the registry named by the fuzzed reference (docker.io
+# for most): offline that is a 502 by design. Fuzzed from a copy of the document without it.
+NETWORK_QUERY = {"remote"}
+
+
+def offline_spec(dest: Path) -> Path:
+    """docs/openapi.yaml minus the query parameters that make the daemon reach a registry."""
+    doc = yaml.safe_load((ROOT / "docs" / "openapi.yaml").read_text())
+    for item in doc["paths"].values():
+        for op in item.values():
+            if isinstance(op, dict) and "parameters" in op:
+                op["parameters"] = [
+                    p
+                    for p in op["parameters"]
+                    if not (p.get("in") == "query" and p.get("name") in NETWORK_QUERY)
+                ]
+    dest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return dest
 
 
 async def test_schemathesis_finds_nothing(target: Target, tmp_path: Path) -> None:
@@ -24,7 +43,7 @@ async def test_schemathesis_finds_nothing(target: Target, tmp_path: Path) -> Non
     proc = await asyncio.create_subprocess_exec(
         str(st),
         "run",
-        str(ROOT / "docs" / "openapi.yaml"),
+        str(offline_spec(tmp_path / "openapi.yaml")),
         "--url",
         target.base_url,
         "--checks",
@@ -43,8 +62,10 @@ async def test_schemathesis_finds_nothing(target: Target, tmp_path: Path) -> Non
         "--seed",
         "7",
         "--no-shrink",
+        # One worker: with two threads, hypothesis' lambda reprs (ast.parse) race into
+        # CPython 3.11.7's "AST constructor recursion depth mismatch" (gh-106905, fixed later).
         "--workers",
-        "2",
+        "1",
         "--report",
         "junit",
         "--report-dir",
