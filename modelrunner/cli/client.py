@@ -132,21 +132,31 @@ class Response:
 
     def lines(self) -> Iterator[str]:
         """Each line of the body as it arrives (newline stripped); closes at the end."""
-        try:
-            while True:
-                line = self._raw.readline()
-                if not line:
-                    return
-                yield line.decode("utf-8", "replace").rstrip("\r\n")
-        finally:
-            self.close()
+        pending = b""
+        for data in self.chunks():
+            pending += data
+            *complete, pending = pending.split(b"\n")
+            for line in complete:
+                yield line.decode("utf-8", "replace").rstrip("\r")
+        if pending:
+            yield pending.decode("utf-8", "replace").rstrip("\r")
 
     def chunks(self, size: int = 65536) -> Iterator[bytes]:
-        """The body as it arrives, for text that need not end in a newline (``logs -f``)."""
+        """The body as it arrives; a body cut short is an error, not a quiet end.
+
+        ``read1`` rather than ``readline``: on a chunked body ``readline`` reads through
+        ``peek``, which swallows ``IncompleteRead``, so a daemon dying mid-answer would look
+        like an answer that ended.
+        """
         try:
             while True:
-                data = self._raw.read1(size)
+                try:
+                    data = self._raw.read1(size)
+                except (OSError, http.client.HTTPException) as e:
+                    raise _cut_short(e) from e
                 if not data:
+                    if self._raw.length:  # a Content-Length body that stopped early
+                        raise _cut_short(None)
                     return
                 yield data
         finally:
@@ -229,6 +239,12 @@ class Client:
 
     def post_json(self, path: str, body: Any) -> Any:
         return self.request("POST", path, json_body=body).json()
+
+
+def _cut_short(e: BaseException | None) -> ModelRunnerError:
+    # The daemon went away mid-answer (stopped, crashed): one line, not a traceback.
+    why = f" ({str(e) or type(e).__name__})" if e is not None else ""
+    return ModelRunnerError(f"the daemon closed the connection before the answer ended{why}")
 
 
 def error_message(status: int, body: str) -> str:

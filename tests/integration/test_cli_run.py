@@ -135,3 +135,17 @@ def test_pull_on_a_terminal_draws_bars_and_respects_no_color(daemon, tiny_gguf, 
         assert "\x1b[2K" in output  # lines cleared and redrawn
         assert "Pull complete" in output
         assert ("\x1b[32m" in output) is not no_color
+
+
+def test_a_daemon_that_dies_mid_answer_is_one_error_line(daemon, tiny_gguf_factory) -> None:
+    """SIGKILL of the daemon while an answer streams: exit 1 and one line, no traceback."""
+    daemon.add_model(TINY, tiny_gguf_factory(ctx=4096))
+    child = spawn("run", TINY, "hello", env=daemon.env)
+    try:
+        child.expect(r"\w+ \w+ \w+")
+        daemon.kill()
+        child.expect_exact("modelrunner: the daemon closed the connection before the answer ended")
+    finally:
+        status = close(child)
+    assert status == 1
+    assert "Traceback" not in (child.before or "")
