@@ -434,6 +434,10 @@ def report(r: dict[str, Any]) -> str:
         f"- Machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()}; the "
         "registry and the client share the cores.  Coreutils `sha256sum` (~350 MB/s here) is the "
         "baseline's bottleneck; hashlib uses OpenSSL with SHA-NI (~1.7 GB/s).",
+        "- `Store.push` hashes every byte it sends (~0.65 s of CPU per GiB, measured) so a "
+        "corrupt local blob fails with a clear error instead of the registry's DIGEST_INVALID; "
+        "with the registry on the same 2 cores its wall-clock rate swings between 0.5 and 1.0 "
+        "of curl's from run to run.",
         f"- Load average when the run ended: {os.getloadavg()[0]:.1f} (other work shared the "
         "box; single runs vary by +-30 %, compare within one run).",
     ]
