@@ -9,6 +9,7 @@ read at every resolve.  Knows nothing of HTTP.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from modelrunner.config import Config, ModelSettings
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from modelrunner.distribution.model import Model
     from modelrunner.distribution.store import Store
 
+LOOKUP_TTL_S = 2.0
+LOOKUP_CACHE_MAX = 256
 _KV_REQUIRED = ("n_layers", "n_embd", "n_head")
 _KV_OPTIONAL = ("n_head_kv", "key_length", "value_length")
 
@@ -52,6 +55,14 @@ class Catalog:
         self.config = config
         self.store = store
         self.settings = settings
+        # Hits only, for LOOKUP_TTL_S: the inference path skips a thread hop and a read of
+        # models.json per request.  Every change made through the daemon clears it; a change
+        # made by another process on the same store is seen within LOOKUP_TTL_S.
+        self._hits: dict[str, tuple[float, Model]] = {}
+
+    def invalidate(self) -> None:
+        """Forget cached lookups (after tag, remove, pull, load, purge)."""
+        self._hits.clear()
 
     async def lookup(self, ref: Any) -> Model:
         """A model by reference or id; InvalidRequest for a non-string, ModelNotFound if absent."""
@@ -59,7 +70,15 @@ class Catalog:
             raise InvalidRequest("a model reference (a non-empty string) is required")
         if "\x00" in ref or len(ref) > 1024:
             raise InvalidRequest(f"invalid model reference {ref[:80]!r}")
-        return await self.store.get(ref)
+        now = time.monotonic()
+        hit = self._hits.get(ref)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        model = await self.store.get(ref)
+        if len(self._hits) >= LOOKUP_CACHE_MAX:
+            self._hits.clear()
+        self._hits[ref] = (now + LOOKUP_TTL_S, model)
+        return model
 
     def file_settings(self, model: Model) -> ModelSettings:
         """The config file's ``models:`` entry that names this model (by tag or id)."""

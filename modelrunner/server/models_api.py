@@ -88,8 +88,15 @@ async def create(request: web.Request) -> web.StreamResponse:
         raise InvalidRequest(f"cannot pull {source!r}: pull takes a reference such as ai/smollm2")
     parse_reference(source)  # InvalidReference (400) before anything streams
     stream = ProgressStream(request, "pull")
+
+    async def operation(progress: Any) -> Any:
+        try:
+            return await state.store.pull(source, progress=progress)
+        finally:
+            state.catalog.invalidate()
+
     return await stream.run(
-        lambda progress: state.store.pull(source, progress=progress),
+        operation,
         lambda _model: "Model pulled successfully",
         failure_prefix="error while pulling model",
     )
@@ -126,7 +133,10 @@ async def load_archive(request: web.Request) -> web.StreamResponse:
     stream = ProgressStream(request, "pull")
 
     async def operation(progress: Any) -> Any:
-        return await state.store.load_archive(chunks(), tag, progress)
+        try:
+            return await state.store.load_archive(chunks(), tag, progress)
+        finally:
+            state.catalog.invalidate()
 
     return await stream.run(
         operation,
@@ -140,7 +150,10 @@ async def delete(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     force = _flag(request, "force")
     model = await state.catalog.lookup(name)
-    result = await state.store.remove(name, force=force, in_use=state.supervisor.in_use)
+    try:
+        result = await state.store.remove(name, force=force, in_use=state.supervisor.in_use)
+    finally:
+        state.catalog.invalidate()
     if result.deleted:
         await state.supervisor.unload([model.id])
         await state.settings.remove([model.id])
@@ -150,7 +163,10 @@ async def delete(request: web.Request) -> web.Response:
 async def purge(request: web.Request) -> web.Response:
     state = request.app[STATE]
     await state.supervisor.unload(None)
-    await state.store.purge()
+    try:
+        await state.store.purge()
+    finally:
+        state.catalog.invalidate()
     await state.settings.remove(None)
     return web.Response(status=200)
 
@@ -163,7 +179,10 @@ async def tag(request: web.Request) -> web.Response:
     target = f"{repo}:{tag_}" if tag_ else repo
     parse_reference(target)
     await state.catalog.lookup(request.match_info["name"])
-    await state.store.tag(request.match_info["name"], target)
+    try:
+        await state.store.tag(request.match_info["name"], target)
+    finally:
+        state.catalog.invalidate()
     return web.json_response(
         {
             "message": f"Model tagged successfully with {target!r}".replace("'", '"'),

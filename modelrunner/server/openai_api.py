@@ -76,6 +76,7 @@ def inference_handler(mode: Mode, upstream_path: str) -> Any:
             body,
             keep_alive_s,
             preload_only,
+            stream=payload.get("stream") is True,
         )
 
     return handler
@@ -91,6 +92,8 @@ async def serve(
     body: bytes,
     keep_alive_s: float | None,
     preload_only: bool = False,
+    *,
+    stream: bool = False,
 ) -> web.StreamResponse:
     """Acquire the model's runner and pass the request through; errors after the answer began
     end the stream with an error event instead of a status."""
@@ -100,7 +103,7 @@ async def serve(
             if preload_only:
                 return web.Response(status=200)
             response = await state.upstream.forward(
-                request, runner.socket_path, upstream_path, body, forwarded
+                request, runner.socket_path, upstream_path, body, forwarded, stream=stream
             )
     except (aiohttp.ClientError, TimeoutError) as e:
         error: ModelRunnerError = UpstreamError(f"runner for model {name!r} failed: {e!r}")

@@ -49,6 +49,14 @@ _HOP = frozenset(
 )
 _RESPONSE_SKIP = _HOP | {"content-encoding", "access-control-allow-origin", "server", "date"}
 
+# Errors that mean "the pooled connection was already closed", raised before any answer.
+_STALE_CONNECTION = (
+    aiohttp.ServerDisconnectedError,
+    aiohttp.ClientOSError,
+    aiohttp.ClientConnectionResetError,
+)
+
+STALE_RETRIES = 3
 MAX_SESSIONS = 16  # one per runner socket; old runners' sessions are closed beyond this
 
 UsageFn = Callable[[dict[str, Any]], None]
@@ -109,20 +117,46 @@ class UpstreamPool:
         upstream_path: str,
         body: bytes,
         state: Forwarded,
+        *,
+        stream: bool = False,
     ) -> web.StreamResponse:
-        """Send *body* to the runner and stream its answer back; *state* records progress."""
+        """Send *body* to the runner and stream its answer back; *state* records progress.
+
+        *stream*: the client asked for SSE.  llama-server closes the connection after a streamed
+        answer while announcing keep-alive, so such a request uses a connection of its own.
+        """
         headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _HOP)
+        if stream:
+            headers["Connection"] = "close"
         session = self.session(socket_path)
         self._busy[socket_path] += 1
         try:
-            async with session.post(
-                f"http://localhost{upstream_path}", data=body, headers=headers
-            ) as up:
+            up = await self._post(session, upstream_path, body, headers)
+            async with up:
                 return await self._relay(request, up, state)
         finally:
             self._busy[socket_path] -= 1
             if not self._busy[socket_path]:
                 del self._busy[socket_path]
+
+    async def _post(
+        self,
+        session: aiohttp.ClientSession,
+        upstream_path: str,
+        body: bytes,
+        headers: CIMultiDict[str],
+    ) -> aiohttp.ClientResponse:
+        """POST, once more on a fresh connection if a pooled one turns out closed before any
+        answer (llama-server may close a keep-alive connection the pool still holds)."""
+        url = f"http://localhost{upstream_path}"
+        for _ in range(STALE_RETRIES):
+            try:
+                return await session.post(url, data=body, headers=headers)
+            except _STALE_CONNECTION as e:
+                # Each failure drops that pooled connection; the next try takes another or a
+                # fresh one.  A dead runner fails every try: the last error propagates.
+                log.debug("proxy.stale_connection", error=repr(e))
+        return await session.post(url, data=body, headers=headers)
 
     async def _relay(
         self, request: web.Request, up: aiohttp.ClientResponse, state: Forwarded
