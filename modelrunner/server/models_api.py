@@ -95,11 +95,7 @@ async def create(request: web.Request) -> web.StreamResponse:
         finally:
             state.catalog.invalidate()
 
-    return await stream.run(
-        operation,
-        lambda _model: "Model pulled successfully",
-        failure_prefix="error while pulling model",
-    )
+    return await stream.run(operation, lambda _model: "Model pulled successfully")
 
 
 async def push(request: web.Request) -> web.StreamResponse:
@@ -112,7 +108,6 @@ async def push(request: web.Request) -> web.StreamResponse:
     return await stream.run(
         lambda progress: state.store.push(name, progress=progress),
         lambda _none: "Model pushed successfully",
-        failure_prefix="error while pushing model",
     )
 
 
@@ -138,11 +133,7 @@ async def load_archive(request: web.Request) -> web.StreamResponse:
         finally:
             state.catalog.invalidate()
 
-    return await stream.run(
-        operation,
-        lambda model: f"Model loaded successfully: {model.id}",
-        failure_prefix="error while loading model",
-    )
+    return await stream.run(operation, lambda model: f"Model loaded successfully: {model.id}")
 
 
 async def delete(request: web.Request) -> web.Response:

@@ -86,8 +86,6 @@ class ProgressStream:
         self,
         operation: Callable[[Callable[[Any], None]], Coroutine[Any, Any, T]],
         success: Callable[[T], str],
-        *,
-        failure_prefix: str,
     ) -> web.StreamResponse:
         """Run ``operation(progress)``; stream its events, then a success or error line."""
         loop = asyncio.get_running_loop()
@@ -119,21 +117,20 @@ class ProgressStream:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         if error is not None:
-            if not isinstance(error, ModelRunnerError):
-                log.error("progress.failed", mode=self.mode, error=repr(error))
-                raise error
             if self.response is None:
                 raise error  # nothing sent yet: a proper status and JSON error
-            await self.write(final_line("error", f"Error: {error.message}", self.mode))
-            await self._plain(f"{failure_prefix}: {error.message}\n")
+            if isinstance(error, ModelRunnerError):
+                message = error.message
+            else:
+                log.error("progress.failed", mode=self.mode, error=repr(error))
+                message = f"internal error ({type(error).__name__}); see the daemon's log"
+            # Docker appends a plain-text line after this one; every line here stays JSON, so an
+            # NDJSON reader never chokes on the one line that matters.
+            await self.write(final_line("error", f"Error: {message}", self.mode))
+            await self.response.write_eof()
             return self.response
         if not self.sent_final:
             await self.write(final_line("success", success(task.result()), self.mode))
         response = await self._start()
         await response.write_eof()
         return response
-
-    async def _plain(self, text: str) -> None:
-        response = await self._start()
-        await response.write((text if self.json else go_html_escape(text)).encode())
-        await response.write_eof()
