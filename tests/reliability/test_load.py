@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -126,6 +128,28 @@ def footprint(pid: int) -> tuple[int, int, set[int]]:
     return proc.num_fds(), proc.memory_info().rss, {c.pid for c in proc.children(recursive=True)}
 
 
+def open_fds(pid: int) -> list[str]:
+    """What the daemon's fds point at (sockets, pipes, files), for the failure message."""
+    out = []
+    for fd in sorted(Path(f"/proc/{pid}/fd").iterdir(), key=lambda p: int(p.name)):
+        with contextlib.suppress(OSError):
+            out.append(f"{fd.name}->{os.readlink(fd)}")
+    return out
+
+
+async def settled(pid: int, fds0: int, kids0: set[int]) -> tuple[int, int, set[int]]:
+    """The footprint once closes already under way have landed (deadline-bounded poll: the
+    daemon's stops are done when unload answers, but sockets it closed may still be in flight)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(5.0):
+            while True:
+                fds, _rss, kids = await asyncio.to_thread(footprint, pid)
+                if fds <= fds0 and kids <= kids0:
+                    break
+                await asyncio.sleep(0.1)
+    return await asyncio.to_thread(footprint, pid)
+
+
 async def test_200_clients_over_a_minute(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """The mix above, with evictions; nothing lost, leaked or crossed between models."""
     target: Target = await start_daemon(request, runners={"max_loaded": 2})
@@ -170,7 +194,7 @@ async def test_200_clients_over_a_minute(request: pytest.FixtureRequest, tmp_pat
         async with http.post("/engines/unload", json={"all": True}) as r:
             assert r.status == 200
 
-    fds1, rss1, kids1 = await asyncio.to_thread(footprint, pid)
+    fds1, rss1, kids1 = await settled(pid, fds0, kids0)
     report = {
         "requests": dict(tally.requests),
         "statuses": dict(tally.statuses),
@@ -181,6 +205,6 @@ async def test_200_clients_over_a_minute(request: pytest.FixtureRequest, tmp_pat
     print("load:", json.dumps(report))
     assert not tally.bad, tally.bad[:10]
     assert not tally.wrong_model, tally.wrong_model[:10]
-    assert fds1 <= fds0, report
+    assert fds1 <= fds0, (report, open_fds(pid))
     assert kids1 <= kids0, report
     assert rss1 - rss0 < 10 * 1024 * 1024, report
