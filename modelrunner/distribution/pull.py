@@ -277,13 +277,27 @@ class _Partial:
 
 
 def _open_partial(path: Path) -> _Partial:
-    f = open(path, "a+b")  # noqa: SIM115 - closed by _close_partial
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # another process writing it: wait for it
-    except BaseException:
+    """Open and ``flock`` *path*; another process writing it makes us wait for it.
+
+    The lock is only good while the path still names the file we locked (the holder may have
+    renamed it into place or deleted it): otherwise open the path again.
+    """
+    while True:
+        f = open(path, "a+b")  # noqa: SIM115 - closed by _close_partial
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            mine = os.fstat(f.fileno())
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                now = None
+        except BaseException:
+            f.close()
+            raise
+        if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+            return _Partial(f)
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
         f.close()
-        raise
-    return _Partial(f)
 
 
 def _close_partial(p: _Partial) -> None:

@@ -228,6 +228,45 @@ async def test_a_pull_process_killed_mid_layer_resumes_and_verifies(
     assert [e["offset"] for e in logs if e["event"] == "store.resume"] == [part]
 
 
+PULL_CHILD = """
+import asyncio, sys
+sys.path.insert(0, {root!r})
+from pathlib import Path
+from modelrunner.config import StoreConfig
+from modelrunner.distribution import Store
+
+async def main():
+    store = Store(StoreConfig(path=Path({path!r}), docker_config=Path({path!r}) / "none.json"))
+    await store.open()
+    print((await store.pull({ref!r})).id)
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_two_processes_pulling_one_model_share_the_store(registry, stores, big_gguf: Path):
+    """The .incomplete is flocked: one process writes it, the other waits and finds it done."""
+    a, b = stores
+    ref = f"{registry.host}/ai/twoproc:v1"
+    made = await a.package(big_gguf, ref)
+    await a.push(ref)
+    code = PULL_CHILD.format(root=str(ROOT), path=str(b.root), ref=ref)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE
+    )
+    layer = json.loads(made.manifest_path.read_bytes())["layers"][0]["digest"]
+    async with asyncio.timeout(30):  # an external process: wait until its download has begun
+        while not (b.layout.incomplete(layer).exists() or b.layout.blob(layer).exists()):
+            await asyncio.sleep(0.005)
+    mine = await b.pull(ref)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    assert out.decode().strip().splitlines()[-1] == mine.id == made.id
+    assert mine.gguf_paths[0].read_bytes() == big_gguf.read_bytes()
+    assert [m.id for m in await b.list_models()] == [made.id]
+
+
 async def test_a_wrong_partial_file_is_caught_and_thrown_away(registry, stores, tiny_gguf_factory):
     a, b = stores
     gguf = tiny_gguf_factory(seed=15)
