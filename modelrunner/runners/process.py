@@ -30,6 +30,7 @@ log = structlog.get_logger(__name__)
 
 QUOTED_LINES = 15  # log lines quoted in an error
 QUOTED_CHARS = 4000
+LOG_FLUSH_S = 0.05  # runner output is written to its log file in batches this far apart
 
 
 class ChildFailed(Exception):
@@ -329,15 +330,38 @@ class ChildProcess:
         stream = self.proc.stdout
         if stream is None:  # spawned without a pipe: nothing to drain
             return
+        pending = bytearray()
+        flusher: asyncio.Task[None] | None = None
+
+        async def flush() -> None:
+            # One thread hop per LOG_FLUSH_S batch, not per line: llama-server logs ~10 lines
+            # per request, and a hop each cost the proxy a measurable share of its latency.
+            while pending:
+                await asyncio.sleep(LOG_FLUSH_S)
+                batch = bytes(pending)
+                pending.clear()
+                await asyncio.to_thread(self.sink.write, batch)
+
         try:
             while chunk := await stream.read(65536):
                 self.sink.feed(chunk)
                 self.output_bytes += len(chunk)
                 self._output.set()
-                await asyncio.to_thread(self.sink.write, chunk)
+                pending += chunk
+                if flusher is None or flusher.done():
+                    if flusher is not None:
+                        flusher.result()  # a write error (OSError) surfaces here
+                    flusher = asyncio.create_task(flush())
         except OSError as e:
             log.warning("runner.log_write_failed", pid=self.pid, error=str(e))
         finally:
+            try:
+                if flusher is not None:
+                    await flusher
+                if pending:
+                    await asyncio.to_thread(self.sink.write, bytes(pending))
+            except OSError as e:
+                log.warning("runner.log_write_failed", pid=self.pid, error=str(e))
             await asyncio.to_thread(self.sink.close)
 
     async def wait_ready(self, socket: Path, *, stall_timeout_s: float, interval_s: float) -> None:
