@@ -170,24 +170,38 @@ async def chat(session: aiohttp.ClientSession, t: Target, **extra: Any) -> aioht
     return await session.post(f"{t.base}/v1/chat/completions", json=body, headers=headers)
 
 
-async def warm(session: aiohttp.ClientSession, t: Target, n: int) -> None:
-    for _ in range(n):
-        t0 = time.perf_counter()
-        async with await chat(session, t, max_tokens=1) as r:
-            await r.read()
-            assert r.status == 200, r.status
-        t.warm_s.append(time.perf_counter() - t0)
+async def warm_one(session: aiohttp.ClientSession, t: Target) -> None:
+    t0 = time.perf_counter()
+    async with await chat(session, t, max_tokens=1) as r:
+        await r.read()
+        assert r.status == 200, r.status
+    t.warm_s.append(time.perf_counter() - t0)
 
 
-async def ttft(session: aiohttp.ClientSession, t: Target, n: int) -> None:
+async def ttft_one(session: aiohttp.ClientSession, t: Target) -> None:
+    t0 = time.perf_counter()
+    async with await chat(session, t, max_tokens=8, stream=True) as r:
+        async for line in r.content:
+            if line.startswith(b"data: ") and b'"content"' in line:
+                t.ttft_s.append(time.perf_counter() - t0)
+                break
+        await r.read()
+
+
+async def interleaved(
+    sessions: dict[str, aiohttp.ClientSession],
+    targets: dict[str, Target],
+    one: Callable[[aiohttp.ClientSession, Target], Any],
+    n: int,
+    rotate: int,
+) -> None:
+    """Request by request, targets in turn (rotated per round): load on this shared machine
+    falls on every target alike."""
+    order = list(targets)
+    order = order[rotate % len(order) :] + order[: rotate % len(order)]
     for _ in range(n):
-        t0 = time.perf_counter()
-        async with await chat(session, t, max_tokens=8, stream=True) as r:
-            async for line in r.content:
-                if line.startswith(b"data: ") and b'"content"' in line:
-                    t.ttft_s.append(time.perf_counter() - t0)
-                    break
-            await r.read()
+        for key in order:
+            await one(sessions[key], targets[key])
 
 
 async def concurrent(session: aiohttp.ClientSession, t: Target) -> None:
@@ -265,8 +279,9 @@ INTRO = """\
 The daemon's proxy on a warm model (tiny llama, 0.5 MB) vs the same llama-server process reached
 directly on its Unix socket, and vs llama.cpp's router mode (`llama-server --models-dir DIR
 --models-max 1`, warm) as the peer.  Warm: non-streamed chat, `max_tokens` 1, {requests} requests
-per target per round; first token: streamed chat, 20 per round; 16 concurrent streams of 64 tokens
-(`ignore_eos`), once per round; {rounds} rounds alternating the targets' order, medians."""
+per target per round, interleaved request by request across targets; first token: streamed chat,
+20 per target per round, interleaved likewise; 16 concurrent streams of 64 tokens (`ignore_eos`),
+once per target per round; {rounds} rounds rotating the targets' order; medians."""
 
 
 def write_section(body: str) -> None:
@@ -324,15 +339,15 @@ async def run(args: argparse.Namespace) -> str:
             try:
                 for key, t in targets.items():
                     sessions[key] = aiohttp.ClientSession(connector=t.connector())
-                    await warm(sessions[key], t, 5)
+                await interleaved(sessions, targets, warm_one, 5, 0)  # connections, caches
+                for t in targets.values():
                     t.warm_s.clear()
                 order = list(targets)
                 for i in range(args.rounds):
+                    await interleaved(sessions, targets, warm_one, args.requests, i)
+                    await interleaved(sessions, targets, ttft_one, 20, i)
                     for key in order[i % len(order) :] + order[: i % len(order)]:
-                        t = targets[key]
-                        await warm(sessions[key], t, args.requests)
-                        await ttft(sessions[key], t, 20)
-                        await concurrent(sessions[key], t)
+                        await concurrent(sessions[key], targets[key])
                     print(f"round {i + 1}/{args.rounds} done", file=sys.stderr)
             finally:
                 for s in sessions.values():
