@@ -45,6 +45,7 @@ PARALLEL_LAYERS = 4
 STREAM_RESUMES = 3  # a stream that breaks mid-blob is resumed this many times in one pull
 EMIT_INTERVAL_S = 0.1
 MAX_CONFIG_BYTES = 4 << 20
+LOCK_POLL_S = 0.1  # another process is downloading the same blob: look again this often
 
 
 class _StreamBroke(Exception):
@@ -276,16 +277,20 @@ class _Partial:
         self.f.seek(self.size)
 
 
-def _open_partial(path: Path) -> _Partial:
-    """Open and ``flock`` *path*; another process writing it makes us wait for it.
+def _try_open_partial(path: Path) -> _Partial | None:
+    """Open and ``flock`` *path*; None while another process holds it (it is writing it).
 
     The lock is only good while the path still names the file we locked (the holder may have
-    renamed it into place or deleted it): otherwise open the path again.
+    renamed it into place or deleted it meanwhile): otherwise open the path again.
     """
     while True:
         f = open(path, "a+b")  # noqa: SIM115 - closed by _close_partial
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                return None
             mine = os.fstat(f.fileno())
             try:
                 now = os.stat(path)
@@ -298,6 +303,17 @@ def _open_partial(path: Path) -> _Partial:
             return _Partial(f)
         fcntl.flock(f.fileno(), fcntl.LOCK_UN)
         f.close()
+
+
+async def _open_partial(path: Path) -> _Partial:
+    """Wait (without holding a worker thread) until no other process writes *path*."""
+    waited = False
+    while (part := await asyncio.to_thread(_try_open_partial, path)) is None:
+        if not waited:
+            log.info("store.blob_busy", path=path.name)
+            waited = True
+        await asyncio.sleep(LOCK_POLL_S)
+    return part
 
 
 def _close_partial(p: _Partial) -> None:
@@ -316,7 +332,7 @@ async def fetch_blob(store: Store, ref: Reference, desc: Descriptor, reporter: R
                 reporter.update(desc, desc.size, force=True)
                 return
             try:
-                part = await asyncio.to_thread(_open_partial, partial_path)
+                part = await _open_partial(partial_path)
             except OSError as e:
                 raise os_error(e, f"opening {partial_path}") from e
             try:
