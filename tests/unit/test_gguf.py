@@ -127,3 +127,19 @@ def test_shards_are_found_in_order(tmp_path: Path) -> None:
         "m-00003-of-00003.gguf",
     ]
     assert shard_paths(tmp_path / "m.gguf") == [tmp_path / "m.gguf"]
+
+
+@pytest.mark.slow
+def test_gemma_matches_dockers_values(gemma_gguf: Path) -> None:
+    """The real Gemma 3 270M gives what Docker's packager computes (distribution.md 4.3)."""
+    info = read_gguf(gemma_gguf)
+    values = info.config_values()
+    assert (values["quantization"], values["parameters"], values["architecture"]) == (
+        "MOSTLY_Q4_K_M",
+        "268.10M",
+        "gemma3",
+    )
+    assert values["size"] == "235.16MiB"
+    assert values["context_size"] == 32768
+    assert "tokenizer.ggml.tokens" not in values["gguf"]
+    assert info.arch_params()["n_layers"] == 18
