@@ -108,3 +108,4 @@ class GCResult:
     manifests_removed: int = 0
     incomplete_removed: int = 0
     bytes_freed: int = 0
+    broken_models_removed: int = 0  # index entries whose manifest or blobs were missing

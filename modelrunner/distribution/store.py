@@ -315,15 +315,24 @@ class Store:
         await self._mutate(do)
 
     async def gc(self, *, min_age_s: float = 600.0) -> GCResult:
-        """Delete blobs and manifests no model references (older than *min_age_s*, so another
-        process's pull in progress keeps its finished layers), bundles of gone models, and
-        stale ``.incomplete`` files."""
+        """Drop index entries whose files are missing; delete blobs and manifests no model
+        references (older than *min_age_s*, so another process's pull in progress keeps its
+        finished layers), bundles of gone models, and stale ``.incomplete`` files."""
         lay = self.layout
         incomplete_age = self.config.incomplete_max_age_s
         active = frozenset(self._active_blobs)
 
         def do(index: Index) -> GCResult:
             now = time.time()
+            broken = [  # not ours to make (a crash cannot), but a hand-edited or foreign store
+                m
+                for m in index.models
+                if not lay.manifest(m.id).exists() or not all(lay.blob(f).exists() for f in m.files)
+            ]
+            for m in broken:
+                index.models.remove(m)
+                self._cache.pop(m.id, None)
+                log.warning("store.broken_model_dropped", model=m.id, tags=m.tags)
             referenced = index.referenced() | active
             ids = {m.id for m in index.models}
             blobs = manifests = freed = 0
@@ -347,7 +356,7 @@ class Store:
             for p in list(lay.bundles_dir.iterdir()):
                 if f"sha256:{p.name}" not in ids:
                     shutil.rmtree(p, ignore_errors=True)
-            return GCResult(blobs, manifests, incomplete, freed)
+            return GCResult(blobs, manifests, incomplete, freed, len(broken))
 
         result = await self._mutate(do)
         log.info("store.gc", **dataclasses.asdict(result))

@@ -270,3 +270,32 @@ async def test_processes_share_one_store(store: Store, tiny_gguf: Path):
     tags = sorted(t for m in models for t in m.tags)
     assert tags == sorted(f"ai/{p}-{i}:latest" for p in "xyz" for i in range(4))
     assert (await store.get("ai/x-3")).gguf_paths[0].read_bytes() == tiny_gguf.read_bytes()
+
+
+async def test_sharded_models_get_shard_names(store: Store, tiny_gguf: Path, tmp_path: Path):
+    """Each shard is a layer in order; llama.cpp gets them hard-linked under shard names."""
+    first = tmp_path / "m-00001-of-00002.gguf"
+    second = tmp_path / "m-00002-of-00002.gguf"
+    first.write_bytes(tiny_gguf.read_bytes())
+    second.write_bytes(b"second shard")
+    model = await store.package(first, "ai/sharded")
+    assert [p.name for p in model.gguf_paths] == [
+        "model-00001-of-00002.gguf",
+        "model-00002-of-00002.gguf",
+    ]
+    assert [p.read_bytes() for p in model.gguf_paths] == [first.read_bytes(), b"second shard"]
+    assert model.estimated_bytes == first.stat().st_size + len(b"second shard")
+    await store.remove("ai/sharded")
+    assert not store.layout.bundle(model.id).exists()
+
+
+async def test_gc_drops_an_index_entry_whose_files_are_gone(store: Store, tiny_gguf: Path):
+    """A hand-damaged store: the entry that cannot load goes; its surviving blobs are orphans."""
+    model = await store.package(tiny_gguf, "ai/a")
+    keep = await store.package(tiny_gguf, "ai/b")
+    store.layout.manifest(model.id).unlink()
+    result = await store.gc(min_age_s=0)
+    assert result.broken_models_removed == 1
+    assert json.loads(store.layout.index_path.read_text())["models"][0]["id"] == keep.id
+    assert (await store.get("ai/b")).gguf_paths[0].exists()
+    assert [m.id for m in await store.list_models()] == [keep.id]
