@@ -20,7 +20,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.fixtures.daemon import DaemonHandle
+from tests.fixtures.daemon import DaemonHandle, free_port
 from tests.integration.test_daemon import curl, runner_pids
 
 pytestmark = pytest.mark.llama
@@ -75,14 +75,47 @@ def test_socket_is_0600_a_live_one_is_refused_a_stale_one_replaced(daemon: Daemo
     assert "daemon.stale_socket_removed" in daemon.log_text()
 
 
-def test_non_loopback_needs_allow_remote(
-    daemon_factory: Callable[..., DaemonHandle], daemon: DaemonHandle
-) -> None:
-    refused = serve(daemon, "--host", "0.0.0.0", "--socket", str(daemon.home / "b.sock"))
+def test_flags_and_non_loopback_needs_allow_remote(daemon: DaemonHandle) -> None:
+    """--host off loopback is refused without --allow-remote; with it (and --socket/--port)
+    the daemon listens where the flags say and warns."""
+    other = daemon.home / "b.sock"
+    refused = serve(daemon, "--host", "0.0.0.0", "--socket", str(other))
     assert refused.returncode == 1
     assert "not a loopback address; pass --allow-remote" in refused.stderr
-    remote = daemon_factory(server={"host": "0.0.0.0", "allow_remote": True})
-    assert "daemon.remote_access" in remote.log_text()
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "modelrunner",
+        "--config",
+        str(daemon.config_path),
+        "serve",
+        "--host",
+        "0.0.0.0",
+        "--allow-remote",
+        "--socket",
+        str(other),
+        "--port",
+        str(port),
+    ]
+    err = daemon.home / "b.stderr"
+    with open(err, "wb") as f:
+        proc = subprocess.Popen(argv, env=daemon.env, stdout=f, stderr=f)
+    try:
+        deadline = time.monotonic() + 20
+        while "daemon.ready" not in err.read_text():
+            assert proc.poll() is None, err.read_text()
+            assert time.monotonic() < deadline, err.read_text()
+            time.sleep(0.02)
+        text = err.read_text()
+        assert "daemon.remote_access" in text
+        ready = json.loads(next(x for x in text.splitlines() if "daemon.ready" in x))
+        assert (ready["socket"], ready["port"], ready["host"]) == (str(other), port, "0.0.0.0")
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
 
 
 async def test_sigterm_drains_the_stream_in_flight_then_exits_0(long_ctx: DaemonHandle) -> None:
@@ -150,6 +183,16 @@ def test_sighup_reconfigures_only_the_changed_model(
     assert status == 200
     assert json.loads(text) == {"reloaded": True, "reconfigured": [], "restart_required": []}
     assert set(runner_pids(d)) == {"test/a:latest/completion", "test/b:latest/completion"}
+
+    # `preload: true` in the config file: loaded at start, before any request.
+    d.sections["models"]["test/b"] = {"preload": True}
+    d.config_path.write_text(yaml.safe_dump(d.sections))
+    d.restart()
+    deadline = time.monotonic() + 20
+    while not (pids := runner_pids(d)):  # a background load: poll the daemon's own view
+        assert time.monotonic() < deadline, d.log_text()[-2000:]
+        time.sleep(0.02)
+    assert set(pids) == {"test/b:latest/completion"}
 
 
 def test_ready_means_both_listeners_answer(daemon: DaemonHandle) -> None:

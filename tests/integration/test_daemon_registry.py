@@ -49,6 +49,12 @@ def test_push_rm_pull_with_progress(daemon: DaemonHandle, registry: Any, tiny_gg
     assert pulled[-1]["type"] == "success"
     (model,) = json.loads(curl(daemon, "GET", "/models")[1])
     assert model["tags"] == [ref]
+    status, text = curl(daemon, "GET", f"/models/{ref}?remote=true")  # from the registry
+    assert status == 200, text
+    remote = json.loads(text)
+    assert remote["id"] == model["id"]
+    assert remote["config"]["format"] == "gguf"
+    assert "tags" not in remote
 
     # Docker's CLI sends no Accept: text/plain, HTML-escaped lines (it unescapes them).
     status, text = curl(daemon, "POST", "/models/create", {"from": ref})
