@@ -203,6 +203,7 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
             if args.op == "push":  # the store holds the pulled model; push it under a new name
                 await store.pull(ref)
                 await store.tag(ref, dst)
+                os.sync()  # the setup pull's writes are not the push's I/O
             await store.registry().head_manifest(host, REPO, TAG)  # session and connection up
             _reset_peak()
             base = _rss()
@@ -356,6 +357,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             order = order[::-1] if i % 2 else order
             for what in order:
                 out = work / f"run-{i}-{what}"
+                os.sync()  # earlier runs' dirty pages are not this run's writeback
                 if what in modes:
                     r = run_child("pull", what, server.host, digest, out, gguf)
                     rows[what].append(r["seconds"])
@@ -368,11 +370,15 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         push_rss: dict[str, list[int]] = {m: [] for m in modes}
         curl_pushes: list[float] = []
         for i in range(args.runs):
-            curl_pushes.append(curl_push(server.url, gguf, digest))
-            for m in modes:
-                r = run_child("push", m, server.host, digest, work / f"push-{i}", gguf)
-                pushes[m].append(r["seconds"])
-                push_rss[m].append(r["rss_growth"])
+            order = ["curl", *modes]
+            for what in order[::-1] if i % 2 else order:
+                os.sync()
+                if what == "curl":
+                    curl_pushes.append(curl_push(server.url, gguf, digest))
+                    continue
+                r = run_child("push", what, server.host, digest, work / f"push-{i}", gguf)
+                pushes[what].append(r["seconds"])
+                push_rss[what].append(r["rss_growth"])
                 rm(work / f"push-{i}")
             print(
                 f"push {i}: curl {mbps(size, curl_pushes[-1]):.0f} MB/s, "
