@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import structlog
 
 from ..config import StoreConfig
-from ..errors import Conflict, InvalidReference, ModelNotFound, StoreError
+from ..errors import Conflict, InvalidReference, ModelNotFound, ModelRunnerError, StoreError
 from . import mediatypes as mt
 from .artifact import ParsedManifest, config_object, parse_manifest
 from .digest import is_digest, is_full_hex, is_short_id, sha256_digest
@@ -114,7 +114,7 @@ class Store:
         for entry in self._index().models:
             try:
                 out.append(self._model(entry))
-            except (StoreError, OSError) as e:  # Docker skips a model it cannot read
+            except (ModelRunnerError, OSError) as e:  # Docker skips a model it cannot read
                 log.warning("store.unreadable_model", model=entry.id, error=str(e))
         return out
 
