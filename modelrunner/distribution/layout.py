@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InsufficientStorage, StoreError
+from ..errors import InsufficientStorage, InvalidReference, StoreError
 from .digest import check_digest, hex_of
 
 LAYOUT_VERSION = "1.0.0"
@@ -119,7 +119,7 @@ class Index:
                 tags = [str(t) for t in item.get("tags") or []]
                 files = [check_digest(f, "blob digest") for f in item.get("files") or []]
                 models.append(Entry(entry_id, tags, files))
-        except (ValueError, AttributeError, TypeError) as e:
+        except (ValueError, AttributeError, TypeError, InvalidReference) as e:
             raise StoreError(f"the model index {path} is corrupt: {e}") from e
         return cls(models)
 

@@ -299,3 +299,14 @@ async def test_gc_drops_an_index_entry_whose_files_are_gone(store: Store, tiny_g
     assert json.loads(store.layout.index_path.read_text())["models"][0]["id"] == keep.id
     assert (await store.get("ai/b")).gguf_paths[0].exists()
     assert [m.id for m in await store.list_models()] == [keep.id]
+
+
+async def test_a_corrupt_index_is_a_store_error(store: Store):
+    from modelrunner.errors import StoreError
+
+    store.layout.index_path.write_text('{"models": [{"id": "sha256:../../x", "files": []}]}')
+    with pytest.raises(StoreError, match="corrupt"):
+        await store.list_models()
+    store.layout.index_path.write_text("{not json")
+    with pytest.raises(StoreError, match="corrupt"):
+        await store.get("ai/x")
