@@ -15,7 +15,13 @@ import pytest
 from modelrunner.config import StoreConfig
 from modelrunner.distribution import Store
 from modelrunner.distribution import mediatypes as mt
-from modelrunner.errors import Conflict, InvalidReference, InvalidRequest, ModelNotFound
+from modelrunner.errors import (
+    Conflict,
+    InvalidReference,
+    InvalidRequest,
+    ModelNotFound,
+    StoreError,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -302,8 +308,6 @@ async def test_gc_drops_an_index_entry_whose_files_are_gone(store: Store, tiny_g
 
 
 async def test_a_corrupt_index_is_a_store_error(store: Store):
-    from modelrunner.errors import StoreError
-
     store.layout.index_path.write_text('{"models": [{"id": "sha256:../../x", "files": []}]}')
     with pytest.raises(StoreError, match="corrupt"):
         await store.list_models()
