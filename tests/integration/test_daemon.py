@@ -254,3 +254,40 @@ def test_4xx_are_json_never_500(
     with pytest.raises(openai.NotFoundError, match="not in the local store"):
         oa.chat.completions.create(model="ai/absent", messages=[], max_tokens=1)
     assert "Traceback" not in d.log_text()
+
+
+def test_load_a_packaged_tar_then_tag_it(served: DaemonHandle, tmp_path: Path) -> None:
+    """`docker model package`'s path: a tar streamed to POST /models/load, left untagged, then
+    tagged by the CLI."""
+    from modelrunner.config import StoreConfig
+    from modelrunner.distribution import Store
+    from tests.unit.test_store_archive import docker_tar
+
+    model_id = json.loads(curl(served, "GET", "/models/test/tiny")[1])["id"]
+    tar = tmp_path / "model.tar"
+    tar.write_bytes(docker_tar(Store(StoreConfig(path=served.store_path)), model_id))
+    assert curl(served, "DELETE", f"/models/{model_id}")[0] == 200
+    argv = [
+        "curl",
+        "-sS",
+        "--unix-socket",
+        str(served.socket_path),
+        "-H",
+        "Content-Type: application/x-tar",
+        "-H",
+        "Accept: application/json",
+        "--data-binary",
+        f"@{tar}",
+        "http://localhost/models/load",
+    ]
+    out = subprocess.run(argv, capture_output=True, check=True, text=True, timeout=60).stdout
+    last = json.loads(out.splitlines()[-1])
+    assert last["type"] == "success"
+    (item,) = json.loads(curl(served, "GET", "/models")[1])
+    assert item["id"] == model_id
+    assert "tags" not in item
+    status, _ = curl(served, "POST", f"/models/{model_id}/tag?repo=test/loaded&tag=v1")
+    assert status == 201
+    oa = client(served)
+    done = oa.completions.create(model="test/loaded:v1", prompt="x", max_tokens=1)
+    assert done.choices[0].text is not None
