@@ -215,6 +215,11 @@ class Daemon:
         old = os.umask(0o177)  # the socket is created 0600: no window where others can connect
         try:
             await unix.start()
+        except OSError as e:
+            raise ConfigError(
+                f"cannot listen on the Unix socket {server.socket}: {e.strerror or e} "
+                "(choose another with --socket; the path must be short, under ~100 bytes)"
+            ) from None
         finally:
             os.umask(old)
         await asyncio.to_thread(os.chmod, server.socket, 0o600)
@@ -319,7 +324,12 @@ def run(
     overrides: Mapping[str, Any] | None = None,
 ) -> int:
     """Run the daemon in the foreground until SIGTERM/SIGINT; the process's exit code."""
-    log_path, log_file = open_log(config.runners.log_dir)
+    try:
+        log_path, log_file = open_log(config.runners.log_dir)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot write the daemon's log in {config.runners.log_dir}: {e.strerror or e}"
+        ) from None
     json_logs = not sys.stderr.isatty()
     stream = Tee(sys.stderr, log_file)
     logs.configure(config.log_level, stream=stream, json=json_logs)  # type: ignore[arg-type]
