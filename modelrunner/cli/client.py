@@ -116,10 +116,7 @@ class Response:
         self.headers = raw.headers
 
     def text(self) -> str:
-        try:
-            return self._raw.read().decode("utf-8", "replace")
-        finally:
-            self.close()
+        return b"".join(self.chunks()).decode("utf-8", "replace")
 
     def json(self) -> Any:
         body = self.text()
@@ -243,6 +240,8 @@ class Client:
 
 def _cut_short(e: BaseException | None) -> ModelRunnerError:
     # The daemon went away mid-answer (stopped, crashed): one line, not a traceback.
+    if isinstance(e, TimeoutError):
+        return ModelRunnerError("the daemon stopped sending its answer (timed out)")
     why = f" ({str(e) or type(e).__name__})" if e is not None else ""
     return ModelRunnerError(f"the daemon closed the connection before the answer ended{why}")
 
