@@ -17,6 +17,11 @@ from typing import Any
 
 import pytest
 
+# Imported here, not inside the async helper: the first import of structlog/rich calls
+# os.getcwd(), which blockbuster reports when it happens on the event loop.
+from modelrunner.config import StoreConfig
+from modelrunner.distribution.store import Store
+
 
 @dataclass(frozen=True)
 class Target:
@@ -96,27 +101,12 @@ def pid_of(handle: Any) -> int:
 async def publish(registry_host: str, ref: str, gguf: Path, workdir: Path) -> None:
     """Package *gguf* in a throwaway store and push it as ``<registry_host>/<ref>``.
 
-    Goes through the distribution Store API (the same artifact the daemon pulls); skips while
-    the store's modules are not in the tree yet.
+    Goes through the distribution Store API (the same artifact the daemon pulls).
     """
-    from modelrunner.config import StoreConfig
-    from modelrunner.errors import StoreError
-
+    store = Store(StoreConfig(path=workdir / "publish-store"))
+    await store.open()
     try:
-        from modelrunner.distribution.store import Store
-
-        store = Store(StoreConfig(path=workdir / "publish-store"))
-        await store.open()
-        try:
-            await store.package(gguf, f"{registry_host}/{ref}")
-            await store.push(f"{registry_host}/{ref}")
-        finally:
-            await store.close()
-    except ModuleNotFoundError as e:
-        if not (e.name or "").startswith("modelrunner."):
-            raise
-        pytest.skip(f"the store cannot push yet ({e.name} is missing)")
-    except StoreError as e:
-        if "not implemented" not in e.message:
-            raise
-        pytest.skip(f"the store cannot push yet: {e.message}")
+        await store.package(gguf, f"{registry_host}/{ref}")
+        await store.push(f"{registry_host}/{ref}")
+    finally:
+        await store.close()

@@ -34,6 +34,7 @@ class Mode(enum.Enum):
     STALL = "stall"  # accept, then say nothing until released or `stall_s` passes
     CUT_BODY = "cut"  # forward headers and the first `cut_after` bytes, then drop the connection
     REFUSE = "refuse"  # close the connection without an answer
+    HOLD = "hold"  # forward headers and the first `cut_after` bytes, then wait until released
 
 
 @dataclass
@@ -47,6 +48,8 @@ class FaultyProxy:
     only_blobs: bool = False  # faults hit only /v2/*/blobs/* (manifests pass)
     requests: int = 0
     faults: int = 0
+    blob_ranges: list[str] = field(default_factory=list)  # Range header of each blob GET ("")
+    held: asyncio.Event = field(default_factory=asyncio.Event)  # HOLD reached its cut point
     released: asyncio.Event = field(default_factory=asyncio.Event)
     first_blob: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
@@ -92,6 +95,8 @@ class FaultyProxy:
         self.requests += 1
         if "/blobs/" in request.path:
             self.first_blob.set()
+            if request.method == "GET":
+                self.blob_ranges.append(request.headers.get("Range", ""))
         mode = self.mode if self._faulty(request) else Mode.PASS
         if mode is not Mode.PASS:
             self.faults += 1
@@ -105,9 +110,11 @@ class FaultyProxy:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.released.wait(), self.stall_s)
             return web.json_response({"errors": [{"code": "UNAVAILABLE"}]}, status=503)
-        return await self._forward(request, cut=mode is Mode.CUT_BODY)
+        return await self._forward(request, cut=mode is Mode.CUT_BODY, hold=mode is Mode.HOLD)
 
-    async def _forward(self, request: web.Request, *, cut: bool) -> web.StreamResponse:
+    async def _forward(
+        self, request: web.Request, *, cut: bool, hold: bool = False
+    ) -> web.StreamResponse:
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         body = await request.read() if request.body_exists else None
@@ -130,8 +137,12 @@ class FaultyProxy:
             await out.prepare(request)
             sent = 0
             async for chunk in upstream.content.iter_any():
-                if cut and sent + len(chunk) > self.cut_after:
+                if (cut or hold) and sent + len(chunk) > self.cut_after:
                     await out.write(chunk[: self.cut_after - sent])
+                    if hold:
+                        self.held.set()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self.released.wait(), self.stall_s)
                     assert request.transport is not None
                     request.transport.abort()
                     return out
