@@ -193,6 +193,8 @@ def test_runner_verbs(daemon, tiny_gguf) -> None:
     env = daemon.env
     daemon.add_model(TINY, tiny_gguf)
     assert ok("ps", env=env).splitlines() == ["MODEL NAME  BACKEND  MODE  MEMORY  UNTIL"]
+    assert ok("run", "--detach", TINY, env=env) == ""  # loaded, nothing asked
+    assert ok("ps", env=env).splitlines()[1].startswith("cli/tiny:v1  llama.cpp  completion")
     answer = mr("run", TINY, "say", "something", "--max-tokens", "8", "--debug", env=env)
     assert answer.returncode == 0, answer.stderr
     assert answer.stdout.strip()

@@ -61,6 +61,9 @@ class Run(Command):
         parser.add_argument("prompt", metavar="PROMPT", nargs="*", help="one prompt to answer")
         parser.add_argument("--max-tokens", type=int, metavar="N", help="cap each answer's length")
         parser.add_argument(
+            "-d", "--detach", action="store_true", help="load the model, then exit (no prompt)"
+        )
+        parser.add_argument(
             "--color", choices=("auto", "yes", "no"), default="auto", help="dim reasoning text"
         )
         parser.add_argument(
@@ -70,6 +73,9 @@ class Run(Command):
     def run(self, args: argparse.Namespace) -> int:
         client = connect(args)
         ensure_local(client, args.model)
+        if args.detach:
+            client.request("POST", f"/models/{quote_ref(args.model)}/load").close()
+            return 0
         color = {"yes": True, "no": False}.get(args.color, stdout_color())
         prompt = " ".join(args.prompt)
         if not sys.stdin.isatty():
