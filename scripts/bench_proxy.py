@@ -49,6 +49,7 @@ from scripts.make_tiny_gguf import build as build_tiny_gguf  # noqa: E402
 MODEL = "bench/tiny"
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 CONCURRENCY = 16
+STREAM_REPEATS = 3  # concurrent runs per target per round (the noisiest figure)
 STREAM_TOKENS = 64
 
 
@@ -281,7 +282,8 @@ directly on its Unix socket, and vs llama.cpp's router mode (`llama-server --mod
 --models-max 1`, warm) as the peer.  Warm: non-streamed chat, `max_tokens` 1, {requests} requests
 per target per round, interleaved request by request across targets; first token: streamed chat,
 20 per target per round, interleaved likewise; 16 concurrent streams of 64 tokens (`ignore_eos`),
-once per target per round; {rounds} rounds rotating the targets' order; medians."""
+3 times per target per round, targets in turn; {rounds} rounds rotating the targets' order;
+medians."""
 
 
 def write_section(body: str) -> None:
@@ -346,8 +348,9 @@ async def run(args: argparse.Namespace) -> str:
                 for i in range(args.rounds):
                     await interleaved(sessions, targets, warm_one, args.requests, i)
                     await interleaved(sessions, targets, ttft_one, 20, i)
-                    for key in order[i % len(order) :] + order[: i % len(order)]:
-                        await concurrent(sessions[key], targets[key])
+                    for _ in range(STREAM_REPEATS):
+                        for key in order[i % len(order) :] + order[: i % len(order)]:
+                            await concurrent(sessions[key], targets[key])
                     print(f"round {i + 1}/{args.rounds} done", file=sys.stderr)
             finally:
                 for s in sessions.values():
