@@ -115,6 +115,7 @@ class ProgressRenderer:
         self._fixed_mode = mode is not None  # the verb knows better than the stream
         self._drawn = 0  # terminal lines drawn by the last redraw
         self._last_draw = float("-inf")
+        self.dirty = False  # something changed that the terminal does not show yet
 
     def feed(self, event: dict[str, Any]) -> None:
         """Take one progress event (a ``type: progress`` line)."""
@@ -137,15 +138,19 @@ class ProgressRenderer:
                 self._print(f"{short_layer(layer_id)}: {working} {si_size(size)}")
             changed = True
         else:
-            was_done = known.done
+            was_done, before = known.done, known.current
             known.size, known.current = size or known.size, max(current, known.current)
             changed = known.done != was_done
+            if not changed and known.current == before:
+                return  # a repeated event: nothing to draw
         if not self.tty:
             if changed and known.done:
                 self._print(layer_line(known, self.mode, now))
             return
         if changed or now - self._last_draw >= REDRAW_INTERVAL_S:
             self.redraw(now)
+        else:
+            self.dirty = True
 
     def redraw(self, now: float | None = None) -> None:
         """Rewrite every layer's line in place (cursor up, clear line)."""
@@ -159,11 +164,13 @@ class ProgressRenderer:
         self.out.flush()
         self._drawn = len(self.layers)
         self._last_draw = now
+        self.dirty = False
 
     def message(self, text: str) -> None:
         """A line of its own below the bars (a status message, the final success line)."""
         if self.tty and self.layers:
-            self.redraw()
+            if self.dirty:
+                self.redraw()
             self._drawn = 0
             self.layers.clear()
         self._print(text)
@@ -192,13 +199,13 @@ def follow(lines: Iterable[str], renderer: ProgressRenderer, *, warn: TextIO) ->
             renderer.feed(event)
         elif kind == "success":
             message = str(event.get("message") or "done")
-            if renderer.tty and renderer.layers:
+            if renderer.tty and renderer.dirty:
                 renderer.redraw()
             return message
         elif kind == "warning":
             warn.write(f"warning: {event.get('message', '')}\n")
         elif kind == "error":
             error = str(event.get("message") or "the operation failed")
-    if renderer.tty and renderer.layers:
+    if renderer.tty and renderer.dirty:
         renderer.redraw()
     raise ModelRunnerError(error or "the daemon closed the progress stream before it finished")

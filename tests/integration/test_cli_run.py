@@ -118,10 +118,12 @@ def test_ctrl_c_stops_the_answer_and_keeps_the_chat(daemon, tiny_gguf_factory) -
 
 
 @pytest.mark.registry
-def test_pull_on_a_terminal_draws_bars_and_respects_no_color(daemon, tiny_gguf, registry) -> None:
-    """On a TTY, layer lines are redrawn in place; colour only without NO_COLOR."""
+def test_pull_on_a_terminal_draws_bars_and_respects_no_color(daemon, registry, tmp_path) -> None:
+    """On a TTY a layer gets a bar redrawn in place; colour only without NO_COLOR."""
+    from scripts.make_tiny_gguf import build
+
     remote = f"{registry.host}/cli/tty:v1"
-    daemon.add_model(remote, tiny_gguf)
+    daemon.add_model(remote, build(tmp_path / "padded.gguf", pad_mib=24))
     env = daemon.env
     subprocess.run([*CLI, "push", remote], env=env, capture_output=True, check=True)
     for no_color in (False, True):
@@ -132,8 +134,9 @@ def test_pull_on_a_terminal_draws_bars_and_respects_no_color(daemon, tiny_gguf, 
         child.expect_exact("Model pulled successfully")
         output = child.before
         assert close(child) == 0
+        assert re.search(r"Downloading \[=*>? *\]  [\d.]+[kM]?B/25\.\d\dMB", output), output
         assert "\x1b[2K" in output  # lines cleared and redrawn
-        assert "Pull complete" in output
+        assert output.count("Pull complete") == 1
         assert ("\x1b[32m" in output) is not no_color
 
 

@@ -122,6 +122,27 @@ class TestTerminal:
         r.feed(event(A, 1000, 1000))  # completion: drawn
         assert out.getvalue().endswith("Pull complete  1.00kB\n")
 
+    def test_repeated_events_and_a_clean_finish_draw_nothing_more(self) -> None:
+        out = io.StringIO()
+        clock = Clock()
+        r = ProgressRenderer(out, tty=True, clock=clock)
+        r.feed(event(A, 1000, 1000))
+        frames = out.getvalue()
+        clock.now += 5
+        r.feed(event(A, 1000, 1000))
+        done = json.dumps({"type": "success", "message": "ok"})
+        assert follow([done], r, warn=io.StringIO()) == "ok"
+        assert out.getvalue() == frames
+
+    def test_a_throttled_change_is_drawn_at_the_end(self) -> None:
+        out = io.StringIO()
+        r = ProgressRenderer(out, tty=True, clock=Clock())
+        r.feed(event(A, 0, 1000))
+        r.feed(event(A, 400, 1000))  # same instant: not drawn yet
+        assert "400B" not in out.getvalue()
+        follow([json.dumps({"type": "success", "message": "ok"})], r, warn=io.StringIO())
+        assert "400B/1.00kB" in out.getvalue()
+
 
 class TestFollow:
     def lines(self, *events):
