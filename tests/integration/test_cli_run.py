@@ -82,6 +82,7 @@ def test_chat_keeps_the_conversation_and_bye_exits_0(daemon, tiny_gguf) -> None:
     finally:
         status = close(child)
     assert status == 0
+    assert "tell me a story about the sea" in (daemon.home / "run_history").read_text()
 
 
 def test_ctrl_c_stops_the_answer_and_keeps_the_chat(daemon, tiny_gguf_factory) -> None:
