@@ -39,8 +39,13 @@ async def banner(_: web.Request) -> web.Response:
     return web.Response(text="Docker Model Runner is running")
 
 
-async def version(_: web.Request) -> web.Response:
-    return web.json_response({"version": __version__})
+async def version(request: web.Request) -> web.Response:
+    body: dict[str, Any] = {"version": __version__}
+    try:  # ours, beyond Docker's key: `modelrunner status` shows which llama-server runs
+        body["llama_server"] = str((await request.app[STATE].supervisor.binary()).path)
+    except BinaryNotFound:
+        body["llama_server"] = None
+    return web.json_response(body)
 
 
 async def status(request: web.Request) -> web.Response:

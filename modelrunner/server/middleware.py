@@ -9,6 +9,7 @@ aiohttp's own HTTP exceptions (404/405/413).  Knows nothing of models or runners
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -101,6 +102,9 @@ def make_error_middleware(observe: Observer | None = None) -> Any:
             code = "not_found" if e.status == 404 else "http_error"
             headers = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None
             return error_response(request, e.status, _http_message(e), code, headers)
+        except asyncio.CancelledError:
+            status = 499  # the client went away (handler cancellation): nginx's code for it
+            raise
         except (ConnectionResetError, TimeoutError) as e:
             # The client went away (or stalled) while we wrote: nothing left to answer.
             status = 499

@@ -18,7 +18,7 @@ from modelrunner.errors import InvalidRequest, ModelRunnerError, UpstreamError
 from modelrunner.runners.model import Mode
 from modelrunner.server.catalog import display_name
 from modelrunner.server.middleware import parse_json_object, read_body
-from modelrunner.server.proxy import Forwarded, write_stream_error
+from modelrunner.server.proxy import ClientGone, Forwarded, write_stream_error
 from modelrunner.server.settings import parse_keep_alive
 from modelrunner.server.state import STATE, ServerState
 
@@ -105,6 +105,8 @@ async def serve(
             response = await state.upstream.forward(
                 request, runner.socket_path, upstream_path, body, forwarded, stream=stream
             )
+    except ClientGone as gone:
+        return gone.response
     except (aiohttp.ClientError, TimeoutError) as e:
         error: ModelRunnerError = UpstreamError(f"runner for model {name!r} failed: {e!r}")
         if forwarded.response is None:

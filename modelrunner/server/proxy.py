@@ -62,6 +62,14 @@ MAX_SESSIONS = 16  # one per runner socket; old runners' sessions are closed bey
 UsageFn = Callable[[dict[str, Any]], None]
 
 
+class ClientGone(Exception):
+    """The client disconnected while its answer was being relayed."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        super().__init__("the client disconnected")
+        self.response = response
+
+
 @dataclass
 class Forwarded:
     """What a forward got to before it ended: the client response once headers were sent."""
@@ -83,6 +91,7 @@ class UpstreamPool:
             collections.OrderedDict()
         )
         self._busy: collections.Counter[Path] = collections.Counter()
+        self._closing: set[asyncio.Task[None]] = set()
 
     def session(self, socket_path: Path) -> aiohttp.ClientSession:
         session = self._sessions.get(socket_path)
@@ -103,12 +112,14 @@ class UpstreamPool:
                 break
             if not self._busy[path]:
                 old = self._sessions.pop(path)
-                asyncio.get_running_loop().create_task(old.close())
+                task = asyncio.get_running_loop().create_task(old.close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
         sessions = list(self._sessions.values())
         self._sessions.clear()
-        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        await asyncio.gather(*(s.close() for s in sessions), *self._closing, return_exceptions=True)
 
     async def forward(
         self,
@@ -183,7 +194,12 @@ class UpstreamPool:
                 usage = _usage_from_sse(chunk)
                 if usage is not None:
                     state.usage = usage
-            await response.write(chunk)
+            try:
+                await response.write(chunk)
+            except ConnectionResetError as e:
+                # The client left before the handler was cancelled: stop the upstream request
+                # now (not an upstream failure, so the supervisor does not wait for a crash).
+                raise ClientGone(response) from e
         await response.write_eof()
         return response
 
