@@ -188,7 +188,7 @@ def test_package(daemon, tiny_gguf, tmp_path) -> None:
     fails("package", "--gguf", str(tiny_gguf), "Not A Ref", env=env, match="Not A Ref")
 
 
-def test_runner_verbs(daemon, tiny_gguf) -> None:
+def test_runner_verbs(daemon, tiny_gguf, llama_server_bin) -> None:
     """run with a prompt, ps, configure, logs, unload, status, and over TCP (MODEL_RUNNER_HOST)."""
     env = daemon.env
     daemon.add_model(TINY, tiny_gguf)
@@ -235,6 +235,7 @@ def test_runner_verbs(daemon, tiny_gguf) -> None:
     assert f"unix://{daemon.socket_path}" in status
     assert f"Port: {daemon.port}" in status
     assert "llama.cpp: Running" in status
+    assert f"llama-server: {llama_server_bin}" in status
     assert json.loads(ok("status", "--json", env=env))["running"] is True
 
     tcp = {k: v for k, v in env.items() if k != "MODEL_RUNNER_SOCK"}

@@ -10,6 +10,8 @@ from typing import Any
 from modelrunner.cli.base import Command, connect, load_config
 from modelrunner.cli.client import DaemonNotRunning
 
+LABELS = {"llama_server": "llama-server"}
+
 
 class Status(Command):
     name = "status"
@@ -41,7 +43,7 @@ class Status(Command):
         for key, value in info.items():
             if key in ("running", "backends"):
                 continue
-            label = key.replace("_", " ").capitalize()
+            label = LABELS.get(key) or key.replace("_", " ").capitalize()
             shown = value if not isinstance(value, (dict, list)) else json.dumps(value)
             print(f"{label}: {'-' if shown is None else shown}")
         for backend, state in sorted(backends.items()):
