@@ -214,6 +214,7 @@ def test_runner_verbs(daemon, tiny_gguf, llama_server_bin) -> None:
     stored = curl_json(daemon, "/engines/_configure")
     assert stored[0]["Config"]["context-size"] == 256
     assert stored[0]["Config"]["runtime-flags"] == ["--temp", "0.5"]
+    assert json.loads(ok("configure", "--show", TINY, env=env)) == stored
     fails("configure", TINY, "--", "--rpc", "x", env=env, match="--rpc")
     fails("configure", TINY, env=env, match="nothing to configure")
     fails("configure", "--context-size", "64", "cli/nothing-here", env=env, match="nothing-here")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import urllib.parse
 from typing import Any
 
 from modelrunner.cli.base import Command, connect
@@ -16,7 +18,8 @@ class Configure(Command):
     epilog = (
         "examples:\n"
         "  modelrunner configure --context-size 8192 ai/smollm2\n"
-        "  modelrunner configure ai/smollm2 -- --temp 0.7 --top-k 40"
+        "  modelrunner configure ai/smollm2 -- --temp 0.7 --top-k 40\n"
+        "  modelrunner configure --show ai/smollm2"
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -27,12 +30,22 @@ class Configure(Command):
         parser.add_argument(
             "--mode", choices=("completion", "embedding", "reranking"), help="runner mode"
         )
-        parser.add_argument("model", metavar="MODEL", help="tag or ID")
+        parser.add_argument(
+            "--show", action="store_true", help="print the stored settings (of MODEL, or all)"
+        )
+        parser.add_argument("model", metavar="MODEL", nargs="?", help="tag or ID")
         parser.add_argument(
             "runtime_flags", metavar="FLAGS", nargs="*", help="llama-server flags, after --"
         )
 
     def run(self, args: argparse.Namespace) -> int:
+        if args.show:
+            query = "?" + urllib.parse.urlencode({"model": args.model}) if args.model else ""
+            stored = connect(args).get_json(f"/engines/_configure{query}")
+            print(json.dumps(stored, indent=4, ensure_ascii=False))
+            return 0
+        if not args.model:
+            raise InvalidRequest("give the MODEL to configure")
         body: dict[str, Any] = {"model": args.model}
         if args.context_size is not None:
             if args.context_size < 1:
