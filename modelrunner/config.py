@@ -78,6 +78,7 @@ class ServerConfig:
     port: int = DEFAULT_PORT  # 0 = no TCP listener
     allow_remote: bool = False
     max_body_bytes: int = 10 * 1024 * 1024
+    body_timeout_s: float = 30.0  # a request body must arrive within this (slowloris): else 408
     origins: tuple[str, ...] = ()
     disable_metrics: bool = False
     upstream_connect_timeout_s: float = 5.0

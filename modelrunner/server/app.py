@@ -19,6 +19,7 @@ from modelrunner.runners.supervisor import Supervisor
 from modelrunner.server import engines_api, models_api, openai_api
 from modelrunner.server.catalog import Catalog
 from modelrunner.server.middleware import (
+    BODY_TIMEOUT_S,
     add_cors_headers,
     make_cors_middleware,
     make_error_middleware,
@@ -65,6 +66,7 @@ def make_app(
         client_max_size=server.max_body_bytes,
     )
     app[STATE] = state
+    app[BODY_TIMEOUT_S] = server.body_timeout_s
     app.on_response_prepare.append(add_cors_headers)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -138,18 +138,35 @@ def make_error_middleware(observe: Observer | None = None) -> Any:
     return errors_and_access_log
 
 
+class RequestTimeout(ModelRunnerError):
+    status = 408
+    code = "request_timeout"
+
+
+# server.body_timeout_s, set by make_app (a slowloris body must not hold a handler forever).
+BODY_TIMEOUT_S = web.AppKey("body_timeout_s", float)
+
+
 async def read_body(request: web.Request, limit: int) -> bytes:
-    """The whole body, refusing (413) more than *limit* bytes without keeping them."""
+    """The whole body, refusing (413) more than *limit* bytes without keeping them, and (408)
+    one that has not all arrived within ``server.body_timeout_s`` (0 = no limit)."""
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"request body of {length} bytes is over the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    timeout_s = request.app.get(BODY_TIMEOUT_S, 30.0)
+    try:
+        async with asyncio.timeout(timeout_s or None):
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"request body not received within {timeout_s:g}s (server.body_timeout_s)"
+        ) from None
     return b"".join(chunks)
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
+import re
 from collections.abc import AsyncIterator
 from urllib.parse import quote, urlsplit
 
@@ -12,7 +14,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from tests.reliability.conftest import Target
+from tests.reliability.conftest import Target, start_daemon
 
 BAD_REFERENCES = [
     "..",
@@ -209,3 +211,52 @@ async def test_slow_bodies_do_not_block_others(target: Target, http: aiohttp.Cli
             writer.close()
             await writer.wait_closed()
     await assert_alive(http)
+
+
+async def slow_request(host: str, port: int, path: str) -> tuple[bytes, bytes]:
+    """Announce a 1 MB body and trickle it a byte every 0.2 s until the daemon answers; the
+    status line and the body of that answer."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Content-Length: 1000000\r\n\r\n{".encode()
+    )
+
+    async def trickle() -> None:
+        with contextlib.suppress(ConnectionError):
+            while True:
+                await asyncio.sleep(0.2)  # the slowloris pace, not a synchronisation
+                writer.write(b" ")
+                await writer.drain()
+
+    dripping = asyncio.create_task(trickle())
+    try:
+        status = await reader.readline()
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+        return status, await reader.readexactly(length)
+    finally:
+        dripping.cancel()
+        await asyncio.gather(dripping, return_exceptions=True)
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def test_slow_body_gets_a_json_408(request: pytest.FixtureRequest) -> None:
+    """A body still trickling in after server.body_timeout_s is answered 408 with a JSON error
+    (OpenAI shape on OpenAI routes), so a slowloris holds nothing for long."""
+    target = await start_daemon(request, server={"body_timeout_s": 1.0})
+    parts = urlsplit(target.base_url)
+    assert parts.hostname
+    assert parts.port
+    async with asyncio.timeout(30):
+        answers = await asyncio.gather(
+            slow_request(parts.hostname, parts.port, "/engines/v1/chat/completions"),
+            slow_request(parts.hostname, parts.port, "/models/create"),
+        )
+    (oai_status, oai_body), (mgmt_status, mgmt_body) = answers
+    assert b" 408 " in oai_status, (oai_status, oai_body)
+    assert isinstance(json.loads(oai_body)["error"]["message"], str)
+    assert b" 408 " in mgmt_status, (mgmt_status, mgmt_body)
+    assert isinstance(json.loads(mgmt_body)["error"], str)
