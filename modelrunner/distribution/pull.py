@@ -372,13 +372,7 @@ async def _fill(
                 raise RegistryError(
                     f"the registry ended blob {desc.digest} after {part.size} of {desc.size} bytes"
                 )
-        got = "sha256:" + part.h.hexdigest()
-        if part.size != desc.size or got != desc.digest:
-            await asyncio.to_thread(part.reset)
-            await asyncio.to_thread(_unlink, partial_path)
-            raise DigestMismatch(
-                f"blob digest mismatch for {desc.digest!r}: expected {desc.digest}, got {got}"
-            )
+        _verify(part, desc)
         await asyncio.to_thread(_commit_blob, part, partial_path, final)
         reporter.update(desc, desc.size, force=True)
     except OSError as e:
@@ -386,9 +380,17 @@ async def _fill(
         if isinstance(err, InsufficientStorage):  # give the space back
             await asyncio.to_thread(_unlink, partial_path)
         raise err from e
-    except InsufficientStorage:
+    except (InsufficientStorage, DigestMismatch):  # no use keeping bytes we cannot trust
         await asyncio.to_thread(_unlink, partial_path)
         raise
+
+
+def _verify(part: _Partial, desc: Descriptor) -> None:
+    got = "sha256:" + part.h.hexdigest()
+    if part.size != desc.size or got != desc.digest:
+        raise DigestMismatch(
+            f"blob digest mismatch for {desc.digest!r}: expected {desc.digest}, got {got}"
+        )
 
 
 def _commit_blob(part: _Partial, partial_path: Path, final: Path) -> None:
