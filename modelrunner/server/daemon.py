@@ -62,14 +62,40 @@ class Tee:
         return False
 
 
-def open_log(log_dir: Path) -> tuple[Path, TextIO]:
-    """The daemon's log file, rotated once (``.1``) when it has grown past 10 MiB."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    path = log_dir / DAEMON_LOG
-    with contextlib.suppress(FileNotFoundError):
-        if path.stat().st_size > LOG_ROTATE_BYTES:
-            os.replace(path, path.with_name(DAEMON_LOG + ".1"))
-    return path, open(path, "a", encoding="utf-8", buffering=1)
+class LogFile:
+    """The daemon's log file, rotated to ``.1`` whenever it grows past ``max_bytes``."""
+
+    def __init__(self, path: Path, max_bytes: int = LOG_ROTATE_BYTES) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self._size = self._file.tell()
+        if self._size > max_bytes:
+            self._rotate()
+
+    def write(self, text: str) -> int:
+        # Blocking, like every write of a log line to stderr: a few microseconds on a local disk.
+        self._file.write(text)
+        self._size += len(text)
+        if self._size > self.max_bytes:
+            self._rotate()
+        return len(text)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self._file.close()
+
+    def _rotate(self) -> None:
+        self._file.close()
+        os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        self._size = 0
 
 
 def is_loopback(host: str) -> bool:
@@ -324,14 +350,15 @@ def run(
     overrides: Mapping[str, Any] | None = None,
 ) -> int:
     """Run the daemon in the foreground until SIGTERM/SIGINT; the process's exit code."""
+    log_path = config.runners.log_dir / DAEMON_LOG
     try:
-        log_path, log_file = open_log(config.runners.log_dir)
+        log_file = LogFile(log_path)
     except OSError as e:
         raise ConfigError(
             f"cannot write the daemon's log in {config.runners.log_dir}: {e.strerror or e}"
         ) from None
     json_logs = not sys.stderr.isatty()
-    stream = Tee(sys.stderr, log_file)
+    stream = Tee(sys.stderr, log_file)  # type: ignore[arg-type]
     logs.configure(config.log_level, stream=stream, json=json_logs)  # type: ignore[arg-type]
     daemon = Daemon(
         config,
