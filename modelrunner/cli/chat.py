@@ -243,4 +243,7 @@ class Chat:
         if self.debug and answer.usage:
             self.err.write(f"[debug] usage: {json.dumps(answer.usage, sort_keys=True)}\n")
             self.err.flush()
+        if answer.interrupted and not answer.content:
+            self.messages.pop()  # nothing was answered: forget the question too
+            return
         self.messages.append({"role": "assistant", "content": answer.content})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 
@@ -133,3 +134,88 @@ class TestClientPieces:
         assert str(Endpoint.from_url("unix:///tmp/s.sock").socket_path) == "/tmp/s.sock"
         with pytest.raises(ModelRunnerError, match="not an http"):
             Endpoint.from_url("https://example.com")
+
+
+class FakeResponse:
+    def __init__(self, items) -> None:
+        self.items = items
+        self.closed = False
+
+    def lines(self):
+        for item in self.items:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeClient:
+    """Records each chat request body and answers with the next scripted SSE stream."""
+
+    def __init__(self, *streams) -> None:
+        self.streams = list(streams)
+        self.bodies: list[dict] = []
+        self.responses: list[FakeResponse] = []
+
+    def request(self, method, path, *, json_body=None, **_):
+        self.bodies.append(json.loads(json.dumps(json_body)))  # a copy, as sent
+        item = self.streams.pop(0)
+        if isinstance(item, BaseException):
+            raise item
+        self.responses.append(FakeResponse(item))
+        return self.responses[-1]
+
+
+def sse(*words, usage=None):
+    lines = [f"data: {json.dumps(chunk(content=w))}" for w in words]
+    if usage:
+        lines.append(f"data: {json.dumps({'choices': [], 'usage': usage})}")
+    return [*lines, "data: [DONE]"]
+
+
+def chat_with(client, *lines):
+    feed = iter(lines)
+
+    def read(_prompt):
+        try:
+            return next(feed)
+        except StopIteration:
+            raise EOFError from None
+
+    out, err = io.StringIO(), io.StringIO()
+    return Chat(client, "ai/x", out=out, err=err, read=read), out, err
+
+
+class TestTurns:
+    def test_every_request_carries_the_whole_conversation(self) -> None:
+        client = FakeClient(sse("hi", " there"), sse("fine"))
+        chat, out, _ = chat_with(client, "hello", "how are you?", "/bye")
+        assert chat.loop() == 0
+        assert [m["content"] for m in client.bodies[1]["messages"]] == [
+            "hello",
+            "hi there",
+            "how are you?",
+        ]
+        assert "hi there\n" in out.getvalue()
+        assert all(r.closed for r in client.responses)
+
+    def test_ctrl_c_mid_answer_keeps_the_partial_answer_and_the_chat(self) -> None:
+        client = FakeClient(
+            [*sse("par", "tial")[:2], KeyboardInterrupt()], sse("ok"), [KeyboardInterrupt()]
+        )
+        chat, out, _ = chat_with(client, "one", "two", "three", "/bye")
+        assert chat.loop() == 0
+        assert out.getvalue().count("(answer stopped)") == 2
+        assert [m["content"] for m in client.bodies[1]["messages"]] == ["one", "partial", "two"]
+        # Stopped before any word: that question is forgotten.
+        assert [m["content"] for m in chat.messages] == ["one", "partial", "two", "ok"]
+        assert all(r.closed for r in client.responses)
+
+    def test_a_failed_turn_is_reported_and_forgotten(self) -> None:
+        client = FakeClient(ModelRunnerError("runner crashed"), sse("ok"))
+        chat, _, err = chat_with(client, "one", "two", "/bye")
+        assert chat.loop() == 0
+        assert err.getvalue() == "modelrunner: runner crashed\n"
+        assert [m["content"] for m in client.bodies[1]["messages"]] == ["two"]
