@@ -72,13 +72,14 @@ def _check_file(path: Path, what: str) -> Path:
     return path
 
 
-def _files(gguf: Path, license: Path | None, template: Path | None) -> list[tuple[str, Path]]:
-    """(media type, path) of every layer in Docker's order: shards, license, chat template."""
+def _files(
+    gguf: Path, license: Path | None, template: Path | None, mmproj: Path | None
+) -> list[tuple[str, Path]]:
+    """(media type, path) of every layer in Docker's order: shards, license, template, mmproj."""
     files = [(mt.GGUF, p) for p in shard_paths(Path(gguf).expanduser())]
-    if license is not None:
-        files.append((mt.LICENSE, Path(license).expanduser()))
-    if template is not None:
-        files.append((mt.CHAT_TEMPLATE, Path(template).expanduser()))
+    for kind, path in ((mt.LICENSE, license), (mt.CHAT_TEMPLATE, template), (mt.MMPROJ, mmproj)):
+        if path is not None:
+            files.append((kind, Path(path).expanduser()))
     return files
 
 
@@ -90,11 +91,12 @@ async def package(
     license: Path | None = None,
     chat_template: Path | None = None,
     context_size: int | None = None,
+    mmproj: Path | None = None,
     progress: ProgressFn | None = None,
 ) -> Model:
     if context_size is not None and not 0 < context_size <= 2**31 - 1:
         raise InvalidRequest(f"context size must be a positive integer, got {context_size}")
-    files = await asyncio.to_thread(_files, gguf, license, chat_template)
+    files = await asyncio.to_thread(_files, gguf, license, chat_template, mmproj)
     shards = [p for kind, p in files if kind == mt.GGUF]
 
     def check() -> tuple[dict[str, object], list[os.stat_result]]:

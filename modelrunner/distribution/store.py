@@ -372,6 +372,7 @@ class Store:
         license: Path | None = None,
         chat_template: Path | None = None,
         context_size: int | None = None,
+        mmproj: Path | None = None,
         progress: ProgressFn | None = None,
     ) -> Model:
         """Build Docker's artifact from a local GGUF (shards found by name) and tag it."""
@@ -384,6 +385,7 @@ class Store:
             license=license,
             chat_template=chat_template,
             context_size=context_size,
+            mmproj=mmproj,
             progress=progress,
         )
 

@@ -88,6 +88,16 @@ async def test_package_writes_dockers_artifact(store: Store, tiny_gguf: Path, tm
     assert api["config"]["architecture"] == "llama"
 
 
+async def test_mmproj_is_packaged_last(store: Store, tiny_gguf_factory: Callable):
+    """Docker's CLI order: weights, then the multimodal projector (its own GGUF)."""
+    proj = tiny_gguf_factory(seed=9, name="proj")
+    model = await store.package(tiny_gguf_factory(seed=8), "ai/mm", mmproj=proj)
+    doc = manifest_doc(store, model.id)
+    assert [x["mediaType"] for x in doc["layers"]] == [mt.GGUF, mt.MMPROJ]
+    assert model.mmproj_path is not None
+    assert model.mmproj_path.read_bytes() == proj.read_bytes()
+
+
 async def test_context_size_override(store: Store, tiny_gguf: Path):
     model = await store.package(tiny_gguf, "ai/tiny:ctx", context_size=256)
     assert model.context_size == 256
