@@ -459,6 +459,16 @@ def _untag(index: Index, model_id: str, tag: str) -> RemoveResult:
     return RemoveResult((tag,), None)
 
 
+def _legacy_name(stored: str) -> str | None:
+    """A stored tag in today's form: older stores wrote ``index.docker.io/library/x:t``."""
+    r = try_parse(stored)
+    if r is None:
+        return None
+    if r.registry == "docker.io" and r.repository.startswith("library/"):
+        r = Reference(r.registry, "ai/" + r.repository.removeprefix("library/"), r.tag, r.digest)
+    return r.store_name
+
+
 def resolve(index: Index, text: str) -> tuple[Entry | None, str | None]:
     """The entry *text* names, and the stored tag it matched (None when matched by id)."""
     s = text.strip()
@@ -475,7 +485,7 @@ def resolve(index: Index, text: str) -> tuple[Entry | None, str | None]:
         wanted = ref.store_name
         for m in index.models:
             for t in m.tags:
-                if t == wanted or ((r := try_parse(t)) is not None and r.store_name == wanted):
+                if t == wanted or _legacy_name(t) == wanted:
                     return m, t
     if ref.digest is not None:
         return index.find(ref.digest), None

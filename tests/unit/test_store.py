@@ -324,3 +324,15 @@ async def test_a_corrupt_index_is_a_store_error(store: Store):
     store.layout.index_path.write_text("{not json")
     with pytest.raises(StoreError, match="corrupt"):
         await store.get("ai/x")
+
+
+async def test_reads_a_store_docker_wrote(store: Store, tiny_gguf: Path):
+    """Go's null tags and the legacy index.docker.io/library/… tags of older stores."""
+    model = await store.package(tiny_gguf, "ai/x")
+    doc = json.loads(store.layout.index_path.read_text())
+    doc["models"][0]["tags"] = ["index.docker.io/library/smol:latest"]
+    doc["models"].append({"id": "sha256:" + "9" * 64, "tags": None, "files": None})
+    store.layout.index_path.write_text(json.dumps(doc, indent=2))
+    assert (await store.get("smol")).id == model.id
+    assert (await store.get("ai/smol:latest")).id == model.id
+    assert [m.id for m in await store.list_models()] == [model.id]  # no manifest: skipped
