@@ -82,5 +82,7 @@ async def test_schemathesis_finds_nothing(target: Target, tmp_path: Path) -> Non
             proc.kill()
             await proc.wait()
     text = out.decode(errors="replace")
+    summary = [ln.strip() for ln in text.splitlines() if "generated" in ln or "passed" in ln]
+    print("fuzz:", " | ".join(summary))  # the figures in docs/reliability.md
     assert proc.returncode == 0, text[-6000:]
     assert psutil.pid_exists(pid_of(target.handle))
