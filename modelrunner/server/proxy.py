@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +58,8 @@ _STALE_CONNECTION = (
 )
 
 STALE_RETRIES = 3
-MAX_SESSIONS = 16  # one per runner socket; old runners' sessions are closed beyond this
+MAX_SESSIONS = 16
+SESSION_IDLE_S = 60.0  # one per runner socket; old runners' sessions are closed beyond this
 
 UsageFn = Callable[[dict[str, Any]], None]
 
@@ -92,8 +94,10 @@ class UpstreamPool:
         )
         self._busy: collections.Counter[Path] = collections.Counter()
         self._closing: set[asyncio.Task[None]] = set()
+        self._used: dict[Path, float] = {}
 
     def session(self, socket_path: Path) -> aiohttp.ClientSession:
+        now = time.monotonic()
         session = self._sessions.get(socket_path)
         if session is None or session.closed:
             connector = aiohttp.UnixConnector(path=str(socket_path), limit=0)
@@ -101,17 +105,20 @@ class UpstreamPool:
                 connector=connector, timeout=self._timeout, auto_decompress=False
             )
             self._sessions[socket_path] = session
-            self._prune()
         self._sessions.move_to_end(socket_path)
+        self._used[socket_path] = now
+        self._prune(now, keep=socket_path)
         return session
 
-    def _prune(self) -> None:
-        """Close the least recently used idle sessions beyond MAX_SESSIONS (old runners)."""
+    def _prune(self, now: float, keep: Path) -> None:
+        """Close idle sessions beyond MAX_SESSIONS or unused for SESSION_IDLE_S: those of runners
+        that are gone (each runner has its own socket) must not keep connections and fds."""
         for path in list(self._sessions):
-            if len(self._sessions) <= MAX_SESSIONS:
-                break
-            if not self._busy[path]:
+            stale = now - self._used.get(path, now) > SESSION_IDLE_S
+            crowded = len(self._sessions) > MAX_SESSIONS
+            if (crowded or stale) and not self._busy[path] and path != keep:
                 old = self._sessions.pop(path)
+                self._used.pop(path, None)
                 task = asyncio.get_running_loop().create_task(old.close())
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)

@@ -155,3 +155,19 @@ async def test_json_answers_and_usage_are_counted(proxy: Any) -> None:
     tokens = proxy.state.metrics.tokens
     assert tokens[("ai/x", "prompt")] == 3
     assert tokens[("ai/x", "completion")] == 2
+
+
+async def test_sessions_of_runners_gone_idle_are_closed() -> None:
+    """One session per runner socket; a dead runner's is closed once idle (no fds kept)."""
+    import time
+
+    pool = UpstreamPool(connect_timeout_s=1, read_timeout_s=1)
+    old = pool.session(Path("/tmp/mr-gone.sock"))
+    assert pool.session(Path("/tmp/mr-gone.sock")) is old  # reused while it is in use
+    pool._prune(time.monotonic() + 3600, keep=Path("/tmp/mr-new.sock"))
+    await asyncio.gather(*pool._closing)
+    assert old.closed
+    fresh = pool.session(Path("/tmp/mr-gone.sock"))
+    assert fresh is not old
+    await pool.close()
+    assert fresh.closed
