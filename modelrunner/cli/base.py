@@ -14,7 +14,10 @@ from typing import TYPE_CHECKING, ClassVar
 from modelrunner.cli.format import color_enabled
 
 if TYPE_CHECKING:
+    from typing import TextIO
+
     from modelrunner.cli.client import Client
+    from modelrunner.cli.progress import ProgressRenderer
     from modelrunner.config import Config
 
 
@@ -53,3 +56,15 @@ def connect(args: argparse.Namespace) -> Client:
 def stdout_color() -> bool:
     """Colour on stdout: a terminal, and ``NO_COLOR`` unset."""
     return color_enabled(os.environ, sys.stdout.isatty())
+
+
+def progress_renderer(out: TextIO, *, mode: str | None = None) -> ProgressRenderer:
+    """Bars sized to the terminal (coloured unless NO_COLOR) on a TTY, plain lines elsewhere."""
+    import shutil
+
+    from modelrunner.cli.progress import ProgressRenderer
+
+    tty = out.isatty()
+    columns = shutil.get_terminal_size().columns if tty else None
+    color = tty and color_enabled(os.environ, True)
+    return ProgressRenderer(out, tty=tty, color=color, mode=mode, columns=columns)

@@ -78,20 +78,33 @@ def eta(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-def layer_line(layer: Layer, mode: str, now: float, *, color: bool = False) -> str:
-    """One terminal line for a layer: bar, bytes, speed and ETA, or its completion."""
+def layer_line(
+    layer: Layer, mode: str, now: float, *, color: bool = False, columns: int | None = None
+) -> str:
+    """One terminal line for a layer: bar, bytes, speed and ETA, or its completion.
+
+    With *columns* the line never wraps (a wrapped line would break the redraw, which moves
+    the cursor up one row per layer): the bar narrows first, then the line is cut.
+    """
     working, finished = _VERBS.get(mode, _VERBS["pull"])
     name = short_layer(layer.id)
     if layer.done:
-        return f"{name}: {paint(finished, '32', color)}  {si_size(layer.size)}"
-    parts = [f"{name}: {working} {bar(layer.current, layer.size)}"]
-    parts.append(f"{si_size(layer.current)}/{si_size(layer.size)}")
+        return f"{name}: {paint(finished, '32', color)}  {si_size(layer.size)}"  # ~35 columns
+    rest = [f"{si_size(layer.current)}/{si_size(layer.size)}"]
     speed = layer.speed(now)
     if speed is not None:
-        parts.append(f"{si_size(speed)}/s")
+        rest.append(f"{si_size(speed)}/s")
         if layer.size > 0:
-            parts.append(f"ETA {eta((layer.size - layer.current) / speed)}")
-    return "  ".join(parts)
+            rest.append(f"ETA {eta((layer.size - layer.current) / speed)}")
+    head = f"{name}: {working} "
+    tail = "  " + "  ".join(rest)
+    width = BAR_WIDTH
+    if columns is not None:
+        width = min(BAR_WIDTH, columns - 1 - len(head) - len(tail) - 2)
+    if width < 10:
+        line = head + tail.lstrip()
+        return line if columns is None else line[: columns - 1]
+    return head + bar(layer.current, layer.size, width) + tail
 
 
 class ProgressRenderer:
@@ -105,6 +118,7 @@ class ProgressRenderer:
         color: bool = False,
         clock: Callable[[], float] = time.monotonic,
         mode: str | None = None,
+        columns: int | None = None,
     ) -> None:
         self.out = out
         self.tty = tty
@@ -112,6 +126,7 @@ class ProgressRenderer:
         self.clock = clock
         self.layers: dict[str, Layer] = {}
         self.mode = mode or "pull"
+        self.columns = columns  # terminal width: lines are kept shorter so they never wrap
         self._fixed_mode = mode is not None  # the verb knows better than the stream
         self._drawn = 0  # terminal lines drawn by the last redraw
         self._last_draw = float("-inf")
@@ -159,7 +174,8 @@ class ProgressRenderer:
         if self._drawn:
             buf.append(f"\x1b[{self._drawn}F")
         for layer in self.layers.values():
-            buf.append("\x1b[2K" + layer_line(layer, self.mode, now, color=self.color) + "\n")
+            line = layer_line(layer, self.mode, now, color=self.color, columns=self.columns)
+            buf.append("\x1b[2K" + line + "\n")
         self.out.write("".join(buf))
         self.out.flush()
         self._drawn = len(self.layers)

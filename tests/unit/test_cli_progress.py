@@ -67,6 +67,16 @@ class TestPieces:
         assert layer_line(done, "push", 1.0) == "a5fd3b62e1f2: Pushed  1.00kB"
         assert "\x1b[32m" in layer_line(done, "pull", 1.0, color=True)
 
+    @pytest.mark.parametrize("columns", [200, 80, 60, 40, 20])
+    def test_a_line_never_wraps_the_terminal(self, columns) -> None:
+        """The bar narrows, then goes, then the line is cut: redraws count one row per layer."""
+        layer = Layer(A, 100_000_000, 60_000_000, first_seen=10.0, first_current=40_000_000)
+        line = layer_line(layer, "pull", now=12.0, columns=columns)
+        assert len(line) < columns
+        assert ("[" in line) is (columns >= 80)
+        if columns >= 80:
+            assert line.endswith("ETA 4s")
+
     def test_no_speed_before_bytes_move(self) -> None:
         line = layer_line(Layer(A, 100, 0, 5.0, 0), "pull", 5.0)
         assert "/s" not in line

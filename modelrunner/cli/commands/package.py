@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelrunner.cli.base import Command, connect, stdout_color
-from modelrunner.cli.progress import ProgressRenderer, follow
+from modelrunner.cli.base import Command, connect, progress_renderer
+from modelrunner.cli.progress import follow
 from modelrunner.errors import InvalidRequest
 
 CHUNK = 1 << 20
@@ -159,10 +159,6 @@ class Package(Command):
             headers={"Content-Type": "application/x-tar"},
             stream=True,
         )
-        tty = sys.stdout.isatty()
-        renderer = ProgressRenderer(
-            sys.stdout, tty=tty, color=tty and stdout_color(), mode="package"
-        )
-        follow(response.lines(), renderer, warn=sys.stderr)
+        follow(response.lines(), progress_renderer(sys.stdout, mode="package"), warn=sys.stderr)
         print(f"Model packaged successfully as {ref.display}", flush=True)
         return 0

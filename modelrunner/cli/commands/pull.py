@@ -7,9 +7,9 @@ import os
 import sys
 from typing import TextIO
 
-from modelrunner.cli.base import Command, connect, stdout_color
+from modelrunner.cli.base import Command, connect, progress_renderer
 from modelrunner.cli.client import Client
-from modelrunner.cli.progress import ProgressRenderer, follow
+from modelrunner.cli.progress import follow
 
 
 def pull_model(client: Client, ref: str, *, out: TextIO | None = None) -> str:
@@ -20,9 +20,7 @@ def pull_model(client: Client, ref: str, *, out: TextIO | None = None) -> str:
     if token and ref.startswith(("hf.co/", "huggingface.co/")):
         body["bearer-token"] = token
     response = client.request("POST", "/models/create", json_body=body, stream=True)
-    tty = out.isatty()
-    renderer = ProgressRenderer(out, tty=tty, color=tty and stdout_color())
-    return follow(response.lines(), renderer, warn=sys.stderr)
+    return follow(response.lines(), progress_renderer(out), warn=sys.stderr)
 
 
 class Pull(Command):

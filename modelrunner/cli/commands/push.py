@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from modelrunner.cli.base import Command, connect, stdout_color
+from modelrunner.cli.base import Command, connect, progress_renderer
 from modelrunner.cli.client import quote_ref
-from modelrunner.cli.progress import ProgressRenderer, follow
+from modelrunner.cli.progress import follow
 
 
 class Push(Command):
@@ -21,7 +21,5 @@ class Push(Command):
     def run(self, args: argparse.Namespace) -> int:
         client = connect(args)
         response = client.request("POST", f"/models/{quote_ref(args.model)}/push", stream=True)
-        tty = sys.stdout.isatty()
-        renderer = ProgressRenderer(sys.stdout, tty=tty, color=tty and stdout_color())
-        print(follow(response.lines(), renderer, warn=sys.stderr), flush=True)
+        print(follow(response.lines(), progress_renderer(sys.stdout), warn=sys.stderr), flush=True)
         return 0
