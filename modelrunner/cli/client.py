@@ -106,6 +106,14 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+class _TCPConnection(http.client.HTTPConnection):
+    def connect(self) -> None:
+        # A bounded connect even for a stream read without a timeout (a host that drops SYNs).
+        self.sock = socket.create_connection((self.host, self.port), CONNECT_TIMEOUT_S)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.settimeout(self.timeout)
+
+
 class Response:
     """An open response: read it whole (``json()``, ``text()``) or line by line (``lines()``)."""
 
@@ -182,7 +190,7 @@ class Client:
         ep = self.endpoint
         if ep.socket_path is not None:
             return _UnixConnection(ep.socket_path, timeout)
-        return http.client.HTTPConnection(ep.host, ep.port, timeout=timeout)
+        return _TCPConnection(ep.host, ep.port, timeout=timeout)
 
     def request(
         self,
