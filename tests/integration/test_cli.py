@@ -86,6 +86,12 @@ class TestWithoutDaemon:
         assert "modelrunner serve" in line
         assert no_daemon_env["MODEL_RUNNER_HOME"] in line
         fails("ls", env=no_daemon_env, match="daemon is not running")
+        as_json = mr("status", "--json", env=no_daemon_env)
+        assert as_json.returncode == 1
+        assert json.loads(as_json.stdout)["running"] is False
+        verbose = mr("-v", "ls", env=no_daemon_env)  # -v: the traceback, for bug reports
+        assert verbose.returncode == 1
+        assert "Traceback" in verbose.stderr
         fails("run", "ai/x", "hi", env=no_daemon_env, match="daemon is not running")
 
     def test_a_host_nobody_listens_on(self, no_daemon_env) -> None:
