@@ -197,9 +197,9 @@ class UpstreamPool:
         state.response = response
         state.streaming = True
         async for chunk in up.content.iter_any():
-            if b'"usage"' in chunk:
+            if b'"usage"' in chunk or b'"timings"' in chunk:
                 usage = _usage_from_sse(chunk)
-                if usage is not None:
+                if usage is not None and (state.usage is None or "usage" in usage):
                     state.usage = usage
             try:
                 await response.write(chunk)
@@ -212,21 +212,32 @@ class UpstreamPool:
 
 
 def _usage(data: bytes) -> dict[str, Any] | None:
+    """Token counts of one answer: OpenAI's ``usage``, else llama-server's ``timings`` (streamed
+    answers carry only those unless the client asked for ``stream_options.include_usage``)."""
     try:
         value = json.loads(data)
     except ValueError:
         return None
-    usage = value.get("usage") if isinstance(value, dict) else None
-    return usage if isinstance(usage, dict) else None
+    if not isinstance(value, dict):
+        return None
+    usage = value.get("usage")
+    if isinstance(usage, dict):
+        return {**usage, "usage": True}
+    timings = value.get("timings")
+    if isinstance(timings, dict):
+        prompt = (timings.get("cache_n") or 0) + (timings.get("prompt_n") or 0)
+        return {"prompt_tokens": prompt, "completion_tokens": timings.get("predicted_n") or 0}
+    return None
 
 
 def _usage_from_sse(chunk: bytes) -> dict[str, Any] | None:
+    found = None
     for line in chunk.split(b"\n"):
-        if line.startswith(b"data:") and b'"usage"' in line:
+        if line.startswith(b"data:") and (b'"usage"' in line or b'"timings"' in line):
             usage = _usage(line[5:].strip())
-            if usage is not None:
-                return usage
-    return None
+            if usage is not None and (found is None or "usage" in usage):
+                found = usage
+    return found
 
 
 async def write_stream_error(state: Forwarded, error: ModelRunnerError) -> None:

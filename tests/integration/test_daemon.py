@@ -129,6 +129,10 @@ def test_engines_routes_and_metrics_after_traffic(served: DaemonHandle) -> None:
     oa.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=2
     )
+    streamed = oa.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=3, stream=True
+    )
+    assert list(streamed)
     status, text = curl(served, "GET", "/engines/ps")
     (row,) = json.loads(text)
     assert row["backend_name"] == "llama.cpp"
@@ -142,10 +146,11 @@ def test_engines_routes_and_metrics_after_traffic(served: DaemonHandle) -> None:
     assert df["default_backend_disk_usage"] > 0
     status, text = curl(served, "GET", "/metrics")
     assert status == 200
-    assert 'modelrunner_tokens_total{model="test/tiny:latest",kind="completion"} 2' in text
+    # 2 from the answer's usage, 3 from the stream's final timings
+    assert 'modelrunner_tokens_total{model="test/tiny:latest",kind="completion"} 5' in text
     assert "modelrunner_runner_loads_total 1" in text
     assert 'modelrunner_runner_memory_bytes{model="test/tiny:latest"' in text
-    assert 'route="/engines/{backend}/v1/chat/completions",status="200"} 1' in text
+    assert 'route="/engines/{backend}/v1/chat/completions",status="200"} 2' in text
     status, text = curl(served, "GET", "/logs")
     assert status == 200
     assert "daemon.ready" in text
