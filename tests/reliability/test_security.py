@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import ipaddress
+import json
 import os
+import shutil
 import stat
+import tarfile
+import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -78,3 +84,45 @@ async def test_no_file_access_outside_the_store(target: Target, ref: str, tmp_pa
                 assert "root:x:0:0" not in text, (method, path)
                 assert resp.status < 500, (method, path, resp.status, text[:300])
     assert Path("/etc/passwd").stat().st_size > 0
+
+
+def hostile_tar(name: str, payload: bytes, *, symlink_to: str | None = None) -> bytes:
+    """A tar with one member named *name* (or a symlink to *symlink_to*)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(name)
+        if symlink_to is not None:
+            info.type, info.linkname = tarfile.SYMTYPE, symlink_to
+            tar.addfile(info)
+        else:
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return buf.getvalue()
+
+
+async def test_model_archive_cannot_write_outside_the_store(target: Target) -> None:
+    """`POST /models/load` tars whose members climb out (`..`, absolute, symlinks) are refused
+    with a JSON 4xx, and nothing appears where they pointed."""
+    victim = Path(tempfile.mkdtemp(prefix="mr-victim-", dir="/tmp"))
+    try:
+        payload = b"owned"
+        digest = "sha256:" + hashlib.sha256(payload).hexdigest()
+        members = [
+            hostile_tar(f"../../../../../..{victim}/a", payload),
+            hostile_tar(f"{victim}/b", payload),
+            hostile_tar(f"blobs/sha256/../../../../../../..{victim}/c", payload),
+            hostile_tar(f"blobs/{digest.replace(':', '/')}", b"", symlink_to=f"{victim}/d"),
+            hostile_tar("manifest.json", b"", symlink_to="/etc/passwd"),
+        ]
+        async with aiohttp.ClientSession(base_url=target.base_url) as http:
+            for tar in members:
+                async with http.post("/models/load", data=tar) as resp:
+                    text = await resp.text()
+                    assert 400 <= resp.status < 500, (resp.status, text[:300])
+                    assert "error" in json.loads(text), text[:300]
+                    assert "root:x:0:0" not in text
+            async with http.get("/models") as resp:
+                assert await resp.json() == []
+        assert not list(victim.iterdir())
+    finally:
+        shutil.rmtree(victim, ignore_errors=True)
