@@ -230,7 +230,7 @@ BAD_OPENAI = [
 def test_4xx_are_json_never_500(
     daemon_factory: Callable[..., DaemonHandle], tiny_gguf: Path
 ) -> None:
-    d = daemon_factory(server={"max_body_bytes": 4096})
+    d = daemon_factory(server={"max_body_bytes": 4096, "origins": ["http://localhost:*"]})
     d.add_model(MODEL, tiny_gguf)
     for body, want, words in BAD_OPENAI:
         status, text = curl(d, "POST", "/engines/llama.cpp/v1/chat/completions", body)
@@ -258,6 +258,17 @@ def test_4xx_are_json_never_500(
     oa = client(d)
     with pytest.raises(openai.NotFoundError, match="not in the local store"):
         oa.chat.completions.create(model="ai/absent", messages=[], max_tokens=1)
+    # CORS: only configured origins (a port wildcard here), never others.
+    out = subprocess.run(
+        ["curl", "-sS", "-i", "-H", "Origin: http://localhost:3000", f"{d.base_url}/models"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "Access-Control-Allow-Origin: http://localhost:3000" in out
+    status, text = curl(d, "GET", "/models", headers=("Origin: http://evil.example",))
+    assert status == 403
+    assert "not allowed" in json.loads(text)["error"]
     assert "Traceback" not in d.log_text()
 
 
