@@ -61,7 +61,10 @@ def make_app(
         state.metrics.observe_request(request.method, route, status, seconds)
 
     app = web.Application(
-        middlewares=[make_error_middleware(observe), make_cors_middleware(server.origins)],
+        middlewares=[
+            make_error_middleware(observe),
+            make_cors_middleware(lambda: state.config.server.origins),
+        ],
         # Bodies are read by read_body() against server.max_body_bytes; the tar upload streams.
         client_max_size=server.max_body_bytes,
     )

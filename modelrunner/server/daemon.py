@@ -37,6 +37,8 @@ from modelrunner.server.state import STATE
 log = structlog.get_logger(__name__)
 
 DAEMON_LOG = "daemon.log"
+# server.* keys a reload applies at once; the others (listeners, timeouts) need a restart.
+LIVE_SERVER_KEYS = ("max_body_bytes", "disable_metrics", "origins")
 LOG_ROTATE_BYTES = 10 * 1024 * 1024
 
 
@@ -318,7 +320,7 @@ class Daemon:
                 f"server.{f.name}"
                 for f in dataclasses.fields(old.server)
                 if getattr(old.server, f.name) != getattr(new.server, f.name)
-                and f.name not in ("max_body_bytes", "disable_metrics")
+                and f.name not in LIVE_SERVER_KEYS
             ]
             restart += diff
         models = await catalog.store.list_models()
@@ -328,9 +330,7 @@ class Daemon:
             models=new.models,
             log_level=new.log_level,
             server=dataclasses.replace(
-                old.server,
-                max_body_bytes=new.server.max_body_bytes,
-                disable_metrics=new.server.disable_metrics,
+                old.server, **{k: getattr(new.server, k) for k in LIVE_SERVER_KEYS}
             ),
         )
         if new.log_level != old.log_level:

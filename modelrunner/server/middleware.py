@@ -205,13 +205,23 @@ async def add_cors_headers(request: web.Request, response: web.StreamResponse) -
         response.headers["Vary"] = "Origin"
 
 
-def make_cors_middleware(origins: Iterable[str]) -> Any:
-    """CORS only for configured origins (``*`` = any); others get no CORS headers and a 403."""
-    allowed = tuple(o.strip() for o in origins if o.strip())
-    allow_all = "*" in allowed
-    patterns = [_origin_pattern(o) for o in allowed if o != "*"]
+def make_cors_middleware(origins: Iterable[str] | Callable[[], Iterable[str]]) -> Any:
+    """CORS only for configured origins (``*`` = any); others get no CORS headers and a 403.
+
+    *origins* may be a callable, read at each request (a config reload applies at once)."""
+    read = origins if callable(origins) else (lambda: origins)
+    compiled: dict[tuple[str, ...], tuple[bool, list[re.Pattern[str]]]] = {}
 
     def ok(origin: str) -> bool:
+        allowed = tuple(o.strip() for o in read() if o.strip())
+        rules = compiled.get(allowed)
+        if rules is None:
+            compiled.clear()
+            rules = compiled[allowed] = (
+                "*" in allowed,
+                [_origin_pattern(o) for o in allowed if o != "*"],
+            )
+        allow_all, patterns = rules
         return allow_all or any(p.match(origin) for p in patterns)
 
     @web.middleware

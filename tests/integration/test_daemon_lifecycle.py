@@ -170,9 +170,14 @@ def test_sighup_reconfigures_only_the_changed_model(
     assert argv[argv.index("--ctx-size") + 1] == "256"
 
     d.sections["models"] = {"test/a": {"context_size": 384}}
+    d.sections["server"]["origins"] = ["https://app.example"]  # applied live too
     d.config_path.write_text(yaml.safe_dump(d.sections))
     os.kill(d.pid, signal.SIGHUP)
     wait_for_log(d, "daemon.reloaded")
+    reloaded = json.loads(next(x for x in d.log_text().splitlines() if "daemon.reloaded" in x))
+    assert reloaded["reconfigured"] == ["test/a:latest"]
+    assert reloaded["restart_required"] == []
+    assert curl(d, "GET", "/", headers=("Origin: https://app.example",))[0] == 200
     after = runner_pids(d)
     assert after == {"test/b:latest/completion": before["test/b:latest/completion"]}
     curl(d, "POST", "/v1/completions", {"model": "test/a", "prompt": "x", "max_tokens": 1})
