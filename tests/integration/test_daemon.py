@@ -163,6 +163,30 @@ def test_engines_routes_and_metrics_after_traffic(served: DaemonHandle) -> None:
     )
     assert json.loads(curl(served, "GET", "/engines/ps")[1]) == []
     assert curl(served, "POST", "/engines/unload", {"all": True})[1] == '{"unloaded_runners": 0}'
+    status, text = curl(served, "POST", "/models/test/tiny/load?mode=embedding")  # explicit load
+    assert status == 200, text
+    assert list(runner_pids(served)) == ["test/tiny:latest/embedding"]
+    preload = subprocess.run(  # Docker's preload header: load, answer 200 empty, no generation
+        [
+            "curl",
+            "-sS",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "X-Preload-Only: true",
+            "-d",
+            json.dumps({"model": MODEL}),
+            f"{served.base_url}/v1/chat/completions",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert preload == "200"
+    assert sorted(runner_pids(served)) == [
+        "test/tiny:latest/completion",
+        "test/tiny:latest/embedding",
+    ]
 
 
 def test_tag_and_rm(served: DaemonHandle) -> None:
