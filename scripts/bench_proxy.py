@@ -60,6 +60,7 @@ class Target:
     model: str
     connector: Callable[[], aiohttp.BaseConnector]
     warm_s: list[float] = field(default_factory=list)
+    round_warm_ms: list[float] = field(default_factory=list)  # each round's median
     ttft_s: list[float] = field(default_factory=list)
     tps: list[float] = field(default_factory=list)
 
@@ -230,6 +231,11 @@ def p90(values: list[float]) -> float:
     return statistics.quantiles(values, n=10)[-1] * 1000
 
 
+def spread(t: Target, base: Target) -> str:
+    adds = [a - b for a, b in zip(t.round_warm_ms, base.round_warm_ms, strict=True)]
+    return f"{min(adds):+.2f} to {max(adds):+.2f}"
+
+
 def report(targets: dict[str, Target], args: argparse.Namespace) -> str:
     direct = targets["direct"]
     rows = [
@@ -260,6 +266,8 @@ def report(targets: dict[str, Target], args: argparse.Namespace) -> str:
         *rows,
         "",
         *(f"- {'met' if ok else 'NOT met'}: {what}" for what, ok in checks),
+        "- Round to round (the load of this shared machine moves): the daemon (unix) added "
+        f"{spread(d_unix, direct)} ms at the median, router mode {spread(rt, direct)} ms.",
         f"- Machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()}; client, "
         "daemon and llama-server share them.",
         "- The router's child gets llama-server's defaults for this model (its own argv); the "
@@ -346,7 +354,10 @@ async def run(args: argparse.Namespace) -> str:
                     t.warm_s.clear()
                 order = list(targets)
                 for i in range(args.rounds):
+                    marks = {k: len(t.warm_s) for k, t in targets.items()}
                     await interleaved(sessions, targets, warm_one, args.requests, i)
+                    for k, t in targets.items():
+                        t.round_warm_ms.append(ms(t.warm_s[marks[k] :]))
                     await interleaved(sessions, targets, ttft_one, 20, i)
                     for _ in range(STREAM_REPEATS):
                         for key in order[i % len(order) :] + order[: i % len(order)]:
