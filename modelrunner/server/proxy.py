@@ -102,7 +102,10 @@ class UpstreamPool:
         if session is None or session.closed:
             connector = aiohttp.UnixConnector(path=str(socket_path), limit=0)
             session = aiohttp.ClientSession(
-                connector=connector, timeout=self._timeout, auto_decompress=False
+                connector=connector,
+                timeout=self._timeout,
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),  # a runner sets no cookies: skip the jar
             )
             self._sessions[socket_path] = session
         self._sessions.move_to_end(socket_path)
