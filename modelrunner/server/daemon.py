@@ -227,11 +227,14 @@ class Daemon:
             )
             await self._preload()
             await self.stop.wait()
-            log.info("daemon.stopping", drain_timeout_s=config.server.drain_timeout_s)
         finally:
             # The handlers stay until the loop closes: a second SIGTERM while draining must not
             # kill the process mid-shutdown (runners would be left to the next start's sweep).
-            # Stop accepting, drain in-flight requests (bounded), then cancel what is left.
+            # Stop accepting first, so `daemon.stopping` means "no new connections"; then drain
+            # in-flight requests (bounded) and cancel what is left.
+            for site in list(runner.sites):
+                await site.stop()
+            log.info("daemon.stopping", drain_timeout_s=config.server.drain_timeout_s)
             await runner.cleanup()
             for task in list(self._tasks):
                 task.cancel()
