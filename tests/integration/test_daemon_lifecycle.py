@@ -118,12 +118,17 @@ def test_flags_and_non_loopback_needs_allow_remote(daemon: DaemonHandle) -> None
         assert proc.wait(20) == 0
 
 
-async def test_sigterm_drains_the_stream_in_flight_then_exits_0(
-    daemon_factory: Callable[..., DaemonHandle], tiny_gguf: Path
-) -> None:
-    d = daemon_factory(server={"drain_timeout_s": 60})  # the bound is not what is tested here
+@pytest.fixture
+def draining(daemon_factory: Callable[..., DaemonHandle], tiny_gguf: Path) -> DaemonHandle:
+    """Like long_ctx, with a drain bound far above the answer's length (not what is tested)."""
+    d = daemon_factory(server={"drain_timeout_s": 60})
     d.add_model(MODEL, tiny_gguf)
     assert curl(d, "POST", "/engines/_configure", {"model": MODEL, "context-size": 4096})[0] == 202
+    return d
+
+
+async def test_sigterm_drains_the_stream_in_flight_then_exits_0(draining: DaemonHandle) -> None:
+    d = draining
     async with aiohttp.ClientSession(base_url=d.base_url) as http:
         resp = await http.post("/engines/v1/chat/completions", json={**LONG, "max_tokens": 1500})
         assert resp.status == 200
