@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -95,6 +96,7 @@ class UpstreamPool:
         self._busy: collections.Counter[Path] = collections.Counter()
         self._closing: set[asyncio.Task[None]] = set()
         self._used: dict[Path, float] = {}
+        self._warming: dict[Path, asyncio.Task[None]] = {}
 
     def session(self, socket_path: Path) -> aiohttp.ClientSession:
         now = time.monotonic()
@@ -159,6 +161,23 @@ class UpstreamPool:
             self._busy[socket_path] -= 1
             if not self._busy[socket_path]:
                 del self._busy[socket_path]
+            if stream:
+                self._warm(socket_path, session)
+
+    def _warm(self, socket_path: Path, session: aiohttp.ClientSession) -> None:
+        """Leave one idle keep-alive connection in the pool after a stream closed its own, so
+        the next request does not pay a connect on its way to the first token."""
+        if socket_path in self._warming or session.closed:
+            return
+
+        async def health() -> None:
+            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                async with session.get("http://localhost/health") as r:
+                    await r.read()
+
+        task = asyncio.get_running_loop().create_task(health())
+        self._warming[socket_path] = task
+        task.add_done_callback(lambda _: self._warming.pop(socket_path, None))
 
     async def _post(
         self,
