@@ -61,6 +61,7 @@ class Target:
     connector: Callable[[], aiohttp.BaseConnector]
     warm_s: list[float] = field(default_factory=list)
     round_warm_ms: list[float] = field(default_factory=list)  # each round's median
+    round_tps: list[float] = field(default_factory=list)  # each round's median
     ttft_s: list[float] = field(default_factory=list)
     tps: list[float] = field(default_factory=list)
 
@@ -236,6 +237,11 @@ def spread(t: Target, base: Target) -> str:
     return f"{min(adds):+.2f} to {max(adds):+.2f}"
 
 
+def ratio_spread(t: Target, base: Target) -> str:
+    ratios = [a / b for a, b in zip(t.round_tps, base.round_tps, strict=True)]
+    return f"{min(ratios):.2f} to {max(ratios):.2f}"
+
+
 def report(targets: dict[str, Target], args: argparse.Namespace) -> str:
     direct = targets["direct"]
     rows = [
@@ -267,7 +273,9 @@ def report(targets: dict[str, Target], args: argparse.Namespace) -> str:
         "",
         *(f"- {'met' if ok else 'NOT met'}: {what}" for what, ok in checks),
         "- Round to round (the load of this shared machine moves): the daemon (unix) added "
-        f"{spread(d_unix, direct)} ms at the median, router mode {spread(rt, direct)} ms.",
+        f"{spread(d_unix, direct)} ms at the median, router mode {spread(rt, direct)} ms; "
+        f"16 streams through the daemon (unix) made {ratio_spread(d_unix, direct)} of direct's "
+        f"tokens/s (tcp: {ratio_spread(d_tcp, direct)}; router: {ratio_spread(rt, direct)}).",
         f"- Machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()}; client, "
         "daemon and llama-server share them.",
         "- The router's child gets llama-server's defaults for this model (its own argv); the "
@@ -359,9 +367,12 @@ async def run(args: argparse.Namespace) -> str:
                     for k, t in targets.items():
                         t.round_warm_ms.append(ms(t.warm_s[marks[k] :]))
                     await interleaved(sessions, targets, ttft_one, 20, i)
+                    tmarks = {k: len(t.tps) for k, t in targets.items()}
                     for _ in range(STREAM_REPEATS):
                         for key in order[i % len(order) :] + order[: i % len(order)]:
                             await concurrent(sessions[key], targets[key])
+                    for k, t in targets.items():
+                        t.round_tps.append(statistics.median(t.tps[tmarks[k] :]))
                     print(f"round {i + 1}/{args.rounds} done", file=sys.stderr)
             finally:
                 for s in sessions.values():
