@@ -34,6 +34,19 @@ def display_name(model: Model) -> str:
     return model.name
 
 
+def chosen_context_size(model: Model) -> int | None:
+    """The artifact's context size when somebody chose it; None when it only echoes the GGUF.
+
+    Docker's package copies ``<arch>.context_length`` into ``config.context_size`` (since
+    fd89a193), so a 270M Gemma would ask for 32768 tokens of KV cache on every load.  A value
+    equal to the trained context was chosen by nobody: the runners' capped default applies.
+    """
+    context = model.context_size
+    if context is None or context <= 0 or context == model.trained_context:
+        return None
+    return context
+
+
 def normalise(ref: str) -> str | None:
     """``ai/x`` -> ``ai/x:latest`` (display form); None if it does not parse."""
     parsed = try_parse(ref)
@@ -100,14 +113,13 @@ class Catalog:
 
     def files(self, model: Model) -> ModelFiles:
         """The runners' view of *model* with its effective settings."""
-        context = model.context_size
         return ModelFiles(
             id=model.id,
             name=display_name(model),
             gguf_path=model.gguf_paths[0],
             mmproj_path=model.mmproj_path,
             chat_template_path=model.chat_template_path,
-            context_size=context if isinstance(context, int) and context > 0 else None,
+            context_size=chosen_context_size(model),
             trained_context=model.trained_context,
             estimated_bytes=model.estimated_bytes,
             kv_bytes_per_token=kv_per_token(model),

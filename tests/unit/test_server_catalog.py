@@ -88,3 +88,12 @@ async def test_lookup_caches_hits_only_until_invalidated(tmp_path: Path) -> None
 async def test_lookup_rejects_non_references(tmp_path: Path, ref: object) -> None:
     with pytest.raises(InvalidRequest):
         await catalog(tmp_path).lookup(ref)
+
+
+def test_a_context_size_that_only_echoes_the_gguf_is_not_a_choice() -> None:
+    """Docker's package copies the trained context into the config: the capped default applies."""
+    from modelrunner.server.catalog import chosen_context_size
+
+    assert chosen_context_size(model()) == 2048
+    assert chosen_context_size(model(config={"context_size": 4096})) is None
+    assert chosen_context_size(model(config={})) is None
