@@ -61,7 +61,9 @@ async def eventually_true(check: Any, timeout_s: float = 10.0) -> None:
 @pytest.fixture
 async def served(request: pytest.FixtureRequest, tiny_gguf_factory: Any) -> Target:
     target = await start_daemon(request)
-    await seed_models(target, {MODEL: tiny_gguf_factory(seed=7, name="faults")})
+    # Trained on 8192 tokens (not 512): a stream of ~8000 tokens lasts seconds, not the ~0.8 s
+    # of a 512 context, so the kill and the disconnects surely land mid-stream.
+    await seed_models(target, {MODEL: tiny_gguf_factory(seed=7, name="faults", ctx=8192)})
     return target
 
 
