@@ -171,3 +171,49 @@ async def test_sessions_of_runners_gone_idle_are_closed() -> None:
     assert fresh is not old
     await pool.close()
     assert fresh.closed
+
+
+async def test_connections_the_runner_dropped_are_retried(aiohttp_client: Any) -> None:
+    """llama-server closes a connection after a streamed answer while announcing keep-alive: a
+    pooled connection can be dead when reused.  Here the upstream drops every connection at its
+    second request, unanswered; every client request still gets its answer."""
+    tmp = Path(tempfile.mkdtemp(prefix="mr-", dir="/tmp"))
+    seen: dict[int, int] = {}
+    dropped = 0
+
+    async def one_per_connection(request: web.Request) -> web.Response:
+        nonlocal dropped
+        transport = request.transport
+        assert transport is not None
+        seen[id(transport)] = seen.get(id(transport), 0) + 1
+        if seen[id(transport)] > 1:
+            dropped += 1
+            transport.abort()
+        return web.json_response({"ok": True}, headers={"Keep-Alive": "timeout=5"})
+
+    up = web.Application()
+    up.router.add_post("/v1/completions", one_per_connection)
+    runner = web.AppRunner(up)
+    await runner.setup()
+    sock = tmp / "up.sock"
+    await web.UnixSite(runner, str(sock)).start()
+    pool = UpstreamPool(connect_timeout_s=2, read_timeout_s=10)
+    state = SimpleNamespace(supervisor=FakeSupervisor(sock), upstream=pool, metrics=Metrics())
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        path = "/v1/completions"
+        return await serve(state, request, "sha256:x", "ai/x", "completion", path, body, None)  # type: ignore[arg-type]
+
+    app = web.Application(middlewares=[make_error_middleware()])
+    app.router.add_post("/v1/completions", handler)
+    try:
+        client = await aiohttp_client(app)
+        for _ in range(10):
+            resp = await client.post("/v1/completions", data=b'{"model": "ai/x"}')
+            assert resp.status == 200, await resp.text()
+        assert dropped >= 5  # the retry path really ran
+    finally:
+        await pool.close()
+        await runner.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
