@@ -26,12 +26,14 @@ pytestmark = pytest.mark.llama
 async def supervisor(
     tmp_path: Path, llama_server_bin: Path, tiny_gguf_factory: Callable[..., Path]
 ) -> AsyncIterator[Supervisor]:
-    path = tiny_gguf_factory(seed=3, name="disc")
+    # 8192 trained tokens: the stream lasts ~30 s, so it is surely still running when it is cut
+    # (a 512-token answer ends in ~0.8 s and could finish before the test looks).
+    path = tiny_gguf_factory(seed=3, name="disc", ctx=8192)
     files = ModelFiles(
         id="disc",
         name="test/disc",
         gguf_path=path,
-        trained_context=512,
+        trained_context=8192,
         estimated_bytes=path.stat().st_size,
         settings=ModelSettings(),
     )
