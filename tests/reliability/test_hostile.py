@@ -161,6 +161,19 @@ async def test_body_over_the_limit_is_413(http: aiohttp.ClientSession) -> None:
         async with http.post(path, data=body, headers={"Content-Type": "application/json"}) as resp:
             assert resp.status == 413, f"{path}: {resp.status}"
             await assert_json_4xx(resp, path)
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
+        yield b'{"model": "ai/x", "prompt": "'
+        for _ in range(11):
+            yield b"a" * (1024 * 1024)
+
+    for path in ["/engines/v1/chat/completions", "/engines/unload"]:
+        try:
+            async with http.post(path, data=chunked()) as resp:
+                assert resp.status == 413, f"{path} (chunked): {resp.status}"
+                await assert_json_4xx(resp, f"{path} (chunked)")
+        except aiohttp.ClientOSError:
+            pass  # answered 413 and closed while we still sent: also a refusal
     await assert_alive(http)
 
 
