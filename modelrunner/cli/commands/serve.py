@@ -13,6 +13,13 @@ from modelrunner.config import Config
 class Serve(Command):
     name = "serve"
     help = "run the model runner daemon in the foreground (Unix socket and TCP)"
+    epilog = (
+        "examples:\n"
+        "  modelrunner serve\n"
+        "  modelrunner serve --port 0 --socket /tmp/mr.sock\n"
+        "  modelrunner --config ~/.modelrunner/config.yaml serve --port 12435\n"
+        "signals: SIGTERM/SIGINT drain and stop, SIGHUP reloads the config file"
+    )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
