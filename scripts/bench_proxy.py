@@ -276,6 +276,10 @@ def report(targets: dict[str, Target], args: argparse.Namespace) -> str:
         f"{spread(d_unix, direct)} ms at the median, router mode {spread(rt, direct)} ms; "
         f"16 streams through the daemon (unix) made {ratio_spread(d_unix, direct)} of direct's "
         f"tokens/s (tcp: {ratio_spread(d_tcp, direct)}; router: {ratio_spread(rt, direct)}).",
+        "- What it took: runner output written to its log file in 50 ms batches (a thread hop "
+        "per llama-server log line, ~10 per request, was a large share of the overhead), lookups "
+        "cached for 2 s, and one warm upstream connection kept after each stream (llama-server "
+        "closes a streamed answer's connection while announcing keep-alive).",
         f"- Machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()}; client, "
         "daemon and llama-server share them.",
         "- The router's child gets llama-server's defaults for this model (its own argv); the "
