@@ -3,8 +3,9 @@ OpenAI-compatible routes: inference pass-through and the model list.
 
 ``POST .../v1/chat/completions|completions|embeddings`` and ``.../rerank|score`` under
 ``/engines/{backend}``, ``/engines`` and ``/`` (Docker's ``/v1`` alias).  Only ``model`` is read
-from the body (plus Ollama's optional ``keep_alive``); the bytes go to that model's runner as
-they came.  ``GET .../v1/models[/{name}]`` answers from the store, one entry per model.
+from the body (plus Ollama's optional ``keep_alive``, and the two client errors llama-server
+answers with a 500: see ``check_client_errors``); the bytes go to that model's runner as they
+came.  ``GET .../v1/models[/{name}]`` answers from the store, one entry per model.
 """
 
 from __future__ import annotations
@@ -55,6 +56,44 @@ def _keep_alive(value: Any) -> float | None:
     raise InvalidRequest("keep_alive must be a duration string or a number of seconds")
 
 
+MEDIA_PARTS = {"image_url", "input_audio"}
+
+
+def _token_or_text(item: Any) -> bool:
+    if isinstance(item, list):
+        return all(isinstance(t, int) and not isinstance(t, bool) for t in item)
+    return isinstance(item, str) or (isinstance(item, int) and not isinstance(item, bool))
+
+
+def check_client_errors(payload: dict[str, Any], mode: Mode, has_projector: bool) -> None:
+    """400 for what llama-server would answer with a 500 although the client is at fault: a
+    ``tools`` that is not an array, an embeddings ``input`` that is neither text nor tokens,
+    and image/audio parts for a model without a projector."""
+    if "tools" in payload and not isinstance(payload["tools"], list | type(None)):
+        raise InvalidRequest("'tools' must be an array of tool definitions")
+    if mode == "embedding" and "input" in payload:
+        value = payload["input"]
+        if not (
+            isinstance(value, str) or (isinstance(value, list) and all(map(_token_or_text, value)))
+        ):
+            raise InvalidRequest(
+                "'input' must be a string, a list of strings, or token ids (a list of integers "
+                "or of lists of integers)"
+            )
+    messages = payload.get("messages")
+    if has_projector or not isinstance(messages, list):
+        return
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list) and any(
+            isinstance(part, dict) and part.get("type") in MEDIA_PARTS for part in content
+        ):
+            raise InvalidRequest(
+                "this model takes text only (it has no multimodal projector): "
+                "remove the image/audio parts"
+            )
+
+
 def inference_handler(mode: Mode, upstream_path: str) -> Any:
     async def handler(request: web.Request) -> web.StreamResponse:
         check_backend(request)
@@ -64,6 +103,7 @@ def inference_handler(mode: Mode, upstream_path: str) -> Any:
         if "model" not in payload:
             raise InvalidRequest("request body has no 'model' field")
         model = await state.catalog.lookup(payload["model"])
+        check_client_errors(payload, mode, has_projector=model.mmproj_path is not None)
         keep_alive_s = _keep_alive(payload.get("keep_alive"))
         preload_only = request.headers.get("X-Preload-Only", "").lower() == "true"
         return await serve(

@@ -8,13 +8,14 @@ import io
 import json
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 import pytest
 from yarl import URL
 
-from tests.reliability.conftest import Target, start_daemon
+from tests.reliability.conftest import Target, seed_models, start_daemon
 
 BAD_REFERENCES = [
     "..",
@@ -273,3 +274,67 @@ async def test_slow_body_gets_a_json_408(request: pytest.FixtureRequest) -> None
     assert isinstance(json.loads(oai_body)["error"]["message"], str)
     assert b" 408 " in mgmt_status, (mgmt_status, mgmt_body)
     assert isinstance(json.loads(mgmt_body)["error"], str)
+
+
+REAL_MODEL = "test/hostile"
+USER = [{"role": "user", "content": "x"}]
+# Wrong types and values in the fields llama-server reads (the model exists and loads, so the
+# request reaches it): each is a JSON 4xx, and the runner survives all of them.
+BAD_FIELDS: list[tuple[str, dict[str, Any]]] = [
+    ("/engines/v1/chat/completions", {"messages": "hi"}),
+    ("/engines/v1/chat/completions", {"messages": [1, 2]}),
+    ("/engines/v1/chat/completions", {"messages": [{"role": "user"}]}),
+    ("/engines/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}),
+    ("/engines/v1/chat/completions", {"messages": USER, "max_tokens": -5}),
+    ("/engines/v1/chat/completions", {"messages": USER, "max_tokens": "many"}),
+    ("/engines/v1/chat/completions", {"messages": USER, "max_tokens": 10**20}),
+    ("/engines/v1/chat/completions", {"messages": USER, "temperature": "hot"}),
+    ("/engines/v1/chat/completions", {"messages": USER, "stream": "yes"}),
+    ("/engines/v1/chat/completions", {"messages": USER, "n": 1000000}),
+    ("/engines/v1/chat/completions", {"messages": USER, "grammar": "root ::= ("}),
+    ("/engines/v1/chat/completions", {"messages": USER, "tools": "bad"}),
+    (
+        "/engines/v1/chat/completions",
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": "data:,x"}}],
+                }
+            ]
+        },
+    ),
+    ("/engines/v1/completions", {"prompt": 5}),
+    ("/engines/v1/completions", {"prompt": [[1e9]]}),
+    ("/engines/v1/completions", {"prompt": [999999999]}),
+    ("/engines/v1/completions", {"prompt": None}),
+    ("/engines/v1/completions", {}),
+    ("/engines/v1/embeddings", {"input": 5}),
+    ("/engines/v1/embeddings", {"input": [999999999]}),
+    ("/engines/v1/embeddings", {"input": [[-1]]}),
+    ("/engines/v1/embeddings", {"input": None}),
+]
+
+
+async def test_bad_fields_reaching_a_real_runner(
+    target: Target, http: aiohttp.ClientSession, tiny_gguf_factory: Any
+) -> None:
+    """Bad field types/values for a model that exists: JSON 4xx each (never llama-server's 500
+    for a client error), no runner crash, and good requests still answer."""
+    await seed_models(target, {REAL_MODEL: tiny_gguf_factory(seed=13, name="hostile")})
+    conf = {"model": REAL_MODEL, "mode": "embedding", "runtime-flags": ["--pooling", "mean"]}
+    async with http.post("/engines/_configure", json=conf) as resp:
+        assert resp.status == 202, await resp.text()
+    try:
+        for path, fields in BAD_FIELDS:
+            async with http.post(path, json={"model": REAL_MODEL, **fields}) as resp:
+                await assert_json_4xx(resp, f"{path} {fields!r}"[:200])
+        async with http.get("/metrics") as resp:
+            crashes = re.search(r"modelrunner_runner_crashes_total (\d+)", await resp.text())
+        assert crashes is None or crashes.group(1) == "0", crashes
+        good = {"model": REAL_MODEL, "messages": USER, "max_tokens": 1}
+        async with http.post("/engines/v1/chat/completions", json=good) as resp:
+            assert resp.status == 200, await resp.text()
+    finally:  # the module's daemon lives on: its runners must not outlive this test
+        async with http.post("/engines/unload", json={"all": True}) as resp:
+            assert resp.status == 200
