@@ -65,33 +65,57 @@ def _token_or_text(item: Any) -> bool:
     return isinstance(item, str) or (isinstance(item, int) and not isinstance(item, bool))
 
 
+def _tool_ok(tool: Any) -> bool:
+    function = tool.get("function") if isinstance(tool, dict) else None
+    return isinstance(function, dict) and isinstance(function.get("name"), str)
+
+
+def _part_ok(part: Any, has_projector: bool) -> bool:
+    if not isinstance(part, dict):
+        return False
+    if part.get("type") == "text":
+        return isinstance(part.get("text"), str)
+    return has_projector or part.get("type") not in MEDIA_PARTS
+
+
 def check_client_errors(payload: dict[str, Any], mode: Mode, has_projector: bool) -> None:
-    """400 for what llama-server would answer with a 500 although the client is at fault: a
-    ``tools`` that is not an array, an embeddings ``input`` that is neither text nor tokens,
-    and image/audio parts for a model without a projector."""
-    if "tools" in payload and not isinstance(payload["tools"], list | type(None)):
-        raise InvalidRequest("'tools' must be an array of tool definitions")
-    if mode == "embedding" and "input" in payload:
-        value = payload["input"]
-        if not (
+    """400 for what llama-server would answer with a 500 although the client is at fault:
+    ``tools`` that are not function definitions, an embeddings ``input`` that is neither text
+    nor tokens, content parts that are not objects (or text parts without text), and image/audio
+    parts for a model without a projector."""
+    tools = payload.get("tools")
+    if tools is not None and not (isinstance(tools, list) and all(map(_tool_ok, tools))):
+        raise InvalidRequest(
+            "'tools' must be an array of tool definitions "
+            '({"type": "function", "function": {"name": ...}})'
+        )
+    for key in ("input", "content") if mode == "embedding" else ():
+        value = payload.get(key)
+        if key in payload and not (
             isinstance(value, str) or (isinstance(value, list) and all(map(_token_or_text, value)))
         ):
             raise InvalidRequest(
-                "'input' must be a string, a list of strings, or token ids (a list of integers "
+                f"{key!r} must be a string, a list of strings, or token ids (a list of integers "
                 "or of lists of integers)"
             )
     messages = payload.get("messages")
-    if has_projector or not isinstance(messages, list):
+    if not isinstance(messages, list):
         return
     for message in messages:
         content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list) and any(
-            isinstance(part, dict) and part.get("type") in MEDIA_PARTS for part in content
-        ):
-            raise InvalidRequest(
-                "this model takes text only (it has no multimodal projector): "
-                "remove the image/audio parts"
-            )
+        if not isinstance(content, list):
+            continue
+        for part in content:
+            if not _part_ok(part, has_projector):
+                if isinstance(part, dict) and part.get("type") in MEDIA_PARTS:
+                    raise InvalidRequest(
+                        "this model takes text only (it has no multimodal projector): "
+                        "remove the image/audio parts"
+                    )
+                raise InvalidRequest(
+                    "each content part must be an object with a type "
+                    '(a text part: {"type": "text", "text": "..."})'
+                )
 
 
 def inference_handler(mode: Mode, upstream_path: str) -> Any:

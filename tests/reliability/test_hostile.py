@@ -278,6 +278,7 @@ async def test_slow_body_gets_a_json_408(request: pytest.FixtureRequest) -> None
 
 REAL_MODEL = "test/hostile"
 USER = [{"role": "user", "content": "x"}]
+TEXTLESS = {"type": "text"}  # a text part without its text
 # Wrong types and values in the fields llama-server reads (the model exists and loads, so the
 # request reaches it): each is a JSON 4xx, and the runner survives all of them.
 BAD_FIELDS: list[tuple[str, dict[str, Any]]] = [
@@ -293,6 +294,10 @@ BAD_FIELDS: list[tuple[str, dict[str, Any]]] = [
     ("/engines/v1/chat/completions", {"messages": USER, "n": 1000000}),
     ("/engines/v1/chat/completions", {"messages": USER, "grammar": "root ::= ("}),
     ("/engines/v1/chat/completions", {"messages": USER, "tools": "bad"}),
+    ("/engines/v1/chat/completions", {"messages": USER, "tools": [5]}),
+    ("/engines/v1/chat/completions", {"messages": USER, "tools": [{"type": "function"}]}),
+    ("/engines/v1/chat/completions", {"messages": [{"role": "user", "content": [5]}]}),
+    ("/engines/v1/chat/completions", {"messages": [{"role": "user", "content": [TEXTLESS]}]}),
     (
         "/engines/v1/chat/completions",
         {
@@ -313,6 +318,8 @@ BAD_FIELDS: list[tuple[str, dict[str, Any]]] = [
     ("/engines/v1/embeddings", {"input": [999999999]}),
     ("/engines/v1/embeddings", {"input": [[-1]]}),
     ("/engines/v1/embeddings", {"input": None}),
+    ("/engines/v1/embeddings", {"input": ["a", 5.5]}),
+    ("/engines/v1/embeddings", {"content": 5}),
 ]
 
 
