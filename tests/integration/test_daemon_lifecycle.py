@@ -50,9 +50,10 @@ def serve(d: DaemonHandle, *flags: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def long_ctx(daemon: DaemonHandle, tiny_gguf: Path) -> DaemonHandle:
-    """A daemon whose model has room for a long answer (the tiny GGUF is trained on 512)."""
-    daemon.add_model(MODEL, tiny_gguf)
+def long_ctx(daemon: DaemonHandle, tiny_gguf_factory: Callable[..., Path]) -> DaemonHandle:
+    """A daemon whose model has room for a long answer: trained on 8192 tokens, so the answer
+    lasts seconds (a 512-token one ends in ~0.8 s, before a loaded CI box's kill lands)."""
+    daemon.add_model(MODEL, tiny_gguf_factory(ctx=8192))
     assert curl(daemon, "POST", "/engines/_configure", {"model": MODEL, "context-size": 4096}) == (
         202,
         "",
