@@ -307,7 +307,9 @@ class RegistryClient:
         finally:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
-                await aclose()
+                await _left_by_writer(chunks)
+                with contextlib.suppress(RuntimeError):  # still running: its task closes it
+                    await aclose()
 
     # -- requests, retries, auth -----------------------------------------------------------
 
@@ -418,6 +420,16 @@ class RegistryClient:
         raise RegistryError(
             f"registry {registry} refused the {what} of {name}: {resp.status} {detail}".rstrip()
         )
+
+
+async def _left_by_writer(gen: object, timeout_s: float = 5.0) -> None:
+    """Wait (bounded) until aiohttp's body writer has left *gen*: the registry can answer
+    before the writer finished the generator's last step (a read-ahead, a final check), and
+    closing a running async generator raises RuntimeError. No event marks it: poll."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            while getattr(gen, "ag_running", False):  # noqa: ASYNC110 - no event to await
+                await asyncio.sleep(0.005)
 
 
 async def _exactly(
