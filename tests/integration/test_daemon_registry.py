@@ -79,3 +79,33 @@ def test_pull_failures_before_streaming_keep_their_status(
     assert status == 400
     status, text = curl(daemon, "POST", f"/models/{registry.host}/absent:1/push")
     assert status == 404
+
+
+def test_an_artifact_another_tool_made_pulls_and_runs(
+    daemon: DaemonHandle, registry: Any, tiny_gguf: Path, tmp_path: Path
+) -> None:
+    """oras pushes a bare model artifact (Docker's media types, a config with only the format,
+    no annotations); the daemon pulls it and serves a completion from it."""
+    import oras.provider
+
+    from modelrunner.distribution import mediatypes as mt
+
+    ref = f"{registry.host}/other/tool-made:v1"
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"config": {"format": "gguf"}, "extra": {"ignored": True}}))
+    oras.provider.Registry(hostname=registry.host, insecure=True).push(
+        ref,
+        files=[f"{tiny_gguf}:{mt.GGUF}"],
+        manifest_config=f"{config}:{mt.CONFIG_V01}",
+        disable_path_validation=True,
+        quiet=True,
+    )
+    status, text = curl(
+        daemon, "POST", "/models/create", {"from": ref}, headers=("Accept: application/json",)
+    )
+    assert status == 200, text
+    assert lines(text)[-1]["type"] == "success"
+    body = {"model": ref, "prompt": "once upon", "max_tokens": 2}
+    status, text = curl(daemon, "POST", "/engines/llama.cpp/v1/completions", body)
+    assert status == 200, text
+    assert json.loads(text)["choices"][0]["text"] is not None
