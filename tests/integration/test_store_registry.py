@@ -78,6 +78,11 @@ async def test_package_push_remove_pull_back_byte_identical(
     assert pushed[-1].to_json()["type"] == "success"
     assert pushed[-1].message == "Model pushed successfully"
     assert {e.mode for e in pushed} == {"push"}
+    layer_digests = {d["digest"] for d in json.loads(made.manifest_path.read_bytes())["layers"]}
+    sent = {e.digest: e for e in pushed if e.kind == "progress"}  # the last event per layer
+    assert set(sent) == layer_digests
+    assert all(e.layer_current == e.layer_size > 0 for e in sent.values())
+    assert max(e.current for e in sent.values()) == made.size_bytes
     await a.remove(ref)
     assert await a.list_models() == []
     events: list[ProgressEvent] = []
