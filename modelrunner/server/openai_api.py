@@ -33,6 +33,9 @@ INFERENCE: tuple[tuple[str, Mode, str], ...] = (
     ("/v1/embeddings", "embedding", "/v1/embeddings"),
     ("/rerank", "reranking", "/v1/rerank"),
     ("/score", "reranking", "/v1/rerank"),
+    # Not Docker's, but where a client with base_url ".../v1/" (and llama-server) puts them.
+    ("/v1/rerank", "reranking", "/v1/rerank"),
+    ("/v1/score", "reranking", "/v1/rerank"),
 )
 
 

@@ -331,3 +331,56 @@ def test_load_a_packaged_tar_then_tag_it(served: DaemonHandle, tmp_path: Path) -
     oa = client(served)
     done = oa.completions.create(model="test/loaded:v1", prompt="x", max_tokens=1)
     assert done.choices[0].text is not None
+
+
+def test_rerank_and_score_on_a_reranking_runner(served: DaemonHandle) -> None:
+    """Docker's `/rerank` and `/score`, and `/v1/rerank` (a client whose base_url ends in /v1/):
+    all answered by one runner started with `--embeddings --reranking`."""
+    body = {"model": MODEL, "query": "a", "documents": ["the a", "of to", "in"]}
+    for path in ("/rerank", "/engines/llama.cpp/v1/rerank", "/engines/score", "/v1/score"):
+        status, text = curl(served, "POST", path, body)
+        assert status == 200, (path, text)
+        results = json.loads(text)["results"]
+        assert sorted(r["index"] for r in results) == [0, 1, 2], text
+        assert all(isinstance(r["relevance_score"], float) for r in results), text
+    pids = runner_pids(served)
+    assert list(pids) == ["test/tiny:latest/reranking"]
+    argv = psutil.Process(pids["test/tiny:latest/reranking"]).cmdline()
+    assert "--reranking" in argv
+    assert "--embeddings" in argv
+    status, text = curl(served, "POST", "/engines/vllm/rerank", body)
+    assert status == 400
+    assert "unknown backend" in json.loads(text)["error"]["message"]
+
+
+def test_version_delete_force_and_purge(served: DaemonHandle, tiny_gguf: Path) -> None:
+    status, text = curl(served, "GET", "/version")
+    assert status == 200
+    assert json.loads(text)["version"]
+    assert curl(served, "POST", "/models/test/tiny/tag?repo=test/other&tag=v2")[0] == 201
+    model_id = json.loads(curl(served, "GET", "/models/test/tiny")[1])["id"]
+    status, text = curl(served, "DELETE", f"/models/{model_id}")  # by ID, two tags: no force
+    assert status == 409, text
+    assert "force" in json.loads(text)["error"]
+    assert len(json.loads(curl(served, "GET", "/models")[1])) == 1
+    status, text = curl(served, "DELETE", f"/models/{model_id}?force")  # bare ?force is true
+    assert status == 200, text
+    assert sorted(json.loads(text), key=json.dumps) == sorted(
+        [
+            {"Untagged": "docker.io/test/other:v2"},
+            {"Untagged": "docker.io/test/tiny:latest"},
+            {"Deleted": model_id},
+        ],
+        key=json.dumps,
+    )
+    assert curl(served, "GET", "/models") == (200, "[]")
+    served.add_model(MODEL, tiny_gguf)
+    assert curl(served, "POST", "/engines/_configure", {"model": MODEL, "context-size": 1024}) == (
+        202,
+        "",
+    )
+    client(served).completions.create(model=MODEL, prompt="x", max_tokens=1)
+    assert curl(served, "DELETE", "/models/purge") == (200, "")
+    assert curl(served, "GET", "/models") == (200, "[]")
+    assert json.loads(curl(served, "GET", "/engines/ps")[1]) == []
+    assert json.loads(curl(served, "GET", "/engines/_configure")[1]) == []
