@@ -235,11 +235,23 @@ async def test_gc_and_purge(store: Store, tiny_gguf: Path):
     orphan.write_bytes(b"orphan")
     lone = store.layout.manifests_dir / ("4" * 64)
     lone.write_bytes(b"{}")
+    stale = store.layout.blobs_dir / ("6" * 64 + ".incomplete")
+    fresh = store.layout.blobs_dir / ("7" * 64 + ".incomplete")  # a pull to resume
+    for part in (stale, fresh):
+        part.write_bytes(b"half")
+    week_ago = time.time() - store.config.incomplete_max_age_s - 60
+    os.utime(stale, (week_ago, week_ago))
+    gone_bundle = store.layout.bundle("sha256:" + "8" * 64)
+    gone_bundle.mkdir(parents=True)
     assert (await store.gc()).blobs_removed == 0  # too young: maybe another process's pull
+    assert not stale.exists()
+    assert fresh.exists()
+    assert not gone_bundle.exists()
     result = await store.gc(min_age_s=0)
     assert (result.blobs_removed, result.manifests_removed) == (1, 1)
     assert not orphan.exists()
     assert not lone.exists()
+    assert fresh.exists()
     assert (await store.get("ai/a")).id == model.id
     assert await store.disk_usage() >= tiny_gguf.stat().st_size
     await store.purge()
