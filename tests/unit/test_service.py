@@ -350,3 +350,22 @@ class TestCommand:
         assert main(["--config", str(config), "service", "--manager", "systemd", "install"]) == 1
         assert "port" in capsys.readouterr().err
         assert not (home / ".config/systemd/user/modelrunner.service").exists()
+
+
+def test_help_does_not_import_the_store_or_the_runners() -> None:
+    """`modelrunner --help` loads every command module; setup-default's are imported lazily."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, contextlib\n"
+        "from modelrunner.cli.main import main\n"
+        "with contextlib.suppress(SystemExit): main(['--help'])\n"
+        "print([m for m in ('modelrunner.distribution.store', 'modelrunner.runners.locate')"
+        " if m in sys.modules])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "setup-default" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "[]"

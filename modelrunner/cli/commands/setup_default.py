@@ -8,9 +8,7 @@ from pathlib import Path
 
 from modelrunner.cli.base import Command
 from modelrunner.config import Config
-from modelrunner.logs import configure as configure_logs
-from modelrunner.runners.locate import find_binary
-from modelrunner.service.default_model import DEFAULT_TAG, setup_default
+from modelrunner.service.default_model import DEFAULT_TAG
 
 
 class SetupDefault(Command):
@@ -32,6 +30,12 @@ class SetupDefault(Command):
         )
 
     def run(self, args: argparse.Namespace) -> int:
+        # Imported here: `modelrunner --help` loads every command module, and these pull in the
+        # store and the runners.
+        from modelrunner.logs import configure as configure_logs
+        from modelrunner.runners.locate import find_binary
+        from modelrunner.service.default_model import setup_default
+
         config = Config.load(Path(args.config) if args.config else None)
         # Our own lines say what happens; the store's info events would repeat them.
         configure_logs("debug" if config.log_level == "debug" else "warning")
