@@ -45,6 +45,8 @@ async def version(request: web.Request) -> web.Response:
         body["llama_server"] = str((await request.app[STATE].supervisor.binary()).path)
     except BinaryNotFound:
         body["llama_server"] = None
+    # The TCP port this daemon listens on (None: socket only); the client's config may differ.
+    body["port"] = request.app[STATE].config.server.port or None
     return web.json_response(body)
 
 

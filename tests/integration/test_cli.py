@@ -244,6 +244,8 @@ def test_runner_verbs(daemon, tiny_gguf, llama_server_bin) -> None:
     assert "llama.cpp: Running" in status
     assert f"llama-server: {llama_server_bin}" in status
     assert json.loads(ok("status", "--json", env=env))["running"] is True
+    # The port shown is the daemon's, not the one in the client's own config.
+    assert f"Port: {daemon.port}\n" in ok("status", env=dict(env, MODEL_RUNNER_PORT="1"))
 
     tcp = {k: v for k, v in env.items() if k != "MODEL_RUNNER_SOCK"}
     tcp["MODEL_RUNNER_HOST"] = daemon.base_url
