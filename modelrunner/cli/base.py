@@ -28,6 +28,8 @@ class Command:
     help: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]] = ()
     epilog: ClassVar[str | None] = None  # examples shown by --help
+    # A list positional (nargs="*") that also takes the words found after the flags.
+    trailing: ClassVar[str | None] = None
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Declare this verb's flags and positionals."""

@@ -92,13 +92,28 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+def parse(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """The parser and the parsed *argv*.
+
+    Words after a verb's flags go to its ``trailing`` positional (`run MODEL --max-tokens 8 hi`):
+    argparse alone fills a ``nargs="*"`` positional only from the words before the first flag.
+    """
+    argv = list(argv)
     verb = _verb(argv)
     if verb is None and argv[:1] == ["--version"]:
         verb = ""
     parser = build_parser(verb)
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        trailing = getattr(getattr(args, "command", None), "trailing", None)
+        if trailing is None or any(word.startswith("-") for word in extras):
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        getattr(args, trailing).extend(extras)
+    return parser, args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, args = parse(sys.argv[1:] if argv is None else argv)
     command: Command | None = getattr(args, "command", None)
     if command is None:
         parser.print_help()

@@ -45,3 +45,28 @@ def test_a_client_verb_does_not_import_aiohttp() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     ).stdout
     assert out.strip().endswith("False")
+
+
+def test_prompt_words_may_follow_run_s_flags() -> None:
+    """`run MODEL --max-tokens 3 hello world` is the prompt "hello world", as before the flags."""
+    from modelrunner.cli.main import parse
+
+    for argv in (
+        ["run", "m", "--max-tokens", "3", "hello", "world"],
+        ["run", "m", "hello", "--max-tokens", "3", "world"],
+        ["run", "--max-tokens", "3", "m", "hello", "world"],
+    ):
+        _, args = parse(argv)
+        assert (args.model, args.prompt, args.max_tokens) == ("m", ["hello", "world"], 3), argv
+
+
+@pytest.mark.parametrize(
+    "argv", [["run", "m", "--max-tokens", "3", "hi", "--bogus"], ["ls", "--json", "extra", "x"]]
+)
+def test_other_leftovers_are_still_usage_errors(argv, capsys) -> None:
+    from modelrunner.cli.main import parse
+
+    with pytest.raises(SystemExit) as exc:
+        parse(argv)
+    assert exc.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err

@@ -50,6 +50,7 @@ def readline_history(path: Path | None) -> Iterator[None]:
 class Run(Command):
     name = "run"
     help = "Run a model: answer PROMPT, or chat interactively without one"
+    trailing = "prompt"  # `run MODEL --max-tokens 8 "hi"`, not only `run MODEL "hi" --max-tokens 8`
     epilog = (
         "examples:\n"
         '  modelrunner run ai/smollm2 "Write a haiku about the sea"\n'
