@@ -338,6 +338,19 @@ class TestAuth:
         # The push asked for pull,push up front; that token also served the pulls.
         assert scopes == [("repository:ai/scoped:pull,push",), ("repository:ai/other:pull",)]
 
+    async def test_a_pull_token_is_renewed_for_a_push(self, token_registry, make_client, tmp_path):
+        """Scope change: a client holding a pull-only token for a repository gets pull,push
+        before it pushes there (oras-py 0.2.43 does not: distribution.md 2.6)."""
+        server = token_registry.token_server
+        cfg = docker_config(tmp_path, token_registry.host, "tester", "secret")
+        before = len(server.requests)
+        async with make_client(cfg) as client:
+            assert await client.head_manifest(token_registry.host, "ai/upgrade", "v1") is None
+            raw, _ = await push_artifact(client, token_registry.host, "ai/upgrade", "v1", [b"u"])
+            assert (await client.get_manifest(token_registry.host, "ai/upgrade", "v1")).raw == raw
+        scopes = [r.scopes for r in server.requests[before:]]
+        assert scopes == [("repository:ai/upgrade:pull",), ("repository:ai/upgrade:pull,push",)]
+
     async def test_expired_token_is_renewed(self, token_registry, make_client):
         """Past its expiry (clock moved on), a token is fetched again for the same scope."""
         server = token_registry.token_server
