@@ -187,6 +187,18 @@ def test_engines_routes_and_metrics_after_traffic(served: DaemonHandle) -> None:
         "test/tiny:latest/completion",
         "test/tiny:latest/embedding",
     ]
+    # A third runner with runners.max_loaded 2 (the default) evicts the least recently used.
+    body = {"model": MODEL, "query": "a", "documents": ["b"]}
+    assert curl(served, "POST", "/rerank", body)[0] == 200
+    assert sorted(runner_pids(served)) == [
+        "test/tiny:latest/completion",
+        "test/tiny:latest/reranking",
+    ]
+    _, text = curl(served, "GET", "/metrics")
+    assert "modelrunner_runner_evictions_total 1" in text
+    assert "modelrunner_runner_loads_total 4" in text
+    latency = 'modelrunner_http_request_duration_seconds_count{method="POST",route="/rerank"} 1'
+    assert latency in text
 
 
 def test_tag_and_rm(served: DaemonHandle) -> None:
@@ -229,6 +241,12 @@ def test_configure_is_stored_applied_and_survives_restart(served: DaemonHandle) 
     argv = psutil.Process(pid).cmdline()
     assert argv[argv.index("--ctx-size") + 1] == "1024"
     assert argv[argv.index("--temp") + 1] == "0.1"
+    assert curl(served, "POST", "/engines/unload", {"all": True})[0] == 200  # kept on unload
+    oa.completions.create(model=MODEL, prompt="x", max_tokens=1)
+    new_pid = runner_pids(served)["test/tiny:latest/completion"]
+    assert new_pid != pid
+    argv = psutil.Process(new_pid).cmdline()
+    assert argv[argv.index("--ctx-size") + 1] == "1024"
     served.kill()  # a crash: no clean shutdown, the socket file stays behind
     served.restart()
     _status, text = curl(served, "GET", "/models/test/tiny")
