@@ -73,7 +73,16 @@ async def ps(request: web.Request) -> web.Response:
             "backend_name": BACKEND,
             "model_name": r.name,
             "mode": r.mode,
-            "last_used": _rfc3339(r.last_used if r.in_flight == 0 else None),
+            # Docker stamps it whenever the refcount drops to 0, a preload's included (its CLI
+            # shows last_used + keep_alive as UNTIL): an idle runner never used since its load
+            # counts from the load, as its idle TTL does.
+            "last_used": _rfc3339(
+                None
+                if r.in_flight
+                else r.last_used
+                if r.last_used is not None or r.state != "ready"
+                else r.loaded_since
+            ),
         }
         if r.in_flight:
             row["in_use"] = True

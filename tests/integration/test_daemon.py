@@ -166,6 +166,8 @@ def test_engines_routes_and_metrics_after_traffic(served: DaemonHandle) -> None:
     status, text = curl(served, "POST", "/models/test/tiny/load?mode=embedding")  # explicit load
     assert status == 200, text
     assert list(runner_pids(served)) == ["test/tiny:latest/embedding"]
+    (row,) = json.loads(curl(served, "GET", "/engines/ps")[1])  # idle since its load
+    assert row["last_used"] != "0001-01-01T00:00:00Z"
     preload = subprocess.run(  # Docker's preload header: load, answer 200 empty, no generation
         [
             "curl",
