@@ -182,13 +182,17 @@ def test_package(daemon, tiny_gguf, tmp_path) -> None:
     env = daemon.env
     license_ = tmp_path / "LICENSE"
     license_.write_text("Apache-2.0\n")
+    template = tmp_path / "chat.jinja"
+    template.write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
     out = ok(
-        "package", "--gguf", str(tiny_gguf), "--license", str(license_), "--context-size",
-        "256", "cli/packed:v2", env=env,
+        "package", "--gguf", str(tiny_gguf), "--license", str(license_), "--chat-template",
+        str(template), "--context-size", "256", "cli/packed:v2", env=env,
     )  # fmt: skip
     assert out.splitlines()[-1] == "Model packaged successfully as cli/packed:v2"
     model = json.loads(ok("inspect", "cli/packed:v2", env=env))
     assert model["config"]["context_size"] == 256
+    args = model["llama_server_args"]["completion"]  # the runner gets the packaged template
+    assert Path(args[args.index("--chat-template-file") + 1]).read_text() == template.read_text()
     assert model["tags"] == ["docker.io/cli/packed:v2"]
     fails("package", "--gguf", str(tmp_path / "missing.gguf"), "cli/x", env=env, match="missing")
     fails("package", "--gguf", str(tiny_gguf), "Not A Ref", env=env, match="Not A Ref")
@@ -241,7 +245,7 @@ def test_runner_verbs(daemon, tiny_gguf, llama_server_bin) -> None:
     assert status.startswith("modelrunner daemon is running\n")
     assert f"unix://{daemon.socket_path}" in status
     assert f"Port: {daemon.port}" in status
-    assert "llama.cpp: Running" in status
+    assert re.search(r"^llama\.cpp: Running: llama\.cpp \S+", status, re.M), status  # its version
     assert f"llama-server: {llama_server_bin}" in status
     assert json.loads(ok("status", "--json", env=env))["running"] is True
     # The port shown is the daemon's, not the one in the client's own config.
