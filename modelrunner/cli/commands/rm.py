@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from modelrunner.cli.base import Command, connect
-from modelrunner.cli.client import quote_ref
+from modelrunner.cli.client import DaemonError, quote_ref
 from modelrunner.errors import ModelRunnerError
 
 
@@ -33,8 +33,11 @@ class Remove(Command):
             try:
                 result = client.request("DELETE", f"/models/{quote_ref(ref)}?force={force}").json()
             except ModelRunnerError as e:
+                if isinstance(e, DaemonError) and e.http_status == 404:
+                    # Docker's wording; the daemon's own message suggests pulling it.
+                    e = ModelRunnerError(f"no such model: {ref}")
                 if len(args.models) == 1:
-                    raise
+                    raise e from None
                 print(f"modelrunner: {e.message}", file=sys.stderr)
                 failed += 1
                 continue
