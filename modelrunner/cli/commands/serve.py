@@ -12,7 +12,7 @@ from modelrunner.config import Config
 
 class Serve(Command):
     name = "serve"
-    help = "run the model runner daemon in the foreground (Unix socket and TCP)"
+    help = "Run the model runner daemon in the foreground (Unix socket and TCP)"
     epilog = (
         "examples:\n"
         "  modelrunner serve\n"

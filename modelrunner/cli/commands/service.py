@@ -39,7 +39,7 @@ def _probe(path: Path) -> str:
 
 class Service(Command):
     name = "service"
-    help = "install, remove or inspect the modelrunner service (launchd agent / systemd user unit)"
+    help = "Install, remove or inspect the modelrunner service (launchd agent / systemd user unit)"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(

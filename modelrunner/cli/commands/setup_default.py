@@ -14,7 +14,7 @@ from modelrunner.service.default_model import DEFAULT_TAG
 class SetupDefault(Command):
     name = "setup-default"
     help = (
-        f"put the embedded default model ({DEFAULT_TAG}) into the store, with no registry, "
+        f"Put the embedded default model ({DEFAULT_TAG}) into the store, with no registry, "
         "and check that llama-server can be found"
     )
 
