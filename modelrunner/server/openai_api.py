@@ -169,7 +169,7 @@ async def serve(
         async with state.supervisor.acquire(model_id, mode, keep_alive_s) as runner:
             if preload_only:
                 return web.Response(status=200)
-            response = await state.upstream.forward(
+            return await state.upstream.forward(
                 request, runner.socket_path, upstream_path, body, forwarded, stream=stream
             )
     except ClientGone as gone:
@@ -187,9 +187,12 @@ async def serve(
         state.metrics.stream_errors += 1
         await write_stream_error(forwarded, e)
         return forwarded.response
-    if forwarded.usage is not None:
-        state.metrics.observe_usage(name, forwarded.usage)
-    return response
+    finally:
+        # Here, not only after a clean end: the openai package drops the connection once it has
+        # read `[DONE]`, which cancels this handler (handler_cancellation) before it returns;
+        # the tokens were generated all the same.
+        if forwarded.usage is not None:
+            state.metrics.observe_usage(name, forwarded.usage)
 
 
 def _openai_model(item: dict[str, Any]) -> dict[str, Any]:
