@@ -54,9 +54,13 @@ def curl(
 
 
 def client(d: DaemonHandle) -> openai.OpenAI:
-    # openai>=3 refuses an empty api_key client-side; the daemon ignores the key.
+    # openai>=3 refuses an empty api_key client-side; the daemon ignores the key.  "localhost",
+    # as users write it (the port is a free one, not 12434, so tests can run side by side).
     return openai.OpenAI(
-        base_url=f"{d.base_url}/engines/llama.cpp/v1/", api_key="unused", max_retries=0, timeout=60
+        base_url=f"http://localhost:{d.port}/engines/llama.cpp/v1/",
+        api_key="unused",
+        max_retries=0,
+        timeout=60,
     )
 
 
