@@ -239,8 +239,12 @@ def make_cors_middleware(origins: Iterable[str] | Callable[[], Iterable[str]]) -
                 headers={
                     "Access-Control-Allow-Credentials": "true",
                     "Access-Control-Allow-Methods": "GET, POST, DELETE",
-                    "Access-Control-Allow-Headers": "*",
-                    "Vary": "Origin",
+                    # Docker answers "*", which browsers never take to cover Authorization
+                    # (the openai package's API key): name what the preflight asks for.
+                    "Access-Control-Allow-Headers": request.headers.get(
+                        "Access-Control-Request-Headers", "*"
+                    ),
+                    "Vary": "Origin, Access-Control-Request-Headers",
                 },
             )
         return await handler(request)

@@ -314,6 +314,28 @@ def test_4xx_are_json_never_500(
         check=True,
     ).stdout
     assert "Access-Control-Allow-Origin: http://localhost:3000" in out
+    preflight = subprocess.run(  # a browser's openai client: its API key rides in Authorization
+        [
+            "curl",
+            "-sS",
+            "-i",
+            "-X",
+            "OPTIONS",
+            "-H",
+            "Origin: http://localhost:3000",
+            "-H",
+            "Access-Control-Request-Method: POST",
+            "-H",
+            "Access-Control-Request-Headers: authorization, content-type",
+            f"{d.base_url}/engines/v1/chat/completions",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert preflight.startswith("HTTP/1.1 204"), preflight
+    assert "Access-Control-Allow-Origin: http://localhost:3000" in preflight
+    assert "Access-Control-Allow-Headers: authorization, content-type" in preflight
     status, text = curl(d, "GET", "/models", headers=("Origin: http://evil.example",))
     assert status == 403
     assert "not allowed" in json.loads(text)["error"]
