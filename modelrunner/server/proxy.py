@@ -59,6 +59,7 @@ _STALE_CONNECTION = (
 )
 
 STALE_RETRIES = 3
+_MAX_PENDING = 1 << 20  # an SSE line longer than this is not a usage line
 MAX_SESSIONS = 16
 SESSION_IDLE_S = 60.0  # one per runner socket; old runners' sessions are closed beyond this
 
@@ -218,19 +219,29 @@ class UpstreamPool:
         await response.prepare(request)
         state.response = response
         state.streaming = True
+        pending = b""  # the start of an SSE line cut across chunks (the usage line may be)
         async for chunk in up.content.iter_any():
-            if b'"usage"' in chunk or b'"timings"' in chunk:
-                usage = _usage_from_sse(chunk)
-                if usage is not None and (state.usage is None or "usage" in usage):
-                    state.usage = usage
+            if pending or not chunk.endswith(b"\n") or b'"usage"' in chunk or b'"timings"' in chunk:
+                complete, _, pending = (pending + chunk).rpartition(b"\n")
+                if len(pending) > _MAX_PENDING:
+                    pending = b""
+                _take_usage(state, complete)
             try:
                 await response.write(chunk)
             except ConnectionResetError as e:
                 # The client left before the handler was cancelled: stop the upstream request
                 # now (not an upstream failure, so the supervisor does not wait for a crash).
                 raise ClientGone(response) from e
+        _take_usage(state, pending)
         await response.write_eof()
         return response
+
+
+def _take_usage(state: Forwarded, lines: bytes) -> None:
+    if b'"usage"' in lines or b'"timings"' in lines:
+        usage = _usage_from_sse(lines)
+        if usage is not None and (state.usage is None or "usage" in usage):
+            state.usage = usage
 
 
 def _usage(data: bytes) -> dict[str, Any] | None:

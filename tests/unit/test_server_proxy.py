@@ -39,6 +39,11 @@ class Upstream:
             return web.json_response({"usage": {"prompt_tokens": 3, "completion_tokens": 2}})
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
+        if request.query.get("split"):  # the final event cut in two, mid-key
+            await resp.write(b'data: {"choices": [], "timings": {"prompt_n": 4, "pred')
+            await self.release.wait()
+            await resp.write(b'icted_n": 7}}\n\ndata: [DONE]\n\n')
+            return resp
         try:
             await resp.write(b"data: one\n\n")
             await self.release.wait()
@@ -155,6 +160,22 @@ async def test_json_answers_and_usage_are_counted(proxy: Any) -> None:
     tokens = proxy.state.metrics.tokens
     assert tokens[("ai/x", "prompt")] == 3
     assert tokens[("ai/x", "completion")] == 2
+
+
+async def test_stream_usage_cut_across_chunks_is_counted(proxy: Any, upstream: Any) -> None:
+    """The final event's timings arrive in two chunks (the client holds the first before the
+    second is written): its tokens are still counted."""
+    fake, _ = upstream
+    async with asyncio.timeout(10):
+        resp = await proxy.post("/engines/v1/chat/completions?split=1", data=b'{"model": "ai/x"}')
+        seen = b""
+        while not seen.endswith(b'"pred'):
+            seen += await resp.content.readany()
+        fake.release.set()
+        await resp.read()
+    tokens = proxy.state.metrics.tokens
+    assert tokens[("ai/x", "prompt")] == 4
+    assert tokens[("ai/x", "completion")] == 7
 
 
 async def test_sessions_of_runners_gone_idle_are_closed() -> None:
