@@ -262,6 +262,21 @@ def test_configure_is_stored_applied_and_survives_restart(served: DaemonHandle) 
     argv = psutil.Process(runner_pids(served)["test/tiny:latest/completion"]).cmdline()
     assert argv[argv.index("--ctx-size") + 1] == "1024"
     assert json.loads(curl(served, "GET", "/engines/ps")[1])[0]["keep_alive"] == "10m0s"
+    # A later _configure changes only what it names; pinned is applied to the running runner.
+    assert curl(served, "POST", "/engines/_configure", {"model": MODEL, "pinned": True}) == (
+        202,
+        "",
+    )
+    (row,) = json.loads(curl(served, "GET", "/engines/_configure?model=test/tiny")[1])
+    assert row["Config"] == {
+        "context-size": 1024,
+        "runtime-flags": ["--temp", "0.1"],
+        "keep_alive": "10m0s",
+        "pinned": True,
+    }
+    oa.completions.create(model=MODEL, prompt="x", max_tokens=1)
+    (ps_row,) = json.loads(curl(served, "GET", "/engines/ps")[1])
+    assert ps_row["pinned"] is True
 
 
 BAD_OPENAI = [
