@@ -122,7 +122,7 @@ def test_flags_and_non_loopback_needs_allow_remote(daemon: DaemonHandle) -> None
 @pytest.fixture
 def draining(daemon_factory: Callable[..., DaemonHandle], tiny_gguf: Path) -> DaemonHandle:
     """Like long_ctx, with a drain bound far above the answer's length (not what is tested)."""
-    d = daemon_factory(server={"drain_timeout_s": 60})
+    d = daemon_factory(server={"drain_timeout_s": 0.5})
     d.add_model(MODEL, tiny_gguf)
     assert curl(d, "POST", "/engines/_configure", {"model": MODEL, "context-size": 4096})[0] == 202
     return d
@@ -145,6 +145,38 @@ async def test_sigterm_drains_the_stream_in_flight_then_exits_0(draining: Daemon
     assert await asyncio.to_thread(d.stop) == 0
     assert "daemon.stopped" in d.log_text()
     assert not d.socket_path.exists()
+
+
+@pytest.fixture
+def short_drain(
+    daemon_factory: Callable[..., DaemonHandle], tiny_gguf_factory: Callable[..., Path]
+) -> DaemonHandle:
+    """A drain bound (0.5 s) far below the answer's length (8000 tokens: seconds)."""
+    d = daemon_factory(server={"drain_timeout_s": 0.5})
+    d.add_model(MODEL, tiny_gguf_factory(ctx=8192))
+    assert curl(d, "POST", "/engines/_configure", {"model": MODEL, "context-size": 8192})[0] == 202
+    return d
+
+
+async def test_sigterm_drain_is_bounded_then_runners_stop(short_drain: DaemonHandle) -> None:
+    """A stream far longer than server.drain_timeout_s is cut at the bound, not waited for;
+    the daemon still exits 0 and its llama-server is gone."""
+    d = short_drain
+    async with aiohttp.ClientSession(base_url=d.base_url) as http:
+        resp = await http.post("/engines/v1/chat/completions", json={**LONG, "max_tokens": 8000})
+        assert (await resp.content.readline()).startswith(b"data: ")
+        pids = await asyncio.to_thread(runner_pids, d)
+        runner = psutil.Process(pids["test/tiny:latest/completion"])
+        os.kill(d.pid, signal.SIGTERM)
+        try:
+            body = await resp.read()
+        except aiohttp.ClientPayloadError:
+            body = b""  # the connection was closed mid-body: cut, as expected
+        resp.close()
+    assert not body.rstrip().endswith(b"data: [DONE]")  # cut at the bound, not finished
+    assert await asyncio.to_thread(d.stop) == 0
+    assert "daemon.stopped" in d.log_text()
+    assert not runner.is_running()
 
 
 async def test_runner_killed_mid_stream_ends_with_an_error_event(long_ctx: DaemonHandle) -> None:
