@@ -3,8 +3,9 @@ The daemon process: both listeners, signals, readiness, reload and a draining sh
 
 Owns the lifecycles the app does not: the store, the supervisor, the aiohttp runner and its two
 sites (the Unix socket, mode 0600, and TCP on a loopback address unless remote access is allowed
-explicitly).  ``daemon.ready`` is logged only once both listen.  SIGTERM/SIGINT: stop accepting,
-let in-flight requests finish (at most ``server.drain_timeout_s``), stop every runner, exit 0.
+explicitly).  ``daemon.ready`` is logged (and ``READY=1`` sent to systemd's ``NOTIFY_SOCKET``)
+only once both listen.  SIGTERM/SIGINT: stop accepting, let in-flight requests finish (at most
+``server.drain_timeout_s``), stop every runner, exit 0.
 SIGHUP (and ``POST /admin/reload``): re-read the config file; models whose settings changed are
 reconfigured, every other runner stays.
 """
@@ -17,6 +18,7 @@ import dataclasses
 import ipaddress
 import os
 import signal
+import socket
 import stat
 import sys
 from collections.abc import Mapping
@@ -98,6 +100,23 @@ class LogFile:
         os.replace(self.path, self.path.with_name(self.path.name + ".1"))
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         self._size = 0
+
+
+def sd_notify(state: str) -> bool:
+    """Tell systemd (``Type=notify``) our state, e.g. ``READY=1``; False when not under it."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(address)
+            s.sendall(state.encode())
+    except OSError as e:
+        log.warning("daemon.notify_failed", state=state, error=str(e))
+        return False
+    return True
 
 
 def is_loopback(host: str) -> bool:
@@ -225,6 +244,8 @@ class Daemon:
                 pid=os.getpid(),
                 store=str(config.store.path),
             )
+            # systemd's Type=notify: `systemctl start` returns once both listeners are up.
+            await asyncio.to_thread(sd_notify, f"READY=1\nMAINPID={os.getpid()}")
             await self._preload()
             await self.stop.wait()
         finally:
@@ -234,6 +255,7 @@ class Daemon:
             # in-flight requests (bounded) and cancel what is left.
             for site in list(runner.sites):
                 await site.stop()
+            await asyncio.to_thread(sd_notify, "STOPPING=1")
             log.info("daemon.stopping", drain_timeout_s=config.server.drain_timeout_s)
             await runner.cleanup()
             for task in list(self._tasks):

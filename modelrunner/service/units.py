@@ -99,7 +99,8 @@ def render_unit(spec: ServiceSpec, description: str = DESCRIPTION) -> str:
         "After=network.target",
         "",
         "[Service]",
-        "Type=exec",
+        # The daemon sends READY=1 once its socket and port listen (sd_notify).
+        "Type=notify",
         f"ExecStart={' '.join(_systemd_word(w) for w in spec.argv)}",
         # ExecReload: the daemon re-reads its config file on SIGHUP.
         "ExecReload=/bin/kill -HUP $MAINPID",

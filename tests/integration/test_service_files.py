@@ -6,10 +6,10 @@ import os
 import plistlib
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -110,8 +110,9 @@ def test_a_service_installed_from_a_checkout_runs_the_bin_shim(tmp_path: Path) -
 
 
 def test_the_service_command_serves_and_exits_0_on_sigterm(tmp_path: Path) -> None:
-    """What launchd/systemd run (argv and environment from the plist) serves, and a stop by
-    SIGTERM exits 0: launchd's KeepAlive {SuccessfulExit: false} must not restart it."""
+    """What launchd/systemd run (argv and environment from the plist) serves, tells systemd
+    READY=1 (Type=notify) only once its socket answers, and a stop by SIGTERM exits 0:
+    launchd's KeepAlive {SuccessfulExit: false} must not restart it."""
     home = Path(tempfile.mkdtemp(prefix="mr-", dir="/tmp"))
     try:
         config = home / "service.yaml"
@@ -128,7 +129,11 @@ def test_the_service_command_serves_and_exits_0_on_sigterm(tmp_path: Path) -> No
             check=True,
         )
         plist = plistlib.loads(done.stdout)
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(str(home / "notify"))
+        notify.settimeout(60)
         service_env = {"HOME": str(tmp_path), **plist["EnvironmentVariables"]}
+        service_env["NOTIFY_SOCKET"] = str(home / "notify")  # as systemd sets it
         (home / "mr").mkdir()
         proc = subprocess.Popen(
             plist["ProgramArguments"],
@@ -140,11 +145,8 @@ def test_the_service_command_serves_and_exits_0_on_sigterm(tmp_path: Path) -> No
         )
         try:
             sock = home / "mr" / "run" / "model-runner.sock"
-            deadline = time.monotonic() + 30
-            while not sock.exists():
-                assert proc.poll() is None, proc.communicate()[1]
-                assert time.monotonic() < deadline, "the daemon did not open its socket"
-                time.sleep(0.05)
+            ready = notify.recv(4096).decode()  # blocks until the daemon says it is ready
+            assert ready.splitlines() == ["READY=1", f"MAINPID={proc.pid}"]
             listed = subprocess.run(
                 ["curl", "-sf", "--unix-socket", str(sock), "http://localhost/models"],
                 capture_output=True,
@@ -154,10 +156,12 @@ def test_the_service_command_serves_and_exits_0_on_sigterm(tmp_path: Path) -> No
             )
             assert listed.stdout.strip() == "[]"
             proc.send_signal(signal.SIGTERM)
+            assert notify.recv(4096) == b"STOPPING=1"
             _, err = proc.communicate(timeout=30)
             assert proc.returncode == 0, err
             assert b"daemon.stopped" in err
         finally:
+            notify.close()
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()

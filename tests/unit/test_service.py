@@ -144,6 +144,7 @@ class TestSystemdUnit:
         lines = unit.splitlines()
         assert f"ExecStart={PROGRAM[0]} --config {home}/config.yaml serve" in lines
         assert "Restart=on-failure" in lines
+        assert "Type=notify" in lines  # started = READY=1 from the daemon, once it listens
         assert f'Environment="MODEL_RUNNER_HOME={home}"' in lines
         assert "WantedBy=default.target" in lines
         assert lines[0] == "[Unit]"
