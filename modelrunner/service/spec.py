@@ -51,6 +51,24 @@ def ensure_config(path: Path) -> bool:
     return True
 
 
+# Variables that, set in the shell running `service install`, go into the service's environment
+# (resolved to absolute values): otherwise `MODEL_RUNNER_PORT=12435 modelrunner service install`
+# would silently serve on 12434.  Unset, the config file decides (and can change them).
+CARRIED_ENV = ("MODEL_RUNNER_SOCK", "MODEL_RUNNER_PORT", "MODELS_PATH", "LLAMA_SERVER_PATH")
+
+
+def carried_env(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
+    """The CARRIED_ENV variables set in *environ*, as *config* resolved them."""
+    resolved = {
+        "MODEL_RUNNER_SOCK": str(config.server.socket.absolute()),
+        "MODEL_RUNNER_PORT": str(config.server.port),
+        "MODELS_PATH": str(config.store.path.absolute()),
+    }
+    if config.runners.llama_server_path is not None:
+        resolved["LLAMA_SERVER_PATH"] = str(config.runners.llama_server_path.absolute())
+    return {name: resolved[name] for name in CARRIED_ENV if environ.get(name) and name in resolved}
+
+
 def build_spec(
     config: Config,
     config_path: Path,

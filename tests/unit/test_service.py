@@ -370,3 +370,31 @@ def test_help_does_not_import_the_store_or_the_runners() -> None:
     )
     assert "setup-default" in done.stdout
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_socket_port_store_set_in_the_installing_shell_go_into_the_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`MODEL_RUNNER_PORT=12435 modelrunner service install` serves on 12435, not silently on
+    12434; unset, they stay out of the file (the config decides)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("MODEL_RUNNER_HOME", raising=False)
+    for name in ("MODEL_RUNNER_SOCK", "MODEL_RUNNER_PORT", "MODELS_PATH", "LLAMA_SERVER_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(manager_mod, "run_tool", FakeLaunchctl())
+    plist_path = tmp_path / f"Library/LaunchAgents/{LABEL}.plist"
+    assert main(["service", "--manager", "launchd", "install"]) == 0
+    env = plistlib.loads(plist_path.read_bytes())["EnvironmentVariables"]
+    assert set(env) == {"MODEL_RUNNER_HOME", "PATH"}
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MODEL_RUNNER_PORT", "12435")
+    monkeypatch.setenv("MODEL_RUNNER_SOCK", "/tmp/mr-x.sock")
+    monkeypatch.setenv("MODELS_PATH", "store")  # relative: resolved for the service
+    argv = ["service", "--manager", "launchd", "install", "--env", "MODEL_RUNNER_PORT=9"]
+    assert main(argv) == 0
+    env = plistlib.loads(plist_path.read_bytes())["EnvironmentVariables"]
+    assert env["MODEL_RUNNER_SOCK"] == "/tmp/mr-x.sock"
+    assert env["MODELS_PATH"] == str(tmp_path / "store")
+    assert env["MODEL_RUNNER_PORT"] == "9", "--env wins over the shell"
+    assert "LLAMA_SERVER_PATH" not in env

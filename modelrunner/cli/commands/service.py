@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from modelrunner.service import (
     ensure_config,
     manager_for,
 )
+from modelrunner.service.spec import carried_env
 from modelrunner.service.units import parse_env
 
 
@@ -72,7 +74,7 @@ class Service(Command):
         config = Config.load(Path(args.config) if args.config else None)
         config_path = config_path_for(config, args.config)
         try:
-            extra_env = parse_env(getattr(args, "env", []))
+            extra_env = carried_env(config, os.environ) | parse_env(getattr(args, "env", []))
         except ValueError as e:
             raise InvalidRequest(str(e)) from None
         spec = build_spec(config, config_path, extra_env=extra_env)
@@ -95,6 +97,8 @@ class Service(Command):
         if ensure_config(spec.config_path):
             print(f"wrote a starter config to {spec.config_path}")
         mgr.install(spec)
+        for name, value in spec.env.items():
+            print(f"env:    {name}={value} (in the service file: it overrides the config)")
         print(f"config: {spec.config_path} (edit it, then reload or restart the service)")
         print("logs:   modelrunner service logs [-f]")
         return 0
