@@ -2,10 +2,10 @@
 What a service manager is given: the launchd agent plist and the systemd user unit, rendered.
 
 Pure: no I/O, no subprocesses.  Both files run the installed ``modelrunner --config <file> serve``
-and carry only ``MODEL_RUNNER_HOME`` and ``PATH`` in their environment: every other setting lives
-in the config file they point at, so nothing depends on ``launchctl setenv`` (whose values are
-lost on reboot, Ollama's long-standing complaint on macOS) and editing the file plus a restart
-(or SIGHUP) is how the service is reconfigured.
+and carry ``MODEL_RUNNER_HOME`` and ``PATH`` in their environment (plus what ``spec.carried_env``
+and ``--env`` add): every other setting lives in the config file they point at, so nothing depends
+on ``launchctl setenv`` (whose values are lost on reboot, Ollama's long-standing complaint on
+macOS) and editing the file plus a restart (or SIGHUP) is how the service is reconfigured.
 """
 
 from __future__ import annotations
