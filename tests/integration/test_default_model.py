@@ -72,6 +72,9 @@ def test_setup_default_packages_gemma_with_template_and_license(mr_home: Path) -
     assert len(model.license_paths) == 1
     assert "Gemma" in model.license_paths[0].read_text(errors="replace")
     assert not (mr_home / "tmp").exists(), "the assembled GGUF is not left behind"
+    # The base model never ends its turn: a default answer length is stored as its settings.
+    settings = json.loads((mr_home / "settings.json").read_text())["models"][model.id]
+    assert settings["runtime_flags"] == ["--n-predict", "512"]
 
     index = (mr_home / "models" / "models.json").read_bytes()
     # Again, and without a llama-server: the model is there; the error says how to get one.

@@ -34,18 +34,35 @@ class SetupDefault(Command):
         # store and the runners.
         from modelrunner.logs import configure as configure_logs
         from modelrunner.runners.locate import find_binary
-        from modelrunner.service.default_model import setup_default
 
         config = Config.load(Path(args.config) if args.config else None)
         # Our own lines say what happens; the store's info events would repeat them.
         configure_logs("debug" if config.log_level == "debug" else "warning")
-        asyncio.run(setup_default(config, tag=args.tag, force=args.force, say=_say))
+        asyncio.run(_setup(config, args.tag, args.force))
         if not args.skip_llama_check:
             # Raises BinaryNotFound with every place tried and how to install one
             # (`brew install llama.cpp` on macOS).
             path, _ = find_binary(config.runners.llama_server_path)
             _say(f"llama-server: {path}")
         return 0
+
+
+# The embedded Gemma is the base (pretrained) model: it never ends its turn, so an answer with no
+# max_tokens would run until the context is full (8192 tokens).  A default answer length, kept
+# as a `_configure` setting, bounds it; `modelrunner configure` changes it like any other.
+DEFAULT_ANSWER_FLAGS = ("--n-predict", "512")
+
+
+async def _setup(config: Config, tag: str, force: bool) -> None:
+    from modelrunner.server.settings import SettingsFile
+    from modelrunner.service.default_model import setup_default
+
+    model, _ = await setup_default(config, tag=tag, force=force, say=_say)
+    settings = SettingsFile(config.home / "settings.json")
+    await settings.load()
+    if settings.get(model.id) is None:
+        await settings.update(model.id, {"runtime_flags": DEFAULT_ANSWER_FLAGS}, tag)
+        _say(f"answers end after {DEFAULT_ANSWER_FLAGS[1]} tokens unless a request says otherwise")
 
 
 def _say(line: str) -> None:
