@@ -34,6 +34,7 @@ from modelrunner.errors import ConfigError, ModelRunnerError, Unavailable
 from modelrunner.runners.supervisor import Supervisor
 from modelrunner.server.app import make_app, settings_path
 from modelrunner.server.catalog import Catalog
+from modelrunner.server.protocol import AppRunner
 from modelrunner.server.state import STATE
 
 log = structlog.get_logger(__name__)
@@ -222,7 +223,7 @@ class Daemon:
         state = app[STATE]
         state.daemon_log = self.log_path
         state.reload = self.reload
-        runner = web.AppRunner(
+        runner = AppRunner(
             app,
             handle_signals=False,
             handler_cancellation=True,

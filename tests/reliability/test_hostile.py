@@ -179,21 +179,21 @@ async def test_body_over_the_limit_is_413(http: aiohttp.ClientSession) -> None:
 
 
 async def test_huge_header_is_4xx(http: aiohttp.ClientSession) -> None:
-    """An absurd header (1 MiB) is refused with a 4xx; the daemon keeps answering."""
+    """An absurd header (1 MiB) is refused with a JSON 4xx; the daemon keeps answering."""
     try:
         async with http.get("/models", headers={"X-Big": "a" * (1024 * 1024)}) as resp:
-            assert 400 <= resp.status < 500
+            await assert_json_4xx(resp, "1 MiB header")
     except aiohttp.ClientError:
         pass  # the server may close the connection on a header it will not parse
     await assert_alive(http)
 
 
 async def test_many_headers_is_4xx(http: aiohttp.ClientSession) -> None:
-    """Thousands of headers are refused; the daemon keeps answering."""
+    """Thousands of headers are refused with a JSON 4xx; the daemon keeps answering."""
     headers = {f"X-H{i}": "v" for i in range(5000)}
     try:
         async with http.get("/models", headers=headers) as resp:
-            assert 400 <= resp.status < 500
+            await assert_json_4xx(resp, "5000 headers")
     except aiohttp.ClientError:
         pass
     await assert_alive(http)
@@ -345,3 +345,22 @@ async def test_bad_fields_reaching_a_real_runner(
     finally:  # the module's daemon lives on: its runners must not outlive this test
         async with http.post("/engines/unload", json={"all": True}) as resp:
             assert resp.status == 200
+
+
+async def test_a_header_over_the_parser_limit_gets_a_json_400(target: Target) -> None:
+    """A request aiohttp's parser refuses (a 9 KB header) is answered in JSON, not plain text."""
+    host, _, port = target.base_url.removeprefix("http://").partition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        head = f"GET /models HTTP/1.1\r\nHost: x\r\nX-Big: {'a' * 9000}\r\n\r\n"
+        writer.write(head.encode())
+        await writer.drain()
+        async with asyncio.timeout(10):
+            raw = await reader.read()  # the server closes after its error answer
+    finally:
+        writer.close()
+    status_line, _, rest = raw.partition(b"\r\n")
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    assert status_line.split()[1].startswith(b"4"), raw[:300]
+    assert b"application/json" in headers.lower(), raw[:300]
+    assert "error" in json.loads(body), body[:300]
