@@ -1,9 +1,10 @@
 """llama-server's argv, as Docker Model Runner's llama.cpp backend builds it, and flag checks.
 
 Pure: the platform facts come in as arguments so the exact-argv table can be tested anywhere.
-Order (Docker's ``GetArgs``): base args, ``--model``, ``--host``, chat template, mode flags,
-``--ctx-size``, runtime flags, then ``--mmproj P`` or ``--jinja``; ``LLAMA_ARGS`` are appended
-last (Docker replaces the base args with them, which silently drops ``--metrics``).
+Order (Docker's ``GetArgs``): base args, ``--model`` (plus our ``--alias``: the model's name in
+answers), ``--host``, chat template, mode flags, ``--ctx-size``, runtime flags, then ``--mmproj P``
+or ``--jinja``; ``LLAMA_ARGS`` are appended last (Docker replaces the base args with them, which
+silently drops ``--metrics``).
 """
 
 from __future__ import annotations
@@ -152,7 +153,9 @@ def build_argv(
     if mode not in MODE_FLAGS:
         raise InvalidRequest(f"unsupported backend mode {mode!r} (one of {', '.join(MODE_FLAGS)})")
     argv = [str(binary), *(base_args() if base is None else base)]
-    argv += ["--model", str(files.gguf_path), "--host", str(socket_path)]
+    # --alias: llama-server names the model in every answer ("model": …) after it; without it a
+    # client would read the blob's path in the store.  It accepts any model name in requests.
+    argv += ["--model", str(files.gguf_path), "--alias", files.name, "--host", str(socket_path)]
     if mode == "completion" and files.chat_template_path is not None:
         argv += ["--chat-template-file", str(files.chat_template_path)]
     argv += MODE_FLAGS[mode]

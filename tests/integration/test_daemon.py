@@ -108,6 +108,7 @@ def test_openai_package_end_to_end(served: DaemonHandle) -> None:
     assert chat.choices[0].message.content
     assert chat.usage is not None
     assert chat.usage.completion_tokens == 4
+    assert chat.model == "test/tiny:latest"  # the runner's --alias, not the blob's path
     chunks = list(
         oa.chat.completions.create(
             model="test/tiny:latest",

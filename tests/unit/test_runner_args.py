@@ -46,18 +46,18 @@ class TestDockerArgvTable:
 
     def test_completion_mode(self) -> None:
         assert argv(files(context_size=4096)) == [
-            str(BIN), *LINUX, "--model", "/p", "--host", str(SOCK),
+            str(BIN), *LINUX, "--model", "/p", "--alias", "ai/m", "--host", str(SOCK),
             "--ctx-size", "4096", "--jinja",
         ]  # fmt: skip
 
     def test_embedding_mode(self) -> None:
         assert argv(files(context_size=4096), "embedding") == [
-            str(BIN), *LINUX, "--model", "/p", "--host", str(SOCK),
+            str(BIN), *LINUX, "--model", "/p", "--alias", "ai/m", "--host", str(SOCK),
             "--embeddings", "--ctx-size", "4096", "--jinja",
         ]  # fmt: skip
 
     def test_reranking_mode(self) -> None:
-        assert argv(files(context_size=4096), "reranking")[8:11] == [
+        assert argv(files(context_size=4096), "reranking")[10:13] == [
             "--embeddings", "--reranking", "--ctx-size",
         ]  # fmt: skip
 
@@ -73,7 +73,7 @@ class TestDockerArgvTable:
     def test_chat_template_from_the_artifact(self) -> None:
         f = files(context_size=4096, chat_template_path=Path("/b/template.jinja"))
         assert argv(f) == [
-            str(BIN), *LINUX, "--model", "/p", "--host", str(SOCK),
+            str(BIN), *LINUX, "--model", "/p", "--alias", "ai/m", "--host", str(SOCK),
             "--chat-template-file", "/b/template.jinja", "--ctx-size", "4096", "--jinja",
         ]  # fmt: skip
 
