@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 
 from modelrunner.config import ModelSettings
-from modelrunner.errors import InvalidRequest
+from modelrunner.errors import ConfigError, InvalidRequest
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +64,13 @@ def format_keep_alive(seconds: float) -> str:
     if m:
         return f"{m}m{s}s"
     return f"{seconds:g}s"
+
+
+def _os_error(e: OSError, verb: str, path: Path) -> ConfigError:
+    return ConfigError(
+        f"cannot {verb} the model settings file {path}: {e.strerror or e}; "
+        "check that it is a writable file in the daemon's home"
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,6 +149,8 @@ class SettingsFile:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return {}
+        except OSError as e:
+            raise _os_error(e, "read", self.path) from e
         try:
             raw: Any = json.loads(text)
         except ValueError as e:
@@ -162,11 +171,16 @@ class SettingsFile:
         return out
 
     def _write(self, entries: dict[str, StoredSettings]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         data = {"version": 1, "models": {k: v.to_json() for k, v in sorted(entries.items())}}
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise _os_error(e, "write", self.path) from e
 
     def get(self, model_id: str) -> StoredSettings | None:
         return self._entries.get(model_id)

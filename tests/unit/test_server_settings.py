@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from modelrunner.config import ModelSettings
-from modelrunner.errors import InvalidRequest
+from modelrunner.errors import ConfigError, InvalidRequest
 from modelrunner.server.settings import (
     SettingsFile,
     StoredSettings,
@@ -85,3 +85,19 @@ async def test_a_corrupt_file_is_set_aside_not_fatal(tmp_path: Path) -> None:
     assert (tmp_path / "settings.json.corrupt").exists()
     await settings.update("sha256:bb", {"pinned": True}, "ai/y:latest")
     assert json.loads(path.read_text())["models"]["sha256:bb"]["pinned"] is True
+
+
+async def test_a_settings_file_that_cannot_be_written_is_a_translated_error(
+    tmp_path: Path,
+) -> None:
+    """An OSError saving settings is a ModelRunnerError naming the file (not a 500 traceback),
+    and the temp file it wrote is not left behind."""
+    path = tmp_path / "settings.json"
+    (path / "in-the-way").mkdir(parents=True)  # a directory where the file should be
+    settings = SettingsFile(path)
+    with pytest.raises(ConfigError, match=r"settings\.json"):
+        await settings.load()
+    with pytest.raises(ConfigError, match=r"settings\.json"):
+        await settings.update("sha256:cc", {"pinned": True}, "ai/z:latest")
+    assert settings.get("sha256:cc") is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["settings.json"]
