@@ -18,11 +18,17 @@ async def remote_model(config: StoreConfig, name: str) -> dict[str, Any]:
     ref = parse_reference(name)
     async with RegistryClient(config) as client:
         manifest = await client.get_manifest(ref.registry, ref.repository, ref.reference)
-        doc = manifest.json()
+        try:
+            doc = manifest.json()
+        except ValueError as e:
+            raise RegistryError(f"{ref.display}: the manifest is not JSON") from e
         config_desc = doc.get("config")
         if not isinstance(config_desc, dict) or not isinstance(config_desc.get("digest"), str):
             raise RegistryError(f"{ref.display}: the manifest has no config descriptor")
-        if int(config_desc.get("size", 0)) > MAX_CONFIG_BYTES:
+        size = config_desc.get("size", 0)
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise RegistryError(f"{ref.display}: the manifest's config size is not a number")
+        if size > MAX_CONFIG_BYTES:
             raise RegistryError(f"{ref.display}: the config blob is too large")
         data = bytearray()
         async with client.get_blob(ref.registry, ref.repository, config_desc["digest"]) as blob:
