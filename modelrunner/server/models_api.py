@@ -58,21 +58,24 @@ async def get_model(request: web.Request) -> web.Response:
         return web.json_response(await remote_model(state.config.store, name))
     model = await state.catalog.lookup(name)
     body = model.to_api()
-    files = state.catalog.files(model)
-    settings = dataclasses.asdict(files.settings)
-    settings["runtime_flags"] = list(files.settings.runtime_flags)
+    effective = state.catalog.effective_settings(model)
+    settings = dataclasses.asdict(effective)
+    settings["runtime_flags"] = list(effective.runtime_flags)
     body["settings"] = settings
-    try:
-        binary = (await state.supervisor.binary()).path
-    except BinaryNotFound:
-        binary = Path("llama-server")
-    runners = state.config.runners
     argv: dict[str, list[str]] = {}
-    for mode in MODES:
+    if model.gguf_paths:  # another tool's artifact (no GGUF) is listed, but nothing runs it
+        files = state.catalog.files(model)
         try:
-            argv[mode] = build_argv(binary, files, mode, runners.run_dir / "runner.sock", runners)
-        except InvalidRequest as e:
-            body["settings_error"] = e.message
+            binary = (await state.supervisor.binary()).path
+        except BinaryNotFound:
+            binary = Path("llama-server")
+        runners = state.config.runners
+        sock = runners.run_dir / "runner.sock"
+        for mode in MODES:
+            try:
+                argv[mode] = build_argv(binary, files, mode, sock, runners)
+            except InvalidRequest as e:
+                body["settings_error"] = e.message
     body["llama_server_args"] = argv
     return web.json_response(body)
 
