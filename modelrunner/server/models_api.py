@@ -9,6 +9,7 @@ llama-server argv the next spawn will use.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 from pathlib import Path
@@ -22,7 +23,12 @@ from modelrunner.errors import BinaryNotFound, InvalidRequest, ModelRunnerError
 from modelrunner.runners.args import build_argv
 from modelrunner.runners.model import MODES, Mode
 from modelrunner.server.catalog import display_name
-from modelrunner.server.middleware import parse_json_object, read_body
+from modelrunner.server.middleware import (
+    BODY_TIMEOUT_S,
+    RequestTimeout,
+    parse_json_object,
+    read_body,
+)
 from modelrunner.server.progress import ProgressStream
 from modelrunner.server.state import STATE
 
@@ -124,8 +130,20 @@ async def load_archive(request: web.Request) -> web.StreamResponse:
     if tag is not None:
         parse_reference(tag)
 
+    timeout_s = request.app.get(BODY_TIMEOUT_S, 30.0) or None
+
     async def chunks() -> Any:
-        async for chunk in request.content.iter_chunked(1 << 20):
+        # The body streams (no read_body): each read waits at most server.body_timeout_s.
+        while True:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    chunk = await request.content.read(1 << 20)
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"the tar upload stalled for {timeout_s:g}s (server.body_timeout_s)"
+                ) from None
+            if not chunk:
+                return
             yield chunk
 
     stream = ProgressStream(request, "pull")

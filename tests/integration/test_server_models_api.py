@@ -67,3 +67,34 @@ async def test_a_model_without_a_gguf_layer_is_shown(aiohttp_client: Any, home: 
         assert body["llama_server_args"] == {}
     finally:
         await store.close()
+
+
+async def test_a_tar_upload_that_stalls_is_timed_out(aiohttp_client: Any, home: Path) -> None:
+    """``POST /models/load`` streams its body, so read_body's limit does not cover it; a client
+    that stops sending mid-tar still gets a 408 after server.body_timeout_s, not a handler held
+    (with its temp blob file) for ever."""
+    config = await asyncio.to_thread(Config.load, None, {"MODEL_RUNNER_HOME": str(home)})
+    config = Config.from_mapping({"server": {"body_timeout_s": 0.2}}, base=config)
+    store = Store(config.store)
+    await store.open()
+    never = asyncio.Event()
+
+    async def stalled_tar() -> AsyncIterator[bytes]:
+        yield b"\0" * 100  # less than one tar header, then nothing
+        await never.wait()
+
+    try:
+        supervisor = Supervisor(config.runners, lambda _id: None)  # type: ignore[arg-type,return-value]
+        client = await aiohttp_client(make_app(config, store, supervisor))
+        async with asyncio.timeout(30):
+            resp = await client.post(
+                "/models/load",
+                data=stalled_tar(),
+                headers={"Content-Type": "application/x-tar"},
+            )
+            text = await resp.text()
+        assert resp.status == 408, text
+        assert "body_timeout_s" in text
+    finally:
+        never.set()
+        await store.close()
