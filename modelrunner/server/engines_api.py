@@ -123,7 +123,7 @@ async def df(request: web.Request) -> web.Response:
     models = await state.store.disk_usage()
     try:
         binary = (await state.supervisor.binary()).path
-        backend = await asyncio.to_thread(_dir_bytes, binary.resolve().parent)
+        backend = await asyncio.to_thread(lambda: _dir_bytes(binary.resolve().parent))
     except BinaryNotFound:
         backend = 0
     return web.json_response(

@@ -98,3 +98,26 @@ async def test_a_tar_upload_that_stalls_is_timed_out(aiohttp_client: Any, home: 
     finally:
         never.set()
         await store.close()
+
+
+async def test_df_follows_a_symlinked_llama_server_off_the_loop(
+    aiohttp_client: Any, home: Path, llama_server_bin: Path
+) -> None:
+    """``/engines/df`` sizes the real directory of a llama-server reached through a symlink (as
+    a package manager installs it); resolving the link is file I/O, kept off the event loop."""
+    link = home / "bin" / "llama-server"
+    await asyncio.to_thread(link.parent.mkdir)
+    await asyncio.to_thread(link.symlink_to, llama_server_bin)
+    config = await asyncio.to_thread(Config.load, None, {"MODEL_RUNNER_HOME": str(home)})
+    config = Config.from_mapping({"runners": {"llama_server_path": str(link)}}, base=config)
+    store = Store(config.store)
+    await store.open()
+    try:
+        supervisor = Supervisor(config.runners, lambda _id: None)  # type: ignore[arg-type,return-value]
+        client = await aiohttp_client(make_app(config, store, supervisor))
+        resp = await client.get("/engines/df")
+        body = await resp.json()
+        assert resp.status == 200, body
+        assert body["default_backend_disk_usage"] > 0
+    finally:
+        await store.close()
