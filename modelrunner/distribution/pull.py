@@ -319,7 +319,10 @@ async def _open_partial(path: Path) -> _Partial:
 def _close_partial(p: _Partial) -> None:
     with contextlib.suppress(OSError):
         fcntl.flock(p.f.fileno(), fcntl.LOCK_UN)
-    p.f.close()
+    # A committed blob was flushed and fsynced already; after a failed write (ENOSPC) the buffered
+    # close fails again flushing and would replace the translated error.  Its fd closes anyway.
+    with contextlib.suppress(OSError):
+        p.f.close()
 
 
 async def fetch_blob(store: Store, ref: Reference, desc: Descriptor, reporter: Reporter) -> None:
