@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures.daemon import DaemonHandle
+from tests.fixtures.registry import oras_push
 from tests.integration.test_daemon import curl
 
 pytestmark = [pytest.mark.llama, pytest.mark.registry]
@@ -86,20 +87,10 @@ def test_an_artifact_another_tool_made_pulls_and_runs(
 ) -> None:
     """oras pushes a bare model artifact (Docker's media types, a config with only the format,
     no annotations); the daemon pulls it and serves a completion from it."""
-    import oras.provider
-
-    from modelrunner.distribution import mediatypes as mt
-
     ref = f"{registry.host}/other/tool-made:v1"
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"config": {"format": "gguf"}, "extra": {"ignored": True}}))
-    oras.provider.Registry(hostname=registry.host, insecure=True).push(
-        ref,
-        files=[f"{tiny_gguf}:{mt.GGUF}"],
-        manifest_config=f"{config}:{mt.CONFIG_V01}",
-        disable_path_validation=True,
-        quiet=True,
-    )
+    oras_push(registry.host, ref, tiny_gguf, config)
     status, text = curl(
         daemon, "POST", "/models/create", {"from": ref}, headers=("Accept: application/json",)
     )

@@ -21,6 +21,7 @@ from modelrunner.errors import (
     RegistryAuthError,
     RegistryError,
 )
+from tests.fixtures.registry import oras_pull, oras_push
 
 pytestmark = pytest.mark.registry
 
@@ -397,23 +398,10 @@ class TestOrasInterop:
     """oras-py is the independent second implementation: each side reads what the other wrote."""
 
     async def test_pushed_by_oras_pulled_by_us(self, registry, make_client, tmp_path, tiny_gguf):
-        import oras.provider
-
         config = tmp_path / "config.json"
         config.write_bytes(json.dumps({"config": {"format": "gguf"}}).encode())
         target = f"{registry.host}/ai/by-oras:v1"
-
-        def push() -> None:
-            reg = oras.provider.Registry(hostname=registry.host, insecure=True)
-            reg.push(
-                target,
-                files=[f"{tiny_gguf}:{GGUF_MEDIA}"],
-                manifest_config=f"{config}:{CONFIG_MEDIA}",
-                disable_path_validation=True,
-                quiet=True,
-            )
-
-        await asyncio.to_thread(push)
+        await asyncio.to_thread(oras_push, registry.host, target, tiny_gguf, config)
         async with make_client() as client:
             manifest = (await client.get_manifest(registry.host, "ai/by-oras", "v1")).json()
             layer = manifest["layers"][0]
@@ -425,18 +413,13 @@ class TestOrasInterop:
         assert cfg_data == config.read_bytes()
 
     async def test_pushed_by_us_pulled_by_oras(self, registry, make_client, tmp_path, tiny_gguf):
-        import oras.provider
-
         layer = tiny_gguf.read_bytes()
         async with make_client() as client:
             raw, _ = await push_artifact(client, registry.host, "ai/by-us", "v1", [layer])
 
-        def pull() -> tuple[dict[str, object], list[str]]:
-            reg = oras.provider.Registry(hostname=registry.host, insecure=True)
-            target = f"{registry.host}/ai/by-us:v1"
-            manifest = reg.get_manifest(reg.get_container(target))
-            return manifest, reg.pull(target, outdir=str(tmp_path / "oras-out"))
-
-        manifest, files = await asyncio.to_thread(pull)
+        target = f"{registry.host}/ai/by-us:v1"
+        manifest, files = await asyncio.to_thread(
+            oras_pull, registry.host, target, tmp_path / "oras-out"
+        )
         assert manifest == json.loads(raw)
         assert [Path(f).read_bytes() for f in files] == [layer]

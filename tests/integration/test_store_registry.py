@@ -15,7 +15,6 @@ from structlog.testing import capture_logs
 
 from modelrunner.config import StoreConfig
 from modelrunner.distribution import ProgressEvent, Store
-from modelrunner.distribution import mediatypes as mt
 from modelrunner.distribution import pull as pull_module
 from modelrunner.errors import (
     DigestMismatch,
@@ -25,6 +24,7 @@ from modelrunner.errors import (
     RegistryError,
 )
 from scripts.make_tiny_gguf import build as build_tiny_gguf
+from tests.fixtures.registry import oras_pull, oras_push
 
 pytestmark = pytest.mark.registry
 ROOT = Path(__file__).resolve().parents[2]
@@ -423,43 +423,24 @@ class TestOras:
     """oras-py is the independent second implementation, both ways, byte for byte."""
 
     async def test_pushed_by_oras_pulled_by_us(self, registry, stores, tmp_path, tiny_gguf):
-        import oras.provider
-
         _, b = stores
         config = tmp_path / "config.json"
         config.write_bytes(json.dumps({"config": {"format": "gguf"}}).encode())
         target = f"{registry.host}/ai/oras-made:v1"
-
-        def push() -> None:
-            reg = oras.provider.Registry(hostname=registry.host, insecure=True)
-            reg.push(
-                target,
-                files=[f"{tiny_gguf}:{mt.GGUF}"],
-                manifest_config=f"{config}:{mt.CONFIG_V01}",
-                disable_path_validation=True,
-                quiet=True,
-            )
-
-        await asyncio.to_thread(push)
+        await asyncio.to_thread(oras_push, registry.host, target, tiny_gguf, config)
         model = await b.pull(target)
         assert model.gguf_paths[0].read_bytes() == tiny_gguf.read_bytes()
         assert model.config == {"format": "gguf"}
         assert model.arch_params["n_layers"] == 2  # read from the GGUF: no gguf map in config
 
     async def test_pushed_by_us_pulled_by_oras(self, registry, stores, tmp_path, tiny_gguf):
-        import oras.provider
-
         a, _ = stores
         ref = f"{registry.host}/ai/us-made:v1"
         made = await a.package(tiny_gguf, ref)
         await a.push(ref)
-
-        def pull() -> tuple[dict[str, object], list[str]]:
-            reg = oras.provider.Registry(hostname=registry.host, insecure=True)
-            manifest = reg.get_manifest(reg.get_container(ref))
-            return manifest, reg.pull(ref, outdir=str(tmp_path / "oras-out"))
-
-        manifest, files = await asyncio.to_thread(pull)
+        manifest, files = await asyncio.to_thread(
+            oras_pull, registry.host, ref, tmp_path / "oras-out"
+        )
         assert manifest == json.loads(made.manifest_path.read_bytes())
         assert [Path(f).read_bytes() for f in files] == [tiny_gguf.read_bytes()]
 
