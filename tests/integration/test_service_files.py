@@ -62,28 +62,25 @@ def test_the_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     runtime = tmp_path / "xdg"
     runtime.mkdir(mode=0o700)
     env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "HOME": str(tmp_path)}
-    verify = subprocess.run(
-        [analyze, "--user", "verify", str(unit)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+
+    def run_verify() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [analyze, "--user", "verify", str(unit)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    verify = run_verify()
     if verify.returncode != 0 and "Failed to initialize manager" in verify.stderr:
         pytest.skip(f"systemd-analyze cannot start a user manager here: {verify.stderr.strip()}")
     assert (verify.returncode, verify.stderr) == (0, "")
 
     # The same check rejects a broken unit, so the pass above means something.
     unit.write_text(done.stdout.replace("Restart=on-failure", "Restart=sometimes"))
-    broken = subprocess.run(
-        [analyze, "--user", "verify", str(unit)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    broken = run_verify()
     assert "restart specifier" in broken.stderr
 
 
