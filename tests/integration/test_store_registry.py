@@ -64,6 +64,14 @@ async def stores(make_store: Callable[..., Store]) -> AsyncIterator[tuple[Store,
     await b.close()
 
 
+async def publish(store: Store, gguf: Path, ref: str) -> str:
+    """Package *gguf* as *ref* and push it; the digest of the layer that holds the GGUF."""
+    made = await store.package(gguf, ref)
+    await store.push(ref)
+    digest: str = json.loads(made.manifest_path.read_bytes())["layers"][0]["digest"]
+    return digest
+
+
 async def test_package_push_remove_pull_back_byte_identical(
     registry, stores, tiny_gguf: Path, tmp_path: Path
 ):
@@ -155,9 +163,7 @@ async def test_corrupted_blob_is_a_digest_error_and_leaves_no_model(
     await b.open()
     try:
         ref = f"{reg.host}/ai/corrupt:v1"
-        made = await a.package(tiny_gguf_factory(seed=13), ref)
-        await a.push(ref)
-        layer = json.loads(made.manifest_path.read_bytes())["layers"][0]["digest"]
+        layer = await publish(a, tiny_gguf_factory(seed=13), ref)
         path = reg.blob_path(layer)
         data = bytearray(path.read_bytes())
         data[1000] ^= 0xFF
@@ -178,9 +184,7 @@ async def test_a_pull_killed_half_way_resumes_and_verifies(registry, stores, tin
     a, b = stores
     gguf = tiny_gguf_factory(seed=14)
     ref = f"{registry.host}/ai/resume:v1"
-    made = await a.package(gguf, ref)
-    await a.push(ref)
-    layer = json.loads(made.manifest_path.read_bytes())["layers"][0]["digest"]
+    layer = await publish(a, gguf, ref)
     data = gguf.read_bytes()
     half = len(data) // 2
     b.layout.incomplete(layer).write_bytes(data[:half])
@@ -218,9 +222,7 @@ async def test_a_pull_process_killed_mid_layer_resumes_and_verifies(
     """SIGKILL a pulling process mid-layer; the next pull resumes from its .incomplete."""
     a, b = stores
     ref = f"{registry.host}/ai/killed:v1"
-    made = await a.package(big_gguf, ref)
-    await a.push(ref)
-    layer = json.loads(made.manifest_path.read_bytes())["layers"][0]["digest"]
+    layer = await publish(a, big_gguf, ref)
     code = KILLED_CHILD.format(root=str(ROOT), layer=layer, path=str(b.root), ref=ref)
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code)
     assert await proc.wait() == -signal.SIGKILL
@@ -276,9 +278,7 @@ async def test_a_wrong_partial_file_is_caught_and_thrown_away(registry, stores, 
     a, b = stores
     gguf = tiny_gguf_factory(seed=15)
     ref = f"{registry.host}/ai/badpart:v1"
-    made = await a.package(gguf, ref)
-    await a.push(ref)
-    layer = json.loads(made.manifest_path.read_bytes())["layers"][0]["digest"]
+    layer = await publish(a, gguf, ref)
     b.layout.incomplete(layer).write_bytes(b"\0" * 1000)
     with pytest.raises(DigestMismatch):
         await b.pull(ref)
@@ -297,9 +297,7 @@ async def test_a_stream_that_breaks_mid_layer_is_resumed_in_the_same_pull(
     await b.open()
     try:
         ref = f"{reg.host}/ai/flaky:v1"
-        made = await a.package(big_gguf, ref)
-        await a.push(ref)
-        layer = json.loads(made.manifest_path.read_bytes())["layers"][0]["digest"]
+        layer = await publish(a, big_gguf, ref)
         loop = asyncio.get_running_loop()
         stalled = []
 
@@ -335,9 +333,7 @@ async def test_a_stalled_registry_fails_keeps_the_part_and_the_next_pull_resumes
     try:
         gguf = big_gguf
         ref = f"{reg.host}/ai/stall:v1"
-        made = await a.package(gguf, ref)
-        await a.push(ref)
-        layer = json.loads(made.manifest_path.read_bytes())["layers"][0]["digest"]
+        layer = await publish(a, gguf, ref)
 
         def stall(e: ProgressEvent) -> None:
             if e.digest == layer and e.layer_current > 0 and reg.running:
