@@ -51,6 +51,7 @@ class StoreConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunnersConfig:
     llama_server_path: Path | None = None
+    engine: str = "auto"  # which llama-server: auto | native (our build only) | wheel
     llama_args: tuple[str, ...] = ()
     run_dir: Path = Path("~/.modelrunner/run")
     log_dir: Path = Path("~/.modelrunner/logs")
@@ -175,6 +176,7 @@ ENV_VARS: dict[str, str] = {
     "MODEL_RUNNER_PORT": "server.port",
     "LLAMA_SERVER_PATH": "runners.llama_server_path",
     "LLAMA_ARGS": "runners.llama_args",
+    "MODEL_RUNNER_ENGINE": "runners.engine",
     "DMR_ORIGINS": "server.origins",
     "DISABLE_METRICS": "server.disable_metrics",
     "LOG_LEVEL": "log_level",
@@ -183,6 +185,7 @@ ENV_VARS: dict[str, str] = {
 }
 
 LOG_LEVELS = ("debug", "info", "warning", "warn", "error")
+ENGINES = ("auto", "native", "wheel")
 
 
 def defaults(home: Path) -> Config:
@@ -330,6 +333,10 @@ def _validate(obj: Any, *, prefix: str, source: str) -> None:
             raise ConfigError(f"{source}: {prefix}{f.name}: must be >= 0 seconds, got {v}")
     if isinstance(obj, ServerConfig) and not 0 <= obj.port <= 65535:
         raise ConfigError(f"{source}: {prefix}port: must be between 0 and 65535, got {obj.port}")
+    if isinstance(obj, RunnersConfig) and obj.engine not in ENGINES:
+        raise ConfigError(
+            f"{source}: {prefix}engine: must be one of {', '.join(ENGINES)}, got {obj.engine!r}"
+        )
     fraction = getattr(obj, "memory_fraction", None)
     if isinstance(obj, RunnersConfig) and fraction is not None and not 0 < fraction <= 1:
         raise ConfigError(f"{source}: {prefix}memory_fraction: must be in (0, 1], got {fraction}")

@@ -13,7 +13,9 @@ Every error modelrunner raises on purpose; nothing here knows HTTP or the CLI.
   x Unavailable               (503 unavailable) nothing can serve it right now
     + RunnerFailed            llama-server died or never became healthy
     + UpstreamError           llama-server closed or garbled the stream
-    + BinaryNotFound          no llama-server binary anywhere we looked
+    + BinaryNotFound          no usable llama-server binary anywhere we looked
+      + EngineUnusable        the explicitly configured llama-server fails the probe here
+  x EngineBuildError          (500 engine_build_failed) the native build of llama-server failed
   x StoreError                (500 store_error) the on-disk store refused an operation
     + InsufficientStorage     (507) not enough free space for a pull
     + DigestMismatch          (502) bytes did not hash to their digest
@@ -114,6 +116,15 @@ class UpstreamError(Unavailable):
 
 class BinaryNotFound(Unavailable):
     code = "llama_server_not_found"
+
+
+class EngineUnusable(BinaryNotFound):
+    code = "llama_server_unusable"
+
+
+class EngineBuildError(ModelRunnerError):
+    status = 500
+    code = "engine_build_failed"
 
 
 class StoreError(ModelRunnerError):

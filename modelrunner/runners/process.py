@@ -17,7 +17,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
@@ -25,6 +25,8 @@ from typing import IO
 import aiohttp
 import psutil
 import structlog
+
+from modelrunner.runners.engine.cpu import CpuInfo, read_flags, sigill_reason
 
 log = structlog.get_logger(__name__)
 
@@ -422,12 +424,15 @@ class ChildProcess:
             poll.cancel()  # a no-op once done; else the child exited first, or we are cancelled
         return poll.result() if poll.done() and not poll.cancelled() else "exited"
 
-    def _exit_error(self, what: str) -> ChildFailed:
+    def _exit_error(self, what: str, cpu: CpuInfo) -> ChildFailed:
         lines = self.tail()
         reason = diagnose(lines)
         rc = self.proc.returncode
         msg = f"llama-server {what} (exit code {rc})"
-        if reason:
+        if rc == -signal.SIGILL:
+            # "exit code -4" tells a user nothing: name the cause and the fix.
+            msg = f"{sigill_reason(self.argv[0], cpu, lines)} ({what}, exit code {rc})"
+        elif reason:
             msg = f"{reason}: {msg}"
         return ChildFailed(msg, quote_tail(lines), rc)
 
@@ -436,7 +441,8 @@ class ChildProcess:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(1.0):
                 await asyncio.shield(self._drain)
-        return self._exit_error(what)
+        cpu = await asyncio.to_thread(read_flags)  # a file read, once per process (cached)
+        return self._exit_error(what, cpu)
 
     async def terminate(self, *, grace_s: float) -> int:
         """SIGTERM the group, SIGKILL after *grace_s*, reap; idempotent, and a cancelled caller
@@ -492,3 +498,42 @@ async def run_capture(argv: Sequence[str], *, timeout_s: float = 10.0) -> tuple[
                 os.killpg(proc.pid, signal.SIGKILL)
             await asyncio.shield(proc.wait())
     return proc.returncode or 0, out.decode("utf-8", errors="replace")
+
+
+async def run_lines(
+    argv: Sequence[str],
+    on_line: Callable[[str], None],
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    stall_timeout_s: float = 900.0,
+) -> int:
+    """Run a long command (a compiler build), handing each output line to *on_line*.
+
+    Fails with TimeoutError when no line came for *stall_timeout_s*; the process group is killed
+    and reaped whatever happens, cancellation included.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+        cwd=cwd,
+        env=dict(os.environ if env is None else env),
+    )
+    assert proc.stdout is not None  # noqa: S101 (spawned with a pipe just above)
+    try:
+        while True:
+            async with asyncio.timeout(stall_timeout_s):
+                raw = await proc.stdout.readline()
+            if not raw:
+                break
+            on_line(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+        async with asyncio.timeout(stall_timeout_s):
+            return await proc.wait()
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await asyncio.shield(proc.wait())

@@ -703,12 +703,15 @@ class Supervisor:
         """The llama-server in use, its version and backend (looked up once)."""
         async with self._binary_lock:
             if self._binary is None:
-                self._binary = await locate(self._config.llama_server_path, self._env)
+                self._binary = await locate(
+                    self._config.llama_server_path, self._env, engine=self._config.engine
+                )
                 log.info(
                     "runner.binary",
                     path=str(self._binary.path),
                     version=self._binary.version,
                     backend=self._binary.backend,
+                    chosen=self._binary.source,
                 )
             return self._binary
 

