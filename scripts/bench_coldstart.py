@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from modelrunner.config import RunnersConfig  # noqa: E402
 from modelrunner.errors import RunnerFailed  # noqa: E402
 from modelrunner.runners.args import build_argv  # noqa: E402
-from modelrunner.runners.locate import find_binary  # noqa: E402
+from modelrunner.runners.engine.choose import choose  # noqa: E402
 from modelrunner.runners.model import ModelFiles  # noqa: E402
 from modelrunner.runners.supervisor import Supervisor  # noqa: E402
 from scripts.make_tiny_gguf import build as build_tiny_gguf  # noqa: E402
@@ -121,7 +121,7 @@ async def bench_model(
     label: str, files: dict[str, ModelFiles], runs: int, work: Path
 ) -> dict[str, float]:
     config = RunnersConfig(
-        llama_server_path=find_binary(None)[0],
+        llama_server_path=(await choose(None)).path,
         run_dir=work / "run",
         log_dir=work / "logs",
         idle_ttl_s=-1,

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from modelrunner.config import Config  # noqa: E402
 from modelrunner.distribution.store import Store  # noqa: E402
-from modelrunner.runners.locate import find_binary  # noqa: E402
+from modelrunner.runners.engine.choose import choose  # noqa: E402
 from scripts.make_tiny_gguf import build as build_tiny_gguf  # noqa: E402
 
 MODEL = "bench/tiny"
@@ -320,7 +320,7 @@ def write_section(body: str) -> None:
 
 
 async def run(args: argparse.Namespace) -> str:
-    binary, _ = find_binary(None)
+    binary = (await choose(None)).path
     home = Path(tempfile.mkdtemp(prefix="mr-bench-", dir="/tmp"))
     try:
         models = home / "router-models"

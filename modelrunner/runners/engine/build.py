@@ -94,8 +94,8 @@ def expected_minutes(jobs: int) -> int:
     return max(2, round(CORE_MINUTES / max(1, jobs)))
 
 
-def is_built(cpu: CpuInfo, env: Mapping[str, str] | None = None) -> bool:
-    p = native_binary(cpu, env)
+def is_built(cpu: CpuInfo, env: Mapping[str, str] | None = None, src: Source = LLAMA_CPP) -> bool:
+    p = native_binary(cpu, env, src)
     return p.is_file() and os.access(p, os.X_OK)
 
 
@@ -221,35 +221,38 @@ async def build(
     env: Mapping[str, str] | None = None,
     say: Say,
     progress: Progress | None = None,
+    src: Source = LLAMA_CPP,
 ) -> Path:
     """Build (or find already built) the native llama-server; returns its path."""
     cpu = await asyncio.to_thread(read_flags)
-    final = native_dir(cpu, env)
+    final = native_dir(cpu, env, src)
+    binary = native_binary(cpu, env, src)
     jobs = jobs or os.cpu_count() or 2
     async with _locked(final.parent / f".{final.name}.lock", say):
-        if not force and await asyncio.to_thread(is_built, cpu, env):
-            v = await probe.verdict(native_binary(cpu, env), env)
+        if not force and await asyncio.to_thread(is_built, cpu, env, src):
+            v = await probe.verdict(binary, env)
             if v.ok:
-                say(f"already built: {native_binary(cpu, env)}")
-                return native_binary(cpu, env)
+                say(f"already built: {binary}")
+                return binary
             say(f"the build in {final} fails the probe ({v.reason}); building it again")
         tools = toolchain()
-        archive = await fetch_source(env, say)
+        archive = await fetch_source(env, say, src)
         work = Path(
             await asyncio.to_thread(
                 tempfile.mkdtemp, prefix=f".build-{final.name}-", dir=final.parent
             )
         )
         try:
-            await _build_in(work, archive, tools, cpu, jobs, final, env, say, progress)
+            await _build_in(work, archive, src, tools, cpu, jobs, final, env, say, progress)
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
-    return native_binary(cpu, env)
+    return binary
 
 
 async def _build_in(
     work: Path,
     archive: Path,
+    src: Source,
     tools: Toolchain,
     cpu: CpuInfo,
     jobs: int,
@@ -259,12 +262,12 @@ async def _build_in(
     progress: Progress | None,
 ) -> None:
     say(
-        f"building llama-server {LLAMA_CPP.version} for this CPU ({cpu.model or cpu.machine}; "
+        f"building llama-server {src.version} for this CPU ({cpu.model or cpu.machine}; "
         f"{' '.join(cpu.relevant) or 'baseline'}) with {jobs} jobs: about "
         f"{expected_minutes(jobs)} minutes"
     )
     started = time.monotonic()
-    tree = await asyncio.to_thread(_extract, archive, work / "src", LLAMA_CPP)
+    tree = await asyncio.to_thread(_extract, archive, work / "src", src)
     out = work / "build"
     lines: list[str] = []
     await _step(
@@ -289,7 +292,7 @@ async def _build_in(
     if not await asyncio.to_thread(built.is_file):
         raise EngineBuildError(f"the build finished but made no {built}")
     stage = work / "stage"
-    await asyncio.to_thread(_stage, built, stage, cpu, time.monotonic() - started)
+    await asyncio.to_thread(_stage, built, stage, src, cpu, time.monotonic() - started)
     staged = stage / "bin" / "llama-server"
     verdict = await probe.verdict(staged, env, refresh=True)
     if not verdict.ok:
@@ -313,14 +316,14 @@ async def _step(
         raise EngineBuildError(f"{what} failed (exit {rc}); full log: {log_path}\n{tail}")
 
 
-def _stage(built: Path, stage: Path, cpu: CpuInfo, seconds: float) -> None:
+def _stage(built: Path, stage: Path, src: Source, cpu: CpuInfo, seconds: float) -> None:
     (stage / "bin").mkdir(parents=True)
     shutil.copy2(built, stage / "bin" / "llama-server")
     cache.write_json(
         stage / "build.json",
         {
-            "source": f"{LLAMA_CPP.package} {LLAMA_CPP.version}",
-            "sha256": LLAMA_CPP.sha256,
+            "source": f"{src.package} {src.version}",
+            "sha256": src.sha256,
             "cmake_flags": list(CMAKE_FLAGS),
             "cpu": cpu.model,
             "machine": platform.machine(),

@@ -141,7 +141,7 @@ async def run_probe(
     ]
     child: ChildProcess | None = None
     try:
-        child = await ChildProcess.spawn(argv, sink=sink, socket=sock)
+        child = await ChildProcess.spawn(argv, sink=sink, socket=sock, env=env)
         try:
             async with asyncio.timeout(timeout_s):
                 await child.wait_ready(sock, stall_timeout_s=timeout_s, interval_s=0.01)

@@ -48,13 +48,15 @@ LLAMA_CPP = Source(
 BUILD_STEPS = 208  # ninja's step count for the llama-server target of this tree
 
 
-def native_dir(cpu: CpuInfo, env: Mapping[str, str] | None = None) -> Path:
+def native_dir(cpu: CpuInfo, env: Mapping[str, str] | None = None, src: Source = LLAMA_CPP) -> Path:
     """``…/engines/llama.cpp-11434.0.0-x86_64-avx2-1a2b3c``: one build per source and CPU kind."""
-    return engines_dir(env) / f"llama.cpp-{LLAMA_CPP.version}-{cpu.tag()}"
+    return engines_dir(env) / f"llama.cpp-{src.version}-{cpu.tag()}"
 
 
-def native_binary(cpu: CpuInfo, env: Mapping[str, str] | None = None) -> Path:
-    return native_dir(cpu, env) / "bin" / "llama-server"
+def native_binary(
+    cpu: CpuInfo, env: Mapping[str, str] | None = None, src: Source = LLAMA_CPP
+) -> Path:
+    return native_dir(cpu, env, src) / "bin" / "llama-server"
 
 
 def source_override(env: Mapping[str, str] | None = None) -> str | None:
