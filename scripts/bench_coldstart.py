@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import platform
 import signal
 import statistics
 import sys
@@ -34,9 +33,10 @@ sys.path.insert(0, str(ROOT))
 from modelrunner.config import RunnersConfig  # noqa: E402
 from modelrunner.errors import RunnerFailed  # noqa: E402
 from modelrunner.runners.args import build_argv  # noqa: E402
-from modelrunner.runners.engine.choose import choose  # noqa: E402
+from modelrunner.runners.locate import locate  # noqa: E402
 from modelrunner.runners.model import ModelFiles  # noqa: E402
 from modelrunner.runners.supervisor import Supervisor  # noqa: E402
+from scripts.machine import machine_line  # noqa: E402
 from scripts.make_tiny_gguf import build as build_tiny_gguf  # noqa: E402
 
 INTRO = """\
@@ -121,7 +121,7 @@ async def bench_model(
     label: str, files: dict[str, ModelFiles], runs: int, work: Path
 ) -> dict[str, float]:
     config = RunnersConfig(
-        llama_server_path=(await choose(None)).path,
+        llama_server_path=(await locate(None)).path,
         run_dir=work / "run",
         log_dir=work / "logs",
         idle_ttl_s=-1,
@@ -242,19 +242,14 @@ async def main() -> int:
                     await bench_model("gemma3 270M Q4_K_M (253 MB)", files, args.runs, work)
                 )
             except (ImportError, RunnerFailed, RuntimeError) as e:
-                first = str(e).splitlines()[0]
-                if "-4" in first:
-                    first += (
-                        " (SIGILL: this llama-server build runs AVX-VNNI `vpdpbusd` in its Q4_K "
-                        "kernels, which this CPU lacks)"
-                    )
+                first = str(e).splitlines()[0]  # a SIGILL names its cause itself now
                 notes.append(f"Gemma 3 270M could not be measured on this machine: {first}")
     result = table(rows)
     print(result)
     for n in notes:
         print(n)
     if args.write:
-        cpu = platform.processor() or platform.machine()
+        machine = machine_line(await locate(None))
         body = "\n".join(
             [
                 *INTRO.format(runs=args.runs).splitlines(),
@@ -262,7 +257,7 @@ async def main() -> int:
                 result,
                 "",
                 *(f"- {n}" for n in notes),
-                f"- Machine: {os.cpu_count()} cores, {cpu}, {platform.system()}.",
+                f"- Machine: {machine}.",
                 *TARGET.splitlines(),
                 "",
                 "Command:",

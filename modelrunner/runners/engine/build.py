@@ -235,7 +235,7 @@ async def build(
                 say(f"already built: {binary}")
                 return binary
             say(f"the build in {final} fails the probe ({v.reason}); building it again")
-        tools = toolchain()
+        tools = await asyncio.to_thread(toolchain)
         archive = await fetch_source(env, say, src)
         work = Path(
             await asyncio.to_thread(

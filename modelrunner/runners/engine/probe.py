@@ -39,6 +39,9 @@ class Verdict:
     seconds: float
     at: float  # when it was measured (epoch seconds)
     cached: bool = False
+    # Worth remembering: a token came back, or the binary itself exited or crashed.  A timeout
+    # on a loaded machine says nothing lasting about the binary and is probed again next time.
+    final: bool = True
 
 
 def identity(binary: Path, cpu: CpuInfo) -> str:
@@ -96,6 +99,7 @@ def _store(binary: Path, verdict: Verdict, env: Mapping[str, str] | None) -> Non
     path = _verdicts_file(env)
     data = cache.read_json(path)
     data[key] = {**asdict(verdict), "binary": str(binary), "cached": False}
+    data[key].pop("final", None)
     cache.write_json(path, data)
 
 
@@ -108,6 +112,8 @@ async def verdict(
         if known is not None:
             return known
     result = await run_probe(binary, env)
+    if not result.final:
+        return result
     try:
         await asyncio.to_thread(_store, binary, result, env)
     except OSError as e:  # an unwritable cache costs a probe next time, nothing more
@@ -146,18 +152,20 @@ async def run_probe(
             async with asyncio.timeout(timeout_s):
                 await child.wait_ready(sock, stall_timeout_s=timeout_s, interval_s=0.01)
                 reason = await _one_token(sock, child)
-            ok = reason is None
+            ok = final = reason is None
         except ChildFailed as e:
-            ok, reason = False, e.reason
+            ok, reason, final = False, e.reason, e.returncode is not None
         except TimeoutError:
-            ok, reason = False, f"no token within {timeout_s:g}s"
+            ok, reason, final = False, f"no token within {timeout_s:g}s", False
     except ChildFailed as e:
-        ok, reason = False, e.reason
+        ok, reason, final = False, e.reason, True
     finally:
         if child is not None:
             await child.terminate(grace_s=2.0)
         await asyncio.to_thread(shutil.rmtree, workdir, True)
-    result = Verdict(ok, reason or "generated a token", time.monotonic() - started, time.time())
+    result = Verdict(
+        ok, reason or "generated a token", time.monotonic() - started, time.time(), final=final
+    )
     log.info(
         "engine.probed",
         binary=str(binary),
@@ -170,7 +178,7 @@ async def run_probe(
 
 async def _one_token(sock: Path, child: ChildProcess) -> str | None:
     """POST /completion for one token; None when it came back, else why not."""
-    body = {"prompt": [1, 290, 291, 292], "n_predict": 1, "temperature": 0}
+    body = {"prompt": [1, 260, 265, 270], "n_predict": 1, "temperature": 0}
     timeout = aiohttp.ClientTimeout(total=30)
     connector = aiohttp.UnixConnector(path=str(sock))
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
