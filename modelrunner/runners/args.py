@@ -40,7 +40,7 @@ _ALLOWED = """
     --dynatemp-exp
     -dev --device -ngl --gpu-layers --n-gpu-layers -sm --split-mode -ts --tensor-split -mg
     --main-gpu -fit --fit -fitt --fit-target -fitc --fit-ctx
-    -kvo --kv-offload -nkvo --no-kv-offload --repack -nr --no-repack --no-host -ctk
+    -lm --load-mode -kvo --kv-offload -nkvo --no-kv-offload --repack -nr --no-repack --no-host -ctk
     --cache-type-k -ctv --cache-type-v --mlock --mmap --no-mmap -dio --direct-io -ndio
     --no-direct-io -cram --cache-ram -kvu --kv-unified --context-shift --no-context-shift
     --rope-scaling --rope-scale --rope-freq-base --rope-freq-scale --yarn-orig-ctx
@@ -122,15 +122,26 @@ def context_size(files: ModelFiles, config: RunnersConfig) -> int:
 
 
 def base_args(
-    *, system: str | None = None, machine: str | None = None, cpu_count: int | None = None
+    *,
+    system: str | None = None,
+    machine: str | None = None,
+    cpu_count: int | None = None,
+    supported: frozenset[str] | None = None,
 ) -> list[str]:
-    """``-ngl 999 --metrics``, ``--no-mmap`` on macOS, ``--threads max(2, cpus/2)`` on arm64."""
+    """``-ngl 999 --metrics``, no mmap on macOS, ``--threads max(2, cpus/2)`` on arm64.
+
+    *supported* is the binary's own flag list (``--help``): current llama.cpp dropped
+    ``--no-mmap`` for ``--load-mode none`` and refuses the old flag, the wheel's only has the old.
+    """
     system = sys.platform if system is None else system
     machine = platform.machine() if machine is None else machine
     cpus = (os.cpu_count() or 2) if cpu_count is None else cpu_count
     args = ["-ngl", "999", "--metrics"]
     if system == "darwin":
-        args.append("--no-mmap")
+        if supported is None or "--no-mmap" in supported:
+            args.append("--no-mmap")
+        elif "--load-mode" in supported:
+            args += ["--load-mode", "none"]
     if machine.lower() in ("arm64", "aarch64"):
         args += ["--threads", str(max(2, cpus // 2))]
     return args
@@ -144,6 +155,7 @@ def build_argv(
     config: RunnersConfig,
     *,
     base: Sequence[str] | None = None,
+    supported: frozenset[str] | None = None,
 ) -> list[str]:
     """The full argv of one runner; raises InvalidRequest for a flag outside the allowlist."""
     if not str(socket_path).endswith(".sock"):
@@ -152,7 +164,7 @@ def build_argv(
         )
     if mode not in MODE_FLAGS:
         raise InvalidRequest(f"unsupported backend mode {mode!r} (one of {', '.join(MODE_FLAGS)})")
-    argv = [str(binary), *(base_args() if base is None else base)]
+    argv = [str(binary), *(base_args(supported=supported) if base is None else base)]
     # --alias: llama-server names the model in every answer ("model": …) after it; without it a
     # client would read the blob's path in the store.  It accepts any model name in requests.
     argv += ["--model", str(files.gguf_path), "--alias", files.name, "--host", str(socket_path)]

@@ -26,6 +26,7 @@ class BinaryInfo:
     tried: tuple[str, ...]
     source: str = ""  # how it was chosen: "PATH (…)", "native build (…)", "LLAMA_SERVER_PATH=…"
     probe: str = ""  # the probe's verdict on this machine
+    flags: frozenset[str] | None = None  # what its --help lists (None: unknown)
 
 
 _VERSION = re.compile(r"version:\s*(.+)")
@@ -41,6 +42,18 @@ def parse_version(output: str) -> str:
     return first[0].strip() if first else "unknown"
 
 
+_FLAG = re.compile(r"(?<![\w`-])(--?[a-zA-Z][\w-]*)")
+
+
+def parse_flags(help_output: str) -> frozenset[str] | None:
+    """The options a ``--help`` lists (lines that start with one), None when it lists none."""
+    found = set()
+    for line in help_output.splitlines():
+        if line[:1] == "-":
+            found.update(_FLAG.findall(line))
+    return frozenset(found) or None
+
+
 def parse_backend(devices_output: str, system: str = sys.platform) -> str:
     """The first device kind --list-devices reports (Metal, Vulkan, CUDA…), else ``cpu``."""
     m = _DEVICE.search(devices_output.split("Available devices:", 1)[-1])
@@ -53,11 +66,14 @@ async def describe(
     path: Path, tried: tuple[str, ...], source: str = "", probe: str = ""
 ) -> BinaryInfo:
     """Run the binary to learn its version and backend (subprocesses, never blocking the loop)."""
-    (_, version_out), (_, devices_out) = await asyncio.gather(
-        run_capture([str(path), "--version"]), run_capture([str(path), "--list-devices"])
+    (_, version_out), (_, devices_out), (rc, help_out) = await asyncio.gather(
+        run_capture([str(path), "--version"]),
+        run_capture([str(path), "--list-devices"]),
+        run_capture([str(path), "--help"]),
     )
+    flags = parse_flags(help_out) if rc == 0 else None
     return BinaryInfo(
-        path, parse_version(version_out), parse_backend(devices_out), tried, source, probe
+        path, parse_version(version_out), parse_backend(devices_out), tried, source, probe, flags
     )
 
 

@@ -295,7 +295,9 @@ class Supervisor:
         oom_retry = True
         while True:
             runner = self._new_runner(key, files)
-            argv = build_argv(binary.path, files, mode, runner.socket_path, cfg)
+            argv = build_argv(
+                binary.path, files, mode, runner.socket_path, cfg, supported=binary.flags
+            )
             await self._reserve(runner)
             try:
                 # At most max_loaded processes: let the victims (and any other stop) exit first.

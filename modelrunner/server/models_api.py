@@ -71,15 +71,17 @@ async def get_model(request: web.Request) -> web.Response:
     argv: dict[str, list[str]] = {}
     if model.gguf_paths:  # another tool's artifact (no GGUF) is listed, but nothing runs it
         files = state.catalog.files(model)
+        supported: frozenset[str] | None = None
         try:
-            binary = (await state.supervisor.binary()).path
+            info = await state.supervisor.binary()
+            binary, supported = info.path, info.flags
         except BinaryNotFound:
             binary = Path("llama-server")
         runners = state.config.runners
         sock = runners.run_dir / "runner.sock"
         for mode in MODES:
             try:
-                argv[mode] = build_argv(binary, files, mode, sock, runners)
+                argv[mode] = build_argv(binary, files, mode, sock, runners, supported=supported)
             except InvalidRequest as e:
                 body["settings_error"] = e.message
     body["llama_server_args"] = argv

@@ -17,6 +17,7 @@ from modelrunner.runners.args import (
     validate_llama_args,
     validate_runtime_flags,
 )
+from modelrunner.runners.locate import parse_flags
 from modelrunner.runners.model import Mode, ModelFiles
 from modelrunner.runners.supervisor import Supervisor
 
@@ -106,6 +107,18 @@ class TestBaseArgs:
         assert base_args(system="darwin", machine="arm64", cpu_count=10) == [
             *LINUX, "--no-mmap", "--threads", "5",
         ]  # fmt: skip
+
+    def test_macos_with_a_llama_server_that_dropped_no_mmap_uses_load_mode_none(self) -> None:
+        """Current llama.cpp refuses --no-mmap ("invalid argument"); its --load-mode replaces it."""
+        new = parse_flags(
+            "-lm,   --load-mode MODE   model loading mode\n-a,    --alias STRING  x\n"
+        )
+        assert new == {"-lm", "--load-mode", "-a", "--alias"}
+        assert base_args(system="darwin", machine="arm64", cpu_count=2, supported=new)[3:5] == [
+            "--load-mode", "none",
+        ]  # fmt: skip
+        old = parse_flags("--mmap, --no-mmap    whether to memory-map model\n")
+        assert "--no-mmap" in base_args(system="darwin", supported=old)
 
     def test_arm64_threads_at_least_two(self) -> None:
         assert base_args(system="linux", machine="aarch64", cpu_count=2)[-2:] == ["--threads", "2"]
