@@ -82,8 +82,8 @@ def test_setup_default_packages_gemma_with_template_and_license(mr_home: Path) -
     assert f"{DEFAULT_TAG} is already in the store ({model.short_id})" in again.stdout
     assert "assembling" not in again.stdout
     assert again.returncode == 1
-    assert again.stderr.startswith("modelrunner: no llama-server binary found")
-    assert "install it with" in again.stderr
+    assert again.stderr.startswith("modelrunner: no usable llama-server found")
+    assert "modelrunner engine install" in again.stderr
     assert (mr_home / "models" / "models.json").read_bytes() == index
 
 
