@@ -92,7 +92,11 @@ def test_models_over_the_unix_socket(served: DaemonHandle) -> None:
     assert "--embeddings" in one["llama_server_args"]["embedding"]
     assert curl(served, "GET", "/") == (200, "Docker Model Runner is running")
     status, text = curl(served, "GET", "/engines/status")
-    assert json.loads(text)["llama.cpp"].startswith("Running: llama.cpp")
+    running = json.loads(text)["llama.cpp"]
+    assert running.startswith("Running: llama.cpp")
+    assert "runners.llama_server_path=" in running  # how the engine was chosen
+    _, text = curl(served, "GET", "/version")
+    assert json.loads(text)["engine"].startswith("runners.llama_server_path=")
 
 
 def test_openai_package_end_to_end(served: DaemonHandle) -> None:

@@ -239,13 +239,19 @@ def modelrunner(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[
     )
 
 
+def engine_cli(
+    *args: str, binary: Path, cache_env: dict[str, str], home: Path
+) -> tuple[subprocess.CompletedProcess[str], dict[str, str]]:
+    """`modelrunner engine ARGS` with LLAMA_SERVER_PATH=*binary*, in a home of its own."""
+    env = {**cache_env, "LLAMA_SERVER_PATH": str(binary), "MODEL_RUNNER_HOME": str(home)}
+    return modelrunner("engine", *args, env=env), env
+
+
 class TestStatus:
     def test_engine_status_names_the_binary_how_it_was_chosen_and_the_cpu(
         self, llama_server_bin: Path, cache_env: dict[str, str], tmp_path: Path
     ) -> None:
-        env = {**cache_env, "LLAMA_SERVER_PATH": str(llama_server_bin)}
-        env["MODEL_RUNNER_HOME"] = str(tmp_path / "home")
-        out = modelrunner("engine", "status", env=env)
+        out, env = engine_cli("status", binary=llama_server_bin, cache_env=cache_env, home=tmp_path)
         assert out.returncode == 0, out.stderr
         lines = out.stdout.splitlines()
         assert f"llama-server: {llama_server_bin}" in lines
@@ -268,8 +274,7 @@ class TestStatus:
         self, tmp_path: Path, cache_env: dict[str, str]
     ) -> None:
         bad = executable(tmp_path / "llama-server", SIGILL_SCRIPT)
-        env = {**cache_env, "LLAMA_SERVER_PATH": str(bad), "MODEL_RUNNER_HOME": str(tmp_path)}
-        out = modelrunner("engine", "status", env=env)
+        out, _ = engine_cli("status", binary=bad, cache_env=cache_env, home=tmp_path)
         assert out.returncode == 1
         assert "llama-server: none usable" in out.stdout
         assert "SIGILL" in out.stdout
@@ -277,9 +282,7 @@ class TestStatus:
     def test_engine_install_keeps_an_explicit_binary_that_runs_and_builds_nothing(
         self, llama_server_bin: Path, cache_env: dict[str, str], tmp_path: Path
     ) -> None:
-        env = {**cache_env, "LLAMA_SERVER_PATH": str(llama_server_bin)}
-        env["MODEL_RUNNER_HOME"] = str(tmp_path / "home")
-        out = modelrunner("engine", "install", env=env)
+        out, _ = engine_cli("install", binary=llama_server_bin, cache_env=cache_env, home=tmp_path)
         assert out.returncode == 0, out.stderr
         assert f"engine: using {llama_server_bin}" in out.stdout
         assert "building" not in out.stdout
