@@ -163,7 +163,7 @@ async def _download(url: str, dest: Path, say: Say, size: int) -> None:
                     await asyncio.to_thread(f.write, chunk)
                     done += len(chunk)
                     tenth = done * 10 // max(size, 1)
-                    if tenth != shown:
+                    if tenth != shown and tenth > 0:
                         shown = tenth
                         say(f"downloaded {done / 1e6:.0f} of {size / 1e6:.0f} MB")
             finally:
