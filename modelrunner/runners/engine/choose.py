@@ -153,4 +153,9 @@ async def choose(
         tried.append(f"{c.source}: failed the probe: {v.reason}")
     if engine == "native" and not any(c.source.startswith("native") for c in found):
         tried.append("runners.engine is 'native': build one with `modelrunner engine build`")
+    if engine == "wheel":
+        tried.append(
+            "runners.engine is 'wheel': set it to auto (or unset MODEL_RUNNER_ENGINE) so that "
+            "`modelrunner engine install` may build one for this CPU"
+        )
     raise BinaryNotFound(_message(tried, system))
