@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -198,11 +199,15 @@ async def interleaved(
     n: int,
     rotate: int,
 ) -> None:
-    """Request by request, targets in turn (rotated per round): load on this shared machine
-    falls on every target alike."""
+    """Request by request, targets in a random order each time: load on this shared machine,
+    and each process's work after its answer, fall on every target alike."""
+    # A fresh random order for every request of every target (seeded: repeatable).  A fixed
+    # order made one target always follow router mode, whose process is still busy for a few ms
+    # after its answer, and that target paid for it: "direct" came out slower than the daemon.
+    rng = random.Random(rotate)  # noqa: S311 (an order, not a secret)
     order = list(targets)
-    order = order[rotate % len(order) :] + order[: rotate % len(order)]
     for _ in range(n):
+        rng.shuffle(order)
         for key in order:
             await one(sessions[key], targets[key])
 
@@ -299,9 +304,10 @@ INTRO = """\
 The daemon's proxy on a warm model (tiny llama, 0.5 MB) vs the same llama-server process reached
 directly on its Unix socket, and vs llama.cpp's router mode (`llama-server --models-dir DIR
 --models-max 1`, warm) as the peer.  Warm: non-streamed chat, `max_tokens` 1, {requests} requests
-per target per round, interleaved request by request across targets; first token: streamed chat,
+per target per round, interleaved request by request across targets in a fresh random order
+(seeded) each time; first token: streamed chat,
 20 per target per round, interleaved likewise; 16 concurrent streams of 64 tokens (`ignore_eos`),
-3 times per target per round, targets in turn; {rounds} rounds rotating the targets' order;
+3 times per target per round, targets in turn; {rounds} rounds rotating the streams' order;
 medians."""
 
 
