@@ -17,7 +17,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
@@ -480,23 +480,35 @@ class ChildProcess:
             self.socket.unlink(missing_ok=True)
 
 
-async def run_capture(argv: Sequence[str], *, timeout_s: float = 10.0) -> tuple[int, str]:
-    """Run a short command (``llama-server --version``) and return (exit code, output)."""
+@contextlib.asynccontextmanager
+async def _piped(
+    argv: Sequence[str], *, cwd: Path | None = None, env: Mapping[str, str] | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A short-lived command, output (stdout+stderr) through a pipe, in its own process group;
+    the group is killed and reaped on the way out if it is still running (timeout, cancel)."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,
+        cwd=cwd,
+        env=None if env is None else dict(env),
     )
     try:
-        async with asyncio.timeout(timeout_s):
-            out, _ = await proc.communicate()
+        yield proc
     finally:
         if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await asyncio.shield(proc.wait())
+
+
+async def run_capture(argv: Sequence[str], *, timeout_s: float = 10.0) -> tuple[int, str]:
+    """Run a short command (``llama-server --version``) and return (exit code, output)."""
+    async with _piped(argv) as proc:
+        async with asyncio.timeout(timeout_s):
+            out, _ = await proc.communicate()
     return proc.returncode or 0, out.decode("utf-8", errors="replace")
 
 
@@ -513,17 +525,8 @@ async def run_lines(
     Fails with TimeoutError when no line came for *stall_timeout_s*; the process group is killed
     and reaped whatever happens, cancellation included.
     """
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-        cwd=cwd,
-        env=dict(os.environ if env is None else env),
-    )
-    assert proc.stdout is not None  # noqa: S101 (spawned with a pipe just above)
-    try:
+    async with _piped(argv, cwd=cwd, env=env) as proc:
+        assert proc.stdout is not None  # noqa: S101 (spawned with a pipe)
         while True:
             async with asyncio.timeout(stall_timeout_s):
                 raw = await proc.stdout.readline()
@@ -532,8 +535,3 @@ async def run_lines(
             on_line(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
         async with asyncio.timeout(stall_timeout_s):
             return await proc.wait()
-    finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await asyncio.shield(proc.wait())

@@ -114,7 +114,7 @@ async def _status(configured: Any, engine: str) -> dict[str, Any]:
     from modelrunner.runners.engine import build
     from modelrunner.runners.engine.cache import cache_root
     from modelrunner.runners.engine.cpu import read_flags
-    from modelrunner.runners.engine.source import LLAMA_CPP, native_binary
+    from modelrunner.runners.engine.source import LLAMA_CPP, is_built, native_binary
     from modelrunner.runners.locate import locate
 
     cpu = await asyncio.to_thread(read_flags)
@@ -128,7 +128,7 @@ async def _status(configured: Any, engine: str) -> dict[str, Any]:
         },
         "native_build": {
             "path": str(native_binary(cpu)),
-            "built": await asyncio.to_thread(build.is_built, cpu),
+            "built": await asyncio.to_thread(is_built, cpu),
             "source": f"{LLAMA_CPP.package} {LLAMA_CPP.version}",
             **await asyncio.to_thread(build.build_info, cpu),
         },

@@ -35,6 +35,7 @@ from modelrunner.runners.engine.source import (
     BUILD_STEPS,
     LLAMA_CPP,
     Source,
+    is_built,
     native_binary,
     native_dir,
     source_override,
@@ -92,11 +93,6 @@ def toolchain(system: str = sys.platform) -> Toolchain:
 
 def expected_minutes(jobs: int) -> int:
     return max(2, round(CORE_MINUTES / max(1, jobs)))
-
-
-def is_built(cpu: CpuInfo, env: Mapping[str, str] | None = None, src: Source = LLAMA_CPP) -> bool:
-    p = native_binary(cpu, env, src)
-    return p.is_file() and os.access(p, os.X_OK)
 
 
 # --- the source ---------------------------------------------------------------------------------

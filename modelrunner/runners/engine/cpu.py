@@ -72,15 +72,17 @@ class CpuInfo:
     flags: frozenset[str]
 
     @property
+    def _table(self) -> tuple[str, ...]:
+        return ARM_FEATURES if self.machine in ("arm64", "aarch64") else X86_FEATURES
+
+    @property
     def relevant(self) -> tuple[str, ...]:
         """The features that decide which ggml kernels can run, in a fixed order."""
-        table = ARM_FEATURES if self.machine in ("arm64", "aarch64") else X86_FEATURES
-        return tuple(f for f in table if f in self.flags)
+        return tuple(f for f in self._table if f in self.flags)
 
     @property
     def lacking(self) -> tuple[str, ...]:
-        table = ARM_FEATURES if self.machine in ("arm64", "aarch64") else X86_FEATURES
-        return tuple(f for f in table if f not in self.flags)
+        return tuple(f for f in self._table if f not in self.flags)
 
     def tag(self) -> str:
         """``x86_64-avx2-1a2b3c``: the strongest level plus a hash of every relevant flag, so

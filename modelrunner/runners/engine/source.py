@@ -59,6 +59,16 @@ def native_binary(
     return native_dir(cpu, env, src) / "bin" / "llama-server"
 
 
+def executable(p: Path) -> bool:
+    """A file we may run; blocking (a stat)."""
+    return p.is_file() and os.access(p, os.X_OK)
+
+
+def is_built(cpu: CpuInfo, env: Mapping[str, str] | None = None, src: Source = LLAMA_CPP) -> bool:
+    """Whether the native build for this CPU is in the cache; blocking."""
+    return executable(native_binary(cpu, env, src))
+
+
 def source_override(env: Mapping[str, str] | None = None) -> str | None:
     """``MODEL_RUNNER_ENGINE_SOURCE``: a local copy (path) or mirror (URL) of the same archive;
     it must still hash to the pinned sha256."""
