@@ -37,11 +37,26 @@ def is_openai_path(path: str) -> bool:
     return "/v1/" in path or path.endswith("/v1") or path.rstrip("/").endswith(_OPENAI_SUFFIXES)
 
 
+ErrorShape = Callable[[int, str, str], dict[str, Any]]
+
+
+def _openai_shape(status: int, message: str, code: str) -> dict[str, Any]:
+    kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "code": code}}
+
+
+# Each API family's error shape, by path; the first match wins, else management's
+# ``{"error": message}``.  A family whose paths overlap another's (``/v1/...``) goes first.
+ERROR_SHAPES: tuple[tuple[Callable[[str], bool], ErrorShape], ...] = (
+    (is_openai_path, _openai_shape),
+)
+
+
 def error_body(path: str, status: int, message: str, code: str) -> dict[str, Any]:
     """The error payload for *path*'s family of routes."""
-    if is_openai_path(path):
-        kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-        return {"error": {"message": message, "type": kind, "code": code}}
+    for matches, shape in ERROR_SHAPES:
+        if matches(path):
+            return shape(status, message, code)
     return {"error": message}
 
 
