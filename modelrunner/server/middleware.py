@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from modelrunner.errors import InvalidRequest, ModelRunnerError, PayloadTooLarge, TooManyRequests
+from modelrunner.errors import InvalidRequest, ModelRunnerError, PayloadTooLarge
 
 log = structlog.get_logger(__name__)
 
@@ -105,8 +105,9 @@ def make_error_middleware(observe: Observer | None = None) -> Any:
         except ModelRunnerError as e:
             status = e.status
             headers = None
-            if isinstance(e, TooManyRequests):
-                headers = {"Retry-After": str(e.retry_after_s)}
+            retry_after = getattr(e, "retry_after_s", None)
+            if retry_after is not None:  # TooManyRequests, and an Unavailable that knows
+                headers = {"Retry-After": str(retry_after)}
             return error_response(request, e.status, e.message, e.code, headers)
         except web.HTTPException as e:
             status = e.status

@@ -10,6 +10,7 @@ came.  ``GET .../v1/models[/{name}]`` answers from the store, one entry per mode
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -186,6 +187,13 @@ async def serve(
             raise
         state.metrics.stream_errors += 1
         await write_stream_error(forwarded, e)
+        return forwarded.response
+    except asyncio.CancelledError:
+        # Cut by SIGTERM's drain bound: the stream says why before it ends (server/drain.py).
+        if forwarded.response is None or not state.drain.was_cut():
+            raise
+        state.metrics.stream_errors += 1
+        await write_stream_error(forwarded, state.drain.cut_error())
         return forwarded.response
     finally:
         # Here, not only after a clean end: the openai package drops the connection once it has
