@@ -691,15 +691,17 @@ class Supervisor:
         """A reload's new runners.* settings (see runners/live.py): TTLs re-armed from now,
         limits and queues at the next decision, runners over a lowered max_loaded stopped."""
         cfg = change.config
+        if not change.applied:
+            return
         validate_llama_args(cfg.llama_args)
         total = await total_memory_bytes() if cfg.memory_fraction is not None else 0
         # Committed with no await from here on: decide, then act.
         self._config = cfg
         self._budget_bytes = int(total * cfg.memory_fraction) if cfg.memory_fraction else None
-        ready = [r for r in self._runners.values() if r.state is RunnerState.READY]
-        for runner in ready:
-            if runner.in_flight == 0:
-                self._arm_idle(runner)
+        if "runners.idle_ttl_s" in change.applied:  # the new TTL, counted from the reload
+            for runner in list(self._runners.values()):
+                if runner.state is RunnerState.READY and runner.in_flight == 0:
+                    self._arm_idle(runner)
         loaded = [
             policy.Loaded(r.key, r.need_bytes, r.last_used, self._busy(r), r.model.settings.pinned)
             for r in self._runners.values()

@@ -4,10 +4,11 @@ The daemon process: both listeners, signals, readiness, reload and a draining sh
 Owns the lifecycles the app does not: the store, the supervisor, the aiohttp runner and its two
 sites (the Unix socket, mode 0600, and TCP on a loopback address unless remote access is allowed
 explicitly).  ``daemon.ready`` is logged (and ``READY=1`` sent to systemd's ``NOTIFY_SOCKET``)
-only once both listen.  SIGTERM/SIGINT: stop accepting, let in-flight requests finish (at most
-``server.drain_timeout_s``), stop every runner, exit 0.
-SIGHUP (and ``POST /admin/reload``): re-read the config file; models whose settings changed are
-reconfigured, every other runner stays.
+only once both listen.  SIGTERM/SIGINT: drain with the listeners open (late requests get a 503,
+``server/drain.py``), let in-flight requests finish (at most ``server.drain_timeout_s``, then cut
+them), stop accepting, stop every runner, exit 0.
+SIGHUP (and ``POST /admin/reload``): re-read the config file; live ``runners.*`` keys apply
+(``runners/live.py``), models whose settings changed are reconfigured, every other runner stays.
 """
 
 from __future__ import annotations
