@@ -165,9 +165,10 @@ async def unload(request: web.Request) -> web.Response:
         stopped = await state.supervisor.unload(ids)
     else:
         stopped = []
-    return web.json_response(
-        {"unloaded_runners": len(stopped), "pinned": sum(k in pinned for k in stopped)}
-    )
+    body = {"unloaded_runners": len(stopped)}  # Docker's shape; ours only when there are some
+    if any(k in pinned for k in stopped):
+        body["pinned"] = sum(k in pinned for k in stopped)
+    return web.json_response(body)
 
 
 def _configure_changes(payload: dict[str, Any]) -> dict[str, Any]:
