@@ -253,7 +253,7 @@ def embed_inputs(payload: dict[str, Any], legacy: bool) -> list[str]:
         return []
     if isinstance(value, str):
         return [value]
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+    if not legacy and isinstance(value, list) and all(isinstance(v, str) for v in value):
         return list(value)
     raise InvalidRequest(f"{key!r} must be a string" + ("" if legacy else " or a list of strings"))
 
