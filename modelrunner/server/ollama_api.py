@@ -65,11 +65,10 @@ async def _model(state: ServerState, payload: dict[str, Any]) -> Model:
 class OllamaRelay:
     """The proxy's relay for one Ollama request: the runner's OpenAI answer, in Ollama's shape."""
 
-    def __init__(self, kind: tr.Kind | None, model: str, started_ns: int, stream: bool) -> None:
+    def __init__(self, kind: tr.Kind | None, model: str, started_ns: int) -> None:
         self.kind = kind  # None: embeddings
         self.model = model
         self.counters = tr.Counters(started_ns=started_ns)
-        self.stream = stream
         self.legacy = False  # /api/embeddings' {"embedding": [...]}
         self.dimensions: int | None = None
         self.headers: dict[str, str] = {}
@@ -164,6 +163,34 @@ def _num_ctx_notice(state: ServerState, model: Model, payload: dict[str, Any]) -
     }
 
 
+async def _to_runner(
+    state: ServerState,
+    request: web.Request,
+    model: Model,
+    mode: Mode,
+    path: str = "",
+    body: dict[str, Any] | None = None,
+    keep_alive_s: float | None = None,
+    relay: OllamaRelay | None = None,
+) -> web.StreamResponse:
+    """``openai_api.serve`` for one translated request; no *body*: only load the runner."""
+    stream = bool(body and body.get("stream"))
+    data = json.dumps(body).encode() if body is not None else b""
+    return await serve(
+        state,
+        request,
+        model.id,
+        display_name(model),
+        mode,
+        path,
+        data,
+        keep_alive_s,
+        body is None,
+        stream=stream,
+        relay=relay,
+    )
+
+
 async def _generate(request: web.Request, kind: tr.Kind) -> web.StreamResponse:
     started = time.monotonic_ns()
     state = request.app[STATE]
@@ -183,21 +210,9 @@ async def _generate(request: web.Request, kind: tr.Kind) -> web.StreamResponse:
     check_client_errors(body, "completion", has_projector=model.mmproj_path is not None)
     if empty:  # Ollama's way to load (or, with keep_alive 0, unload) a model
         return await _load_only(state, request, model, name, kind, keep_alive_s)
-    relay = OllamaRelay(kind, name, started, stream=bool(body["stream"]))
+    relay = OllamaRelay(kind, name, started)
     relay.headers = _num_ctx_notice(state, model, payload)
-    data = json.dumps(body).encode()
-    return await serve(
-        state,
-        request,
-        model.id,
-        display_name(model),
-        "completion",
-        path,
-        data,
-        keep_alive_s,
-        stream=bool(body["stream"]),
-        relay=relay,
-    )
+    return await _to_runner(state, request, model, "completion", path, body, keep_alive_s, relay)
 
 
 async def _load_only(
@@ -213,9 +228,7 @@ async def _load_only(
         await state.supervisor.unload([model.id])
         reason = "unload"
     else:
-        await serve(
-            state, request, model.id, display_name(model), "completion", "", b"", keep_alive_s, True
-        )
+        await _to_runner(state, request, model, "completion", keep_alive_s=keep_alive_s)
     line = tr.StreamTranslator(kind, name, tr.Counters(started_ns=time.monotonic_ns()))
     out = line.line("", done=True)
     return web.json_response({**out, "done_reason": reason})
@@ -237,26 +250,16 @@ async def _embed(request: web.Request, legacy: bool) -> web.StreamResponse:
     name = str(tr.model_name(payload))
     inputs = tr.embed_inputs(payload, legacy)
     keep_alive_s = _keep_alive(payload.get("keep_alive"))
-    relay = OllamaRelay(None, name, started, stream=False)
+    relay = OllamaRelay(None, name, started)
     relay.legacy = legacy
     relay.dimensions = None if legacy else tr.embed_dimensions(payload)
     mode: Mode = "embedding"
     if not inputs:
-        await serve(
-            state, request, model.id, display_name(model), mode, "", b"", keep_alive_s, True
-        )
+        await _to_runner(state, request, model, mode, keep_alive_s=keep_alive_s)
         return web.json_response({"embedding": []} if legacy else {"model": name, "embeddings": []})
     body = {"model": name, "input": inputs}
-    return await serve(
-        state,
-        request,
-        model.id,
-        display_name(model),
-        mode,
-        "/v1/embeddings",
-        json.dumps(body).encode(),
-        keep_alive_s,
-        relay=relay,
+    return await _to_runner(
+        state, request, model, mode, "/v1/embeddings", body, keep_alive_s, relay
     )
 
 

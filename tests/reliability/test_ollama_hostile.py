@@ -15,7 +15,7 @@ import pytest
 from tests.reliability.conftest import Target, pid_of, seed_models, start_daemon
 from tests.reliability.slots import wait_all_idle, wait_any_busy
 from tests.reliability.test_faults import runner_socket, runners_of
-from tests.reliability.test_hostile import BAD_BODIES, BAD_REFERENCES
+from tests.reliability.test_hostile import BAD_BODIES, BAD_REFERENCES, assert_json_4xx
 
 pytestmark = pytest.mark.llama
 
@@ -92,14 +92,10 @@ async def http(served: Target) -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def assert_ollama_4xx(resp: aiohttp.ClientResponse, what: str) -> dict[str, Any]:
-    body = await resp.read()
-    assert 400 <= resp.status < 500, f"{what}: {resp.status} {body[:300]!r}"
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        pytest.fail(f"{what}: error body is not JSON: {body[:300]!r}")
-    assert isinstance(payload, dict), f"{what}: {payload!r}"
-    assert isinstance(payload.get("error"), str), f"{what}: not Ollama's shape: {payload!r}"
+    """test_hostile's JSON 4xx check, plus Ollama's shape: ``error`` is the message itself."""
+    await assert_json_4xx(resp, what)
+    payload: dict[str, Any] = json.loads(await resp.read())
+    assert isinstance(payload["error"], str), f"{what}: not Ollama's shape: {payload!r}"
     assert payload["error"], what
     return payload
 
