@@ -136,6 +136,11 @@ def test_copy_then_delete(served: DaemonHandle) -> None:
     assert answer.done
     assert oc.delete("test/copy:v2").status == "success"
     assert [m.model for m in oc.list().models] == ["test/tiny:latest"]
+    # Ollama's short names are Docker's: `short:v1` is `ai/short:v1`.
+    assert oc.copy(MODEL, "short:v1").status == "success"
+    assert "ai/short:v1" in [m.model for m in oc.list().models]
+    assert oc.show("short:v1").details is not None
+    assert oc.delete("short:v1").status == "success"
 
 
 @pytest.mark.registry
