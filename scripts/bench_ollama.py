@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import statistics
 import sys
@@ -117,7 +118,8 @@ async def run(args: argparse.Namespace) -> str:
         shutil.rmtree(home, ignore_errors=True)
     lines = [
         f"Machine: {machine_line(engine)}. Tiny random-weight GGUF, one daemon on TCP, the two "
-        "routes alternated request by request (`scripts/bench_ollama.py`).",
+        "routes alternated request by request (`scripts/bench_ollama.py`). Load average at the "
+        f"end: {os.getloadavg()[0]:.1f} (other work on the machine inflates both alike).",
         "",
         "| request | median ms | p90 ms | n |",
         "|---|---|---|---|",
@@ -132,7 +134,10 @@ async def run(args: argparse.Namespace) -> str:
 def write_section(body: str) -> None:
     path = ROOT / "docs" / "benchmarks.md"
     text = path.read_text()
-    section = f"## Ollama API\n\n{body.strip()}\n"
+    command = (
+        "Command:\n\n```\n.venv/bin/python scripts/bench_ollama.py --requests 200 --write\n```"
+    )
+    section = f"## Ollama API\n\n{body.strip()}\n\n{command}\n"
     start = text.find("## Ollama API\n")
     if start == -1:
         text = text.rstrip("\n") + "\n\n" + section
