@@ -76,7 +76,6 @@ class OllamaRelay:
     async def __call__(
         self, request: web.Request, up: aiohttp.ClientResponse, state: Forwarded
     ) -> web.StreamResponse:
-        self.counters.load_ns = max(0, time.monotonic_ns() - self.counters.started_ns)
         state.error_line = error_line
         if up.status != 200:
             message = tr.upstream_error(await up.read(), up.status)

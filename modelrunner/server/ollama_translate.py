@@ -285,7 +285,6 @@ class Counters:
     """What the last line reports; durations in nanoseconds."""
 
     started_ns: int
-    load_ns: int = 0
     prompt_eval_count: int = 0
     prompt_eval_ns: int = 0
     eval_count: int = 0
@@ -306,9 +305,12 @@ class Counters:
             self.eval_count = int(usage.get("completion_tokens") or self.eval_count)
 
     def fields(self) -> dict[str, int]:
+        total = max(0, time.monotonic_ns() - self.started_ns)
+        # What the runner did not spend evaluating: its load (if it had to start) and our hops.
+        load = max(0, total - self.prompt_eval_ns - self.eval_ns)
         return {
-            "total_duration": max(0, time.monotonic_ns() - self.started_ns),
-            "load_duration": self.load_ns,
+            "total_duration": total,
+            "load_duration": load,
             "prompt_eval_count": self.prompt_eval_count,
             "prompt_eval_duration": self.prompt_eval_ns,
             "eval_count": self.eval_count,
