@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import shutil
 import statistics
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from modelrunner.runners.locate import locate  # noqa: E402
-from scripts.bench_proxy import MODEL, daemon  # noqa: E402
+from scripts.bench_proxy import MODEL, daemon, write_section  # noqa: E402
 from scripts.machine import machine_line  # noqa: E402
 from scripts.make_tiny_gguf import build as build_tiny_gguf  # noqa: E402
 
@@ -36,22 +37,22 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 Probe = Callable[[aiohttp.ClientSession, str], Awaitable[float]]
 
 
-async def ollama_warm(session: aiohttp.ClientSession, base: str) -> float:
-    body = {"model": MODEL, "messages": MESSAGES, "stream": False, "options": {"num_predict": 1}}
+async def one_token(session: aiohttp.ClientSession, url: str, body: dict[str, object]) -> float:
     t0 = time.perf_counter()
-    async with session.post(f"{base}/api/chat", json=body) as r:
+    async with session.post(url, json=body) as r:
         await r.read()
         assert r.status == 200, r.status
     return time.perf_counter() - t0
+
+
+async def ollama_warm(session: aiohttp.ClientSession, base: str) -> float:
+    body = {"model": MODEL, "messages": MESSAGES, "stream": False, "options": {"num_predict": 1}}
+    return await one_token(session, f"{base}/api/chat", body)
 
 
 async def openai_warm(session: aiohttp.ClientSession, base: str) -> float:
     body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 1}
-    t0 = time.perf_counter()
-    async with session.post(f"{base}/engines/v1/chat/completions", json=body) as r:
-        await r.read()
-        assert r.status == 200, r.status
-    return time.perf_counter() - t0
+    return await one_token(session, f"{base}/engines/v1/chat/completions", body)
 
 
 async def ollama_ttft(session: aiohttp.ClientSession, base: str) -> float:
@@ -92,7 +93,7 @@ async def alternate(
 
 def row(name: str, values: list[float]) -> str:
     ms = sorted(v * 1000 for v in values)
-    p90 = ms[int(len(ms) * 0.9) - 1]
+    p90 = ms[max(0, math.ceil(len(ms) * 0.9) - 1)]
     return f"| {name} | {statistics.median(ms):.2f} | {p90:.2f} | {len(ms)} |"
 
 
@@ -131,22 +132,6 @@ async def run(args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(body: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text()
-    command = (
-        "Command:\n\n```\n.venv/bin/python scripts/bench_ollama.py --requests 200 --write\n```"
-    )
-    section = f"## Ollama API\n\n{body.strip()}\n\n{command}\n"
-    start = text.find("## Ollama API\n")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + ("" if end == -1 else text[end:])
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
@@ -155,7 +140,10 @@ def main() -> None:
     body = asyncio.run(run(args))
     print(body)
     if args.write:
-        write_section(body)
+        command = (
+            "Command:\n\n```\n.venv/bin/python scripts/bench_ollama.py --requests 200 --write\n```"
+        )
+        write_section(f"{body.strip()}\n\n{command}", title="Ollama API")
 
 
 if __name__ == "__main__":
