@@ -4,6 +4,7 @@ the daemon keeps answering; a client that vanishes mid-stream frees the runner's
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -160,9 +161,11 @@ async def test_unknown_model_and_route(http: aiohttp.ClientSession) -> None:
 
 
 async def test_vanished_client_frees_the_slot(
-    request: pytest.FixtureRequest, tiny_gguf_factory: Any
+    request: pytest.FixtureRequest, tiny_gguf_factory: Any, llama_server_bin: Path
 ) -> None:
-    """Close an NDJSON stream after its first line: llama-server stops generating."""
+    """Close an NDJSON stream after its first line: llama-server stops generating.
+
+    (*llama_server_bin* is asked for here so it is found before the loop runs.)"""
     target = await start_daemon(request)
     # 8192 trained tokens: a long answer lasts seconds, so the disconnect lands mid-stream.
     await seed_models(target, {MODEL: tiny_gguf_factory(seed=5, name="olla", ctx=8192)})
@@ -191,3 +194,33 @@ async def _cut_streams(target: Target, http: aiohttp.ClientSession) -> None:
         resp.close()
         await wait_all_idle(sock)
     assert psutil.Process(pid).num_fds() <= fds0 + 2
+
+
+async def test_runner_killed_mid_stream_ends_with_an_ollama_error_line(
+    request: pytest.FixtureRequest, tiny_gguf_factory: Any, llama_server_bin: Path
+) -> None:
+    """The NDJSON stream's last line is Ollama's {"error": …} (the client raises it), never an
+    SSE event; the daemon stays up and the next chat works."""
+    target = await start_daemon(request)
+    await seed_models(target, {MODEL: tiny_gguf_factory(seed=5, name="olla", ctx=8192)})
+    pid = pid_of(target.handle)
+    long = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "talk"}],
+        "options": {"num_predict": 100000},
+    }
+    async with aiohttp.ClientSession(base_url=target.base_url) as http:
+        resp = await http.post("/api/chat", json=long)
+        assert resp.status == 200
+        assert json.loads(await resp.content.readline())["done"] is False
+        (runner,) = runners_of(pid)
+        runner.send_signal(signal.SIGKILL)
+        lines = [line async for line in resp.content if line.strip()]
+        resp.close()
+        last = json.loads(lines[-1])
+        assert set(last) == {"error"}, last
+        assert "runner" in last["error"]
+        body = {"model": MODEL, "prompt": "x", "stream": False, "options": {"num_predict": 1}}
+        async with http.post("/api/generate", json=body) as again:
+            assert again.status == 200, await again.text()
+    assert psutil.pid_exists(pid)
