@@ -138,7 +138,7 @@ def is_loopback(host: str) -> bool:
 
 def check_host(config: Config) -> None:
     server = config.server
-    if server.port and not is_loopback(server.host):
+    if (server.port or server.ollama_port) and not is_loopback(server.host):
         if not server.allow_remote:
             raise ConfigError(
                 f"refusing to listen on {server.host}:{server.port}: not a loopback address; "
@@ -297,6 +297,7 @@ class Daemon:
         finally:
             os.umask(old)
         await asyncio.to_thread(os.chmod, server.socket, 0o600)
+        await self._listen_ollama(runner)
         if not server.port:
             return None
         tcp = web.TCPSite(runner, server.host, server.port, reuse_address=True)
@@ -308,6 +309,21 @@ class Daemon:
                 "is another daemon running? (choose another with --port)"
             ) from None
         return server.port
+
+    async def _listen_ollama(self, runner: web.AppRunner) -> None:
+        """``server.ollama_port``: the same app on a second port (Ollama's 11434), if set."""
+        server = self.config.server
+        if not server.ollama_port or server.ollama_port == server.port:
+            return
+        site = web.TCPSite(runner, server.host, server.ollama_port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as e:
+            raise ConfigError(
+                f"cannot listen on {server.host}:{server.ollama_port} (server.ollama_port): "
+                f"{e.strerror or e}; is Ollama itself running? (set server.ollama_port: 0)"
+            ) from None
+        log.info("daemon.ollama_listener", host=server.host, port=server.ollama_port)
 
     def _on_stop(self, sig: signal.Signals) -> None:
         log.info("daemon.signal", signal=sig.name, already_stopping=self.stop.is_set())

@@ -45,10 +45,21 @@ def _openai_shape(status: int, message: str, code: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "code": code}}
 
 
+def is_ollama_path(path: str) -> bool:
+    """Ollama's routes: ``/api/...``."""
+    return path == "/api" or path.startswith("/api/")
+
+
+def _ollama_shape(status: int, message: str, code: str) -> dict[str, Any]:
+    del status, code  # Ollama's clients read only the message; the status says the rest
+    return {"error": message}
+
+
 # Each API family's error shape, by path; the first match wins, else management's
 # ``{"error": message}``.  A family whose paths overlap another's (``/v1/...``) goes first.
 ERROR_SHAPES: tuple[tuple[Callable[[str], bool], ErrorShape], ...] = (
     (is_openai_path, _openai_shape),
+    (is_ollama_path, _ollama_shape),
 )
 
 
