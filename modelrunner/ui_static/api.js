@@ -55,9 +55,12 @@ function askKey() {
 /** fetch() with the stored key; on a 401, ask for a key once and retry with it. */
 export async function request(path, options = {}) {
   for (let attempt = 0; ; attempt++) {
+    const sent = localStorage.getItem(KEY);
     const res = await fetch(path, { ...options, headers: withKey(options.headers) });
-    if (res.status !== 401 || attempt > 0) return res;
-    localStorage.removeItem(KEY); // a stored key the daemon refuses is of no more use
+    if (res.status !== 401 || attempt > 1) return res;
+    const now = localStorage.getItem(KEY);
+    if (now && now !== sent) continue; // a key came while this call was out: just retry with it
+    if (now) localStorage.removeItem(KEY); // the daemon refuses it: of no more use
     if (!(await askKey())) return res;
   }
 }

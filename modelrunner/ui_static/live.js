@@ -28,11 +28,13 @@ function stopPolling() {
   poller = null;
 }
 
+/** Show one event; its kind (the event's name or its JSON type). */
 function showEvent(name, data) {
   let body = data;
+  let kind = name;
   try {
     const obj = JSON.parse(data);
-    const kind = obj.type || obj.event || obj.state || name;
+    kind = String(obj.type || obj.event || obj.state || name);
     const what = [obj.model || obj.model_name, obj.mode, obj.reason, obj.message].filter(Boolean).join(" · ");
     body = `${kind}${what ? `: ${what}` : ""}`;
   } catch {
@@ -41,6 +43,7 @@ function showEvent(name, data) {
   const list = document.getElementById("events");
   list.prepend(el("li", {}, el("time", {}, new Date().toLocaleTimeString()), " ", body));
   while (list.children.length > MAX_EVENTS) list.lastChild.remove();
+  return kind;
 }
 
 async function follow() {
@@ -59,9 +62,9 @@ async function follow() {
   mode("Following /engines/events.");
   try {
     for await (const { event, data } of sse(res)) {
-      showEvent(event, data);
+      const kind = showEvent(event, data);
       changed("runners");
-      if (/pull|push|model/.test(event + data)) changed("models");
+      if (/pull|push|delete|remove|tag|store/.test(kind)) changed("models");
       refreshRequests();
     }
   } catch {

@@ -47,7 +47,7 @@ function drawMemory() {
   const used = runners.reduce((sum, r) => sum + (r.rss_bytes || 0), 0);
   const bar = document.getElementById("memory-bar");
   const text = document.getElementById("memory-text");
-  if (!memory) {
+  if (!memory || memory.memory_total_bytes == null) {
     text.textContent = `${bytes(used)} used by runners`;
     return;
   }
@@ -66,7 +66,18 @@ export function refreshRunners() {
   if (pending) return pending;
   pending = (async () => {
     try {
-      if (!memory) memory = await json("/engines/df").catch(() => null);
+      if (!memory) {
+        // Read once, beside ps (it walks the backend's directory: slower than ps).
+        memory = {};
+        json("/engines/df")
+          .then((df) => {
+            memory = df;
+            drawMemory();
+          })
+          .catch(() => {
+            memory = null;
+          });
+      }
       runners = await json("/engines/ps");
       const body = document.getElementById("runners-body");
       body.replaceChildren(
@@ -83,6 +94,15 @@ export function refreshRunners() {
   return pending;
 }
 
+const MIN_GAP_MS = 250; // a burst of events (a pull's progress) makes one read, not hundreds
+let timer = null;
+
 export function initRunners() {
-  bus.addEventListener("runners", () => refreshRunners().catch((e) => say(`Runners: ${e.message}`, true)));
+  bus.addEventListener("runners", () => {
+    if (timer) return;
+    timer = setTimeout(() => {
+      timer = null;
+      refreshRunners().catch((e) => say(`Runners: ${e.message}`, true));
+    }, MIN_GAP_MS);
+  });
 }

@@ -162,6 +162,18 @@ async def test_dashboard_models_runners_chat_unload(
         page = b.page
         timing = await open_dashboard(b, served)
         report(capsys, "timing, first load (ms after navigation)", timing)
+        warm = []
+        for _ in range(5):  # warm loads: the browser and the daemon's listener are up
+            await page.goto(served.base_url + "/ui/")
+            await page.wait_for_selector("body[data-ready=true]", timeout=WAIT_MS)
+            warm.append(
+                await page.evaluate(
+                    "performance.getEntriesByName('first-contentful-paint')[0].startTime"
+                )
+            )
+        report(capsys, "first paint, 5 warm loads (ms)", sorted(warm))
+        await page.keyboard.press("Tab")  # the keyboard's first stop: "Skip to content"
+        assert await page.evaluate("document.activeElement.className") == "skip"
 
         # The store's model, with its facts.
         row = page.locator(f'#models-body tr[data-model="{MODEL}"]')
@@ -192,6 +204,33 @@ async def test_dashboard_models_runners_chat_unload(
         stats = await page.locator("#chat-stats").inner_text()
         assert "completion tokens" in stats, stats
         report(capsys, "chat stats shown", stats)
+
+        # Stop cuts a long answer short (the page's AbortController); the runner goes idle.
+        await page.fill("#chat-max-tokens", "400")
+        await page.fill("#chat-input", "Go on, at length.")
+        await page.click("#chat-send")
+        await page.wait_for_function(
+            "() => [...document.querySelectorAll('.msg-assistant p')].pop().textContent.length",
+            timeout=WAIT_MS,
+        )
+        await page.click("#chat-stop")
+        await page.wait_for_function(
+            "() => document.querySelector('#chat-stats').textContent.startsWith('Stopped')",
+            timeout=WAIT_MS,
+        )
+        deadline = time.monotonic() + 30
+        while get_json(served, "/engines/ps")[0]["in_flight"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert get_json(served, "/engines/ps")[0]["in_flight"] == 0
+
+        # Every control has a name (a label, aria-label or its text).
+        unlabelled = await page.evaluate(
+            """() => [...document.querySelectorAll('input, select, textarea, button')]
+                .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+                             && !e.textContent.trim())
+                .map(e => e.id || e.outerHTML.slice(0, 80))"""
+        )
+        assert unlabelled == []
 
         await page.click("#log-daemon")
         await page.wait_for_function(
