@@ -27,10 +27,10 @@ function stats(usage, chunks, firstAt, endAt, timings) {
   const completion = usage?.completion_tokens ?? chunks;
   const seconds = firstAt && endAt > firstAt ? (endAt - firstAt) / 1000 : 0;
   // llama-server's own measure when it sends one; else tokens after the first over the time since.
-  const perSecond = timings?.predicted_per_second ?? (seconds ? Math.max(0, completion - 1) / seconds : null);
+  const perSecond = timings?.predicted_per_second ?? (seconds && completion > 1 ? (completion - 1) / seconds : null);
   const rate = perSecond != null ? perSecond.toFixed(1) : "—";
   const prompt = usage?.prompt_tokens != null ? `${usage.prompt_tokens} prompt · ` : "";
-  return `${prompt}${completion} completion tokens · ${rate} tokens/s`;
+  return `${prompt}${completion} completion token${completion === 1 ? "" : "s"} · ${rate} tokens/s`;
 }
 
 async function send(form) {

@@ -39,6 +39,12 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+/** Replace a table body's rows; one muted row saying *empty* when there are none. */
+export function fillTable(id, rows, columns, empty) {
+  const body = document.getElementById(id);
+  body.replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: columns, class: "muted" }, empty))]));
+}
+
 export function cell(...children) {
   return el("td", {}, ...children);
 }

@@ -2,7 +2,7 @@
 // progress shown per layer), load and remove (with a confirmation) per model.
 
 import { ApiError, errorOf, json, lines, post, request } from "./api.js";
-import { act, bus, bytes, cell, changed, el, say, when } from "./fmt.js";
+import { act, bus, bytes, cell, changed, el, fillTable, say, when } from "./fmt.js";
 
 export let models = [];
 
@@ -53,12 +53,7 @@ function row(m) {
 
 export async function refreshModels() {
   models = await json("/models");
-  const body = document.getElementById("models-body");
-  body.replaceChildren(
-    ...(models.length
-      ? models.map(row)
-      : [el("tr", {}, el("td", { colspan: 7, class: "muted" }, "No models yet: pull one below."))]),
-  );
+  fillTable("models-body", models.map(row), 7, "No models yet: pull one below.");
   bus.dispatchEvent(new Event("models-listed"));
 }
 

@@ -3,7 +3,7 @@
 // (runners.memory_fraction of RAM, else RAM, from GET /engines/df) against the runners' RSS.
 
 import { json, post } from "./api.js";
-import { act, bus, bytes, cell, changed, el, say, until } from "./fmt.js";
+import { act, bus, bytes, cell, changed, el, fillTable, say, until } from "./fmt.js";
 
 let memory = null; // {memory_total_bytes, memory_budget_bytes} from /engines/df, read once
 export let runners = [];
@@ -79,12 +79,7 @@ export function refreshRunners() {
           });
       }
       runners = await json("/engines/ps");
-      const body = document.getElementById("runners-body");
-      body.replaceChildren(
-        ...(runners.length
-          ? runners.map(row)
-          : [el("tr", {}, el("td", { colspan: 8, class: "muted" }, "No runner: a model loads on its first request."))]),
-      );
+      fillTable("runners-body", runners.map(row), 8, "No runner: a model loads on its first request.");
       drawMemory();
       bus.dispatchEvent(new Event("runners-listed"));
     } finally {
