@@ -34,12 +34,15 @@ function showEvent(name, data) {
   let kind = name;
   try {
     const obj = JSON.parse(data);
-    kind = String(obj.type || obj.event || obj.state || name);
-    const what = [obj.model || obj.model_name, obj.mode, obj.reason, obj.message].filter(Boolean).join(" · ");
+    kind = String(obj.type || obj.event || name);
+    const what = [obj.model || obj.model_name, obj.state, obj.mode, obj.reason, obj.status, obj.message]
+      .filter(Boolean)
+      .join(" · ");
     body = `${kind}${what ? `: ${what}` : ""}`;
   } catch {
     /* a non-JSON event: show it as it came */
   }
+  if (kind === "requests") return kind; // counters: the request table below shows them
   const list = document.getElementById("events");
   list.prepend(el("li", {}, el("time", {}, new Date().toLocaleTimeString()), " ", body));
   while (list.children.length > MAX_EVENTS) list.lastChild.remove();
