@@ -130,7 +130,7 @@ def verdict(results: dict[str, list[dict[str, float]]]) -> str:
     met = "met" if warm < 200 else "not met"
     return (
         f"- This run: {met} (warm median {warm:.0f} ms); Chromium's own floor was {floor:.0f} ms,"
-        f" so the page added about {warm - floor:.0f} ms (its CSS round trip and layout)."
+        f" so the page added about {warm - floor:.0f} ms."
     )
 
 
