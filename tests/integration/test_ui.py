@@ -155,8 +155,10 @@ def chat_from_outside(d: DaemonHandle) -> str:
 
 
 @pytest.fixture
-def served(daemon: DaemonHandle, tiny_gguf: Path) -> DaemonHandle:
-    daemon.add_model("test/tiny", tiny_gguf)
+def served(daemon: DaemonHandle, tiny_gguf_factory: Any) -> DaemonHandle:
+    # An 8192-token context: the Stop step asks for 8000 tokens, seconds even on a fast machine,
+    # so the click always lands mid-answer.
+    daemon.add_model("test/tiny", tiny_gguf_factory(ctx=8192))
     return daemon
 
 
@@ -212,7 +214,7 @@ async def test_dashboard_models_runners_chat_unload(
         report(capsys, "chat stats shown", stats)
 
         # Stop cuts a long answer short (the page's AbortController); the runner goes idle.
-        await page.fill("#chat-max-tokens", "400")
+        await page.fill("#chat-max-tokens", "8000")
         await page.fill("#chat-input", "Go on, at length.")
         await page.click("#chat-send")
         await until_true(
