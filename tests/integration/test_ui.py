@@ -300,6 +300,13 @@ async def test_dashboard_pull_shows_progress_then_the_model(
         await page.screenshot(path=str(DOCS / "ui-pull.png"), full_page=False)
         assert b.unexpected_errors == []
 
+        # A pull that fails says why, in the status line (Chromium logs the 404 fetch itself).
+        await page.fill("#pull-ref", f"{registry.host}/no/such:1")
+        await page.click("#pull-form button")
+        status = page.locator("#status.error")
+        await status.wait_for(timeout=WAIT_MS)
+        assert "no/such" in await status.inner_text()
+
 
 def _served_names() -> list[str]:
     return sorted(p.name for p in STATIC.iterdir() if p.is_file())
