@@ -28,18 +28,11 @@ sys.path.insert(0, str(ROOT))
 
 from modelrunner.runners.locate import locate  # noqa: E402
 from scripts.bench_proxy import daemon  # noqa: E402
+from scripts.benchdoc import write_section  # noqa: E402
+from scripts.chromium import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from scripts.machine import machine_line  # noqa: E402
 from scripts.make_tiny_gguf import build as build_tiny_gguf  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 MEASURE = """() => {
     const nav = performance.getEntriesByType('navigation')[0];
     const fcp = performance.getEntriesByName('first-contentful-paint')[0];
@@ -86,7 +79,7 @@ async def measure(url: str, runs: int) -> dict[str, list[dict[str, float]]]:
 
     out: dict[str, list[dict[str, float]]] = {"cold": [], "warm": [], "floor": []}
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             await load(await browser.new_context(), url)  # the browser's own first start
             warm = await browser.new_context()
@@ -134,19 +127,6 @@ def verdict(results: dict[str, list[dict[str, float]]]) -> str:
     )
 
 
-def write_section(body: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    section = f"## Dashboard\n\n{body.strip()}\n"
-    start = text.find("## Dashboard")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + ("" if end == -1 else text[end:])
-    path.write_text(text, encoding="utf-8")
-
-
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
@@ -184,7 +164,7 @@ async def main() -> int:
                 "```",
             ]
         )
-        write_section(body)
+        write_section("Dashboard", body)
     return 0
 
 

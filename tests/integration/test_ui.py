@@ -25,6 +25,7 @@ import openai
 import psutil
 import pytest
 
+from scripts.chromium import CHROMIUM, CHROMIUM_ARGS
 from tests.fixtures.daemon import DaemonHandle
 from tests.integration.test_daemon import curl
 
@@ -33,15 +34,6 @@ pytestmark = [pytest.mark.llama]
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 STATIC = ROOT / "modelrunner" / "ui_static"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 MODEL = "test/tiny:latest"  # how ps and the CLI name `test/tiny`
 WAIT_MS = 60_000  # a shared 2-core machine: generous
 # The page probes these and falls back when they 404 (until the operators issue adds them);
