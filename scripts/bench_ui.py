@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from modelrunner.runners.locate import locate  # noqa: E402
 from scripts.bench_proxy import daemon  # noqa: E402
-from scripts.benchdoc import write_section  # noqa: E402
+from scripts.benchdoc import section_body, write_section  # noqa: E402
 from scripts.chromium import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from scripts.machine import machine_line  # noqa: E402
 from scripts.make_tiny_gguf import build as build_tiny_gguf  # noqa: E402
@@ -147,23 +147,13 @@ async def main() -> int:
     print(load_line)
     if args.write:
         machine = machine_line(await locate(None))
-        body = "\n".join(
-            [
-                *INTRO.format(runs=args.runs).splitlines(),
-                "",
-                result,
-                "",
-                f"- Machine: {machine}; {load_line} (other jobs shared it).",
-                *TARGET.splitlines(),
-                verdict(results),
-                "",
-                "Command:",
-                "",
-                "```",
-                f".venv/bin/python scripts/bench_ui.py --runs {args.runs} --write",
-                "```",
-            ]
-        )
+        bullets = [
+            f"- Machine: {machine}; {load_line} (other jobs shared it).",
+            *TARGET.splitlines(),
+            verdict(results),
+        ]
+        command = f".venv/bin/python scripts/bench_ui.py --runs {args.runs} --write"
+        body = section_body(INTRO.format(runs=args.runs), result, bullets, command)
         write_section("Dashboard", body)
     return 0
 

@@ -18,3 +18,10 @@ def write_section(title: str, body: str, path: Path = BENCHMARKS) -> None:
         end = text.find("\n## ", start + 1)
         text = text[:start] + section + ("" if end == -1 else text[end:])
     path.write_text(text, encoding="utf-8")
+
+
+def section_body(intro: str, table: str, bullets: list[str], command: str) -> str:
+    """A section's text: the method, the table, ``- `` notes, then the command that made it."""
+    return "\n".join(
+        [*intro.splitlines(), "", table, "", *bullets, "", "Command:", "", "```", command, "```"]
+    )
