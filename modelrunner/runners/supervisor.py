@@ -741,6 +741,11 @@ class Supervisor:
             r.model_id == model_id and r.in_flight > 0 for r in self._runners.values()
         )
 
+    @property
+    def budget_bytes(self) -> int | None:
+        """The memory budget loads are planned against (runners.memory_fraction), None: none."""
+        return self._budget_bytes
+
     def runner_log(self, model_id: str, mode: Mode = "completion") -> Path:
         """The log file of the runner for (model, mode), whether or not it runs now."""
         return self._config.log_dir / f"{slug(model_id)}-{mode}.log"

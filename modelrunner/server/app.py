@@ -16,7 +16,7 @@ from aiohttp import web
 
 from modelrunner.config import Config
 from modelrunner.runners.supervisor import Supervisor
-from modelrunner.server import drain, engines_api, models_api, ollama_api, openai_api
+from modelrunner.server import drain, engines_api, models_api, ollama_api, openai_api, ui
 from modelrunner.server.catalog import Catalog
 from modelrunner.server.middleware import (
     BODY_TIMEOUT_S,
@@ -84,4 +84,5 @@ def make_app(
     models_api.add_routes(app)
     openai_api.add_routes(app)
     ollama_api.add_routes(app)
+    ui.add_routes(app)
     return app

@@ -23,6 +23,7 @@ from aiohttp import web
 from modelrunner import __version__
 from modelrunner.errors import BinaryNotFound, InvalidRequest, ModelNotFound, NotFound
 from modelrunner.runners.args import validate_runtime_flags
+from modelrunner.runners.memory import total_memory_bytes
 from modelrunner.runners.model import MODES
 from modelrunner.server import provenance
 from modelrunner.server.catalog import display_name
@@ -30,13 +31,16 @@ from modelrunner.server.middleware import parse_json_object, read_body
 from modelrunner.server.openai_api import check_backend
 from modelrunner.server.settings import format_keep_alive, parse_keep_alive
 from modelrunner.server.state import STATE
+from modelrunner.server.ui import UI_PREFIX, wants_html
 
 BACKEND = "llama.cpp"
 GO_ZERO_TIME = "0001-01-01T00:00:00Z"
 LOG_MAX_BYTES = 4 * 1024 * 1024
 
 
-async def banner(_: web.Request) -> web.Response:
+async def banner(request: web.Request) -> web.Response:
+    if wants_html(request):  # a browser: the dashboard; curl and API clients keep the banner
+        raise web.HTTPFound(UI_PREFIX)
     return web.Response(text="Docker Model Runner is running")
 
 
@@ -131,8 +135,15 @@ async def df(request: web.Request) -> web.Response:
         backend = await asyncio.to_thread(lambda: _dir_bytes(binary.resolve().parent))
     except BinaryNotFound:
         backend = 0
+    ram = await total_memory_bytes()
     return web.json_response(
-        {"models_disk_usage": int(models), "default_backend_disk_usage": int(backend)}
+        {
+            "models_disk_usage": int(models),
+            "default_backend_disk_usage": int(backend),
+            # Ours (the dashboard's memory bar): RAM, and runners.memory_fraction of it or null.
+            "memory_total_bytes": ram,
+            "memory_budget_bytes": state.supervisor.budget_bytes,
+        }
     )
 
 

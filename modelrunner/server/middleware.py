@@ -10,6 +10,7 @@ aiohttp's own HTTP exceptions (404/405/413).  Knows nothing of models or runners
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import re
 import time
@@ -220,6 +221,20 @@ def _origin_pattern(origin: str) -> re.Pattern[str]:
     return re.compile("^" + escaped.replace(r":\*", r"(:[0-9]{1,5})?") + "$")
 
 
+def is_same_origin(request: web.Request, origin: str) -> bool:
+    """The daemon's own page (the dashboard's POSTs carry ``Origin``): not a cross-site call.
+
+    Only for an IP literal or ``localhost`` in ``Host``: a DNS-rebinding page has its own
+    domain name there, so it is still refused as before."""
+    host = request.url.host or ""
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            return False
+    return origin.rstrip("/") == f"{request.scheme}://{request.host}"
+
+
 CORS_ORIGIN = web.RequestKey("cors_origin", str)
 
 
@@ -254,7 +269,7 @@ def make_cors_middleware(origins: Iterable[str] | Callable[[], Iterable[str]]) -
     @web.middleware
     async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get("Origin")
-        if origin is None:
+        if origin is None or is_same_origin(request, origin):
             return await handler(request)
         if not ok(origin):
             return error_response(request, 403, f"origin {origin!r} is not allowed", "forbidden")
