@@ -30,9 +30,12 @@ class Serve(Command):
         )
         parser.add_argument("--host", help="TCP address (default 127.0.0.1)")
         parser.add_argument(
+            "--allow-unauthenticated",
             "--allow-remote",
+            dest="allow_remote",
             action="store_true",
-            help="allow a non-loopback --host (anyone who reaches it can use your models)",
+            help="allow a non-loopback --host without API keys (server.api_keys): anyone who "
+            "reaches it can use and manage your models",
         )
 
     def run(self, args: argparse.Namespace) -> int:
@@ -46,7 +49,7 @@ class Serve(Command):
         if args.host:
             server["host"] = args.host
         if args.allow_remote:
-            server["allow_remote"] = True
+            server["allow_unauthenticated"] = True
         overrides = {"server": server} if server else None
         path = Path(args.config).expanduser() if getattr(args, "config", None) else None
         config = Config.load(path, overrides=overrides)
