@@ -32,6 +32,8 @@ from modelrunner.server.protocol import AppRunner, JSONErrorRequestHandler, JSON
 
 log = structlog.get_logger(__name__)
 
+REFUSE_LINGER_S = 2.0  # how long a refused connection is drained before it is closed
+
 
 class Pending(Protocol):
     """A connection the guard can drop: it answers 408 with *message* and closes."""
@@ -112,12 +114,15 @@ class GuardedRequestHandler(JSONErrorRequestHandler):
     def __init__(self, manager: Server, guard: HeaderGuard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
+        self._linger: asyncio.TimerHandle | None = None  # set once refused
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._guard.arm(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._linger is not None:
+            return  # refused: drained and dropped, so that closing sends FIN, not RST
         # The first byte of a keep-alive connection's next request starts its deadline again;
         # bytes of a request in progress (its body) or of an upgraded connection do not.
         idle = (
@@ -135,13 +140,24 @@ class GuardedRequestHandler(JSONErrorRequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._guard.disarm(self)
+        if self._linger is not None:
+            self._linger.cancel()
         super().connection_lost(exc)
 
     def refuse(self, message: str) -> None:
+        """Answer 408, half-close, and keep draining what the client sends for a moment.
+
+        Closing a socket whose received bytes are unread makes the kernel send RST, which
+        discards the 408 on its way; so the bytes are read (and dropped) until the client
+        closes or ``REFUSE_LINGER_S`` passes."""
         transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.write(refusal(message))
-        self.force_close()
+        if self._linger is not None or transport is None or transport.is_closing():
+            self.force_close()
+            return
+        transport.write(refusal(message))
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._linger = self._loop.call_later(REFUSE_LINGER_S, self.force_close)
 
 
 class GuardedServer(JSONErrorServer):
