@@ -234,3 +234,31 @@ def test_non_loopback_host_with_a_key_from_the_environment_starts(
     assert http(d, "GET", "/models", **{"x-api-key": KEY}).status_code == 200
     assert "daemon.remote_access" in d.log_text()
     assert_no_key_leaked(d)
+
+
+def test_anthropic_and_ollama_clients_send_what_the_daemon_reads(keyed: DaemonHandle) -> None:
+    """anthropic's x-api-key and ollama's Authorization header pass the check (whatever the
+    route then answers); a wrong key is refused for both with 401."""
+    import anthropic
+    import ollama
+
+    def via_anthropic(key: str) -> int:
+        client = anthropic.Anthropic(base_url=keyed.base_url, api_key=key, max_retries=0)
+        try:
+            client.models.list()
+        except anthropic.APIStatusError as e:
+            return e.status_code
+        return 200
+
+    def via_ollama(key: str) -> int:
+        client = ollama.Client(host=keyed.base_url, headers={"Authorization": f"Bearer {key}"})
+        try:
+            client.list()
+        except ollama.ResponseError as e:
+            return e.status_code
+        return 200
+
+    assert via_anthropic(WRONG) == 401
+    assert via_anthropic(KEY) != 401
+    assert via_ollama(WRONG) == 401
+    assert via_ollama(KEY) != 401
