@@ -155,10 +155,10 @@ def render(rows: dict[str, dict[str, float]], count: int, hold_s: float) -> str:
     lines += [
         "",
         f"- Machine: {machine} (shared with other jobs while measured).",
-        "- With the guard, 1,244 of the 1,500 are dropped as they arrive (oldest first, past the",
-        "  bound of 256) and the last 256 at their 10 s deadline. The `GET /models` medians move",
-        "  within this shared machine's noise in both modes: the flood costs an ordinary client",
-        "  nothing measurable; what the guard bounds is the sockets and memory held.",
+        "- With the guard, about 1,244 of the 1,500 are dropped as they arrive (oldest first, past",
+        "  the bound of 256) and the last 256 at their 10 s deadline. The `GET /models` medians",
+        "  move within this shared machine's noise in both modes: the flood costs an ordinary",
+        "  client nothing measurable; what the guard bounds is the sockets and memory held.",
     ]
     command = ".venv/bin/python scripts/bench_slowloris.py --write"
     lines += ["", "Command:", "", "```", command, "```"]

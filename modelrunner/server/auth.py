@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import hmac
 import ipaddress
+import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
@@ -161,6 +162,21 @@ def presented_key(request: web.BaseRequest) -> str | None:
         return credentials.strip()
     key = request.headers.get("x-api-key", "").strip()
     return key or None
+
+
+def parser_error_summary(message: str | None) -> str | None:
+    """aiohttp's parser error without the excerpt it quotes, which may be an API key's header.
+
+    ``Invalid header value char:\n\n  b'Authorization: Bearer sk-…'`` becomes ``Invalid header
+    value char``; ``Got more than 8190 bytes when reading: b'Bearer sk-…'`` loses its bytes."""
+    if not message:
+        return message
+    first = message.strip().split("\n", 1)[0]
+    first = re.split(r":\s*b['\"]", first, maxsplit=1)[0].rstrip(" :.")
+    too_long = re.fullmatch(r"Got more than (\d+) bytes when reading", first)
+    if too_long:
+        return f"a request line or header is longer than {too_long[1]} bytes"
+    return first or "bad request"
 
 
 def make_auth_middleware(ring: KeyRing) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -262,3 +263,26 @@ def test_anthropic_and_ollama_clients_send_what_the_daemon_reads(keyed: DaemonHa
     assert via_anthropic(KEY) != 401
     assert via_ollama(WRONG) == 401
     assert via_ollama(KEY) != 401
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"Authorization: Bearer {KEY}\x01".encode(),  # a control character in the value
+        f"Authorization: Bearer {KEY}{'a' * 9000}".encode(),  # over the parser's line limit
+        f"Authorization : Bearer {KEY}".encode(),  # a space before the colon
+        f"x-api-key: {KEY}\x7f".encode(),
+    ],
+)
+def test_an_unparseable_credential_header_is_not_echoed(keyed: DaemonHandle, line: bytes) -> None:
+    """aiohttp's parser quotes the header it refuses; the daemon's 400 and log do not."""
+    with socket.create_connection(("127.0.0.1", keyed.port), timeout=30) as s:
+        s.sendall(b"GET /models HTTP/1.1\r\nHost: x\r\n" + line + b"\r\n\r\n")
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.split()[1] == b"400", raw[:300]
+    assert KEY.encode() not in raw
+    assert json.loads(body)["error"]
+    # the teardown (assert_no_key_leaked) greps the daemon's logs for KEY

@@ -14,7 +14,12 @@ from aiohttp import web
 
 from modelrunner.config import Config
 from modelrunner.errors import ConfigError
-from modelrunner.server.auth import KeyRing, make_auth_middleware, read_keys_file
+from modelrunner.server.auth import (
+    KeyRing,
+    make_auth_middleware,
+    parser_error_summary,
+    read_keys_file,
+)
 from modelrunner.server.middleware import make_cors_middleware, make_error_middleware
 
 KEY = "sk-unit-5a7c9e1b3d"
@@ -147,3 +152,23 @@ async def test_the_unix_socket_never_asks(unix_url: tuple[str, Path]) -> None:
             assert resp.status == 200
         async with http.get(base + "/models", headers={"Authorization": "Bearer x"}) as resp:
             assert resp.status == 200
+
+
+@pytest.mark.parametrize(
+    ("message", "summary"),
+    [
+        (
+            f"Invalid header value char:\n\n  b'Authorization: Bearer {KEY}\\x01'\n   ^",
+            "Invalid header value char",
+        ),
+        (
+            f"Got more than 8190 bytes when reading: b'Bearer {KEY}aaa...'.",
+            "a request line or header is longer than 8190 bytes",
+        ),
+        (f"Invalid header token:\n\n  b'x-api-key : {KEY}'", "Invalid header token"),
+        ("Bad status line 'x'", "Bad status line 'x'"),
+    ],
+)
+def test_parser_errors_lose_their_excerpt(message: str, summary: str) -> None:
+    """aiohttp quotes the header it refused; only its first words reach the log and the client."""
+    assert parser_error_summary(message) == summary
