@@ -18,6 +18,7 @@ class Serve(Command):
         "  modelrunner serve\n"
         "  modelrunner serve --port 0 --socket /tmp/mr.sock\n"
         "  modelrunner --config ~/.modelrunner/config.yaml serve --port 12435\n"
+        "  MODEL_RUNNER_API_KEYS=sk-mr-1 modelrunner serve --host 0.0.0.0  # TCP needs the key\n"
         "signals: SIGTERM/SIGINT drain and stop, SIGHUP reloads the config file"
     )
 
