@@ -14,7 +14,7 @@ shape (the route is not known yet) and close.
 
 Owns the pending table and the protocol hooks that feed it; knows nothing of routes, keys or
 models.  Reads a few of aiohttp's protocol attributes (``_request_count``, ``_messages``,
-``_current_request``, checked against 3.14), because the parser offers no "headers done" hook.
+``_request_factory``, checked against 3.14), because the parser offers no "headers done" hook.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
@@ -115,6 +116,17 @@ class GuardedRequestHandler(JSONErrorRequestHandler):
         super().__init__(manager, **kwargs)
         self._guard = guard
         self._linger: asyncio.TimerHandle | None = None  # set once refused
+        # The body of the request last handed to the app: while it is still arriving (even
+        # after the handler answered, e.g. a 401 to a big POST), bytes are body, not a new head.
+        self._last_body: StreamReader | None = None
+        factory = self._request_factory
+        if factory is not None:
+
+            def remember_body(message: Any, payload: StreamReader, *args: Any) -> Any:
+                self._last_body = payload
+                return factory(message, payload, *args)
+
+            self._request_factory = remember_body
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -126,12 +138,13 @@ class GuardedRequestHandler(JSONErrorRequestHandler):
         # The first byte of a keep-alive connection's next request starts its deadline again;
         # bytes of a request in progress (its body) or of an upgraded connection do not.
         idle = (
-            self._current_request is None
+            (self._last_body is None or self._last_body.is_eof())
             and not self._messages
             and self._payload_parser is None
             and not self._upgraded
         )
-        if idle and not self._force_close:
+        # b"": aiohttp's resume_reading() calls in with no bytes once a body is drained.
+        if data and idle and not (self._force_close or self._close):
             self._guard.arm(self)
         before = self._request_count
         super().data_received(data)

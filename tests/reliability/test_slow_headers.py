@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -143,3 +144,39 @@ def test_unix_socket_is_guarded_too(daemon_factory: Callable[..., DaemonHandle])
         s.connect(str(d.socket_path))
         s.sendall(HALF_A_HEADER)
         assert "server.header_timeout_s" in message_of(answer(s))
+
+
+def read_response(s: socket.socket) -> tuple[bytes, bytes]:
+    """One whole Content-Length response from *s*: (head, body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += s.recv(65536)
+    assert len(body) == length  # nothing more was sent after it
+    return head, body
+
+
+def test_a_body_arriving_after_the_answer_is_not_a_new_head(
+    daemon_factory: Callable[..., DaemonHandle],
+) -> None:
+    """A 404 answered before its POST body arrived: the late body, then a pause longer than the
+    header deadline, then a second request on the same connection, which is answered (not 408)."""
+    d = daemon_factory(server={"header_timeout_s": 0.5})
+    with socket.create_connection(("127.0.0.1", d.port), timeout=READ_TIMEOUT_S) as s:
+        s.sendall(b"POST /no/such/route HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n")
+        head, _ = read_response(s)
+        assert head.startswith(b"HTTP/1.1 404 "), head
+        s.sendall(b"x" * 20)
+        time.sleep(1.5)  # the client's own pause, past the 0.5 s header deadline
+        s.sendall(b"GET /models HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _ = read_response(s)
+        assert head.startswith(b"HTTP/1.1 200 "), head
