@@ -8,7 +8,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import yaml
 
 from tests.fixtures.daemon import DaemonHandle, free_port
 from tests.integration.test_daemon import MODEL, curl
+from tests.integration.test_engine import modelrunner
 
 pytestmark = pytest.mark.llama
 
@@ -156,15 +156,7 @@ def test_management_routes_401_in_their_shape_and_preflights_pass(keyed: DaemonH
 
 def cli(d: DaemonHandle, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
     outer = {k: v for k, v in os.environ.items() if not k.startswith("MODEL_RUNNER_")}
-    full = {**outer, "MODEL_RUNNER_HOME": str(d.home), **env}
-    return subprocess.run(
-        [sys.executable, "-m", "modelrunner", *argv],
-        env=full,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return modelrunner(*argv, env={**outer, "MODEL_RUNNER_HOME": str(d.home), **env})
 
 
 def test_cli_over_http_sends_model_runner_api_key(keyed: DaemonHandle) -> None:
@@ -185,14 +177,7 @@ def test_cli_over_http_sends_model_runner_api_key(keyed: DaemonHandle) -> None:
 
 
 def serve(d: DaemonHandle, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "modelrunner", "--config", str(d.config_path), "serve", *argv],
-        env={**d.env, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return modelrunner("--config", str(d.config_path), "serve", *argv, env={**d.env, **env})
 
 
 def test_non_loopback_host_without_keys_is_refused(daemon: DaemonHandle, tmp_path: Path) -> None:

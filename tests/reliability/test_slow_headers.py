@@ -52,6 +52,25 @@ def get_models(d: DaemonHandle) -> int:
         conn.close()
 
 
+def read_response(s: socket.socket) -> tuple[bytes, bytes]:
+    """One whole Content-Length response from *s*: (head, body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += s.recv(65536)
+    assert len(body) == length  # nothing more was sent after it
+    return head, body
+
+
 @pytest.fixture
 def half_open() -> Iterator[Callable[[DaemonHandle, int], list[socket.socket]]]:
     """`open(daemon, n)`: n TCP connections that each sent half a header line; all closed after."""
@@ -121,20 +140,10 @@ def test_keep_alive_next_request_gets_the_deadline_too(
     d = daemon_factory(server={"header_timeout_s": 1.0})
     with socket.create_connection(("127.0.0.1", d.port), timeout=READ_TIMEOUT_S) as s:
         s.sendall(b"GET /models HTTP/1.1\r\nHost: x\r\n\r\n")
-        first = b""
-        while b"\r\n\r\n" not in first:
-            first += s.recv(65536)
-        assert first.startswith(b"HTTP/1.1 200 ")
-        head, _, body = first.partition(b"\r\n\r\n")
-        length = next(
-            int(line.split(b":", 1)[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length:")
-        )
-        while len(body) < length:
-            body += s.recv(65536)
+        head, _ = read_response(s)
+        assert head.startswith(b"HTTP/1.1 200 ")
         s.sendall(HALF_A_HEADER)
-        assert "server.header_timeout_s" in message_of(body[length:] + answer(s))
+        assert "server.header_timeout_s" in message_of(answer(s))
 
 
 def test_unix_socket_is_guarded_too(daemon_factory: Callable[..., DaemonHandle]) -> None:
@@ -144,25 +153,6 @@ def test_unix_socket_is_guarded_too(daemon_factory: Callable[..., DaemonHandle])
         s.connect(str(d.socket_path))
         s.sendall(HALF_A_HEADER)
         assert "server.header_timeout_s" in message_of(answer(s))
-
-
-def read_response(s: socket.socket) -> tuple[bytes, bytes]:
-    """One whole Content-Length response from *s*: (head, body)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
-        assert chunk, data
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":", 1)[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )
-    while len(body) < length:
-        body += s.recv(65536)
-    assert len(body) == length  # nothing more was sent after it
-    return head, body
 
 
 def test_a_body_arriving_after_the_answer_is_not_a_new_head(
