@@ -124,14 +124,16 @@ def is_loopback(host: str) -> bool:
 
 def check_exposure(server: ServerConfig) -> None:
     """Refuse a non-loopback TCP listener that would trust whoever connects."""
-    if not server.port or is_loopback(server.host):
+    ports = [p for p in (server.port, server.ollama_port) if p]
+    if not ports or is_loopback(server.host):
         return
+    where = ", ".join(f"{server.host}:{p}" for p in dict.fromkeys(ports))
     if keys_configured(server):
-        log.info("daemon.remote_access", host=server.host, port=server.port, auth="api_keys")
+        log.info("daemon.remote_access", host=server.host, ports=ports, auth="api_keys")
         return
     if not (server.allow_unauthenticated or server.allow_remote):
         raise ConfigError(
-            f"refusing to listen on {server.host}:{server.port} without API keys: not a loopback "
+            f"refusing to listen on {where} without API keys: not a loopback "
             "address; set server.api_keys (or MODEL_RUNNER_API_KEYS, or server.api_keys_file), "
             "or pass --allow-unauthenticated (server.allow_unauthenticated: true) to let anyone "
             "who reaches it use and manage your models"
@@ -139,7 +141,7 @@ def check_exposure(server: ServerConfig) -> None:
     log.warning(
         "daemon.remote_access",
         host=server.host,
-        port=server.port,
+        ports=ports,
         auth="none",
         note="anyone who can reach this address can use and manage your models",
     )

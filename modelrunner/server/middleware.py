@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from modelrunner.errors import InvalidRequest, ModelRunnerError, PayloadTooLarge, TooManyRequests
+from modelrunner.errors import InvalidRequest, ModelRunnerError, PayloadTooLarge
 
 log = structlog.get_logger(__name__)
 
@@ -45,10 +45,21 @@ def _openai_shape(status: int, message: str, code: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "code": code}}
 
 
+def is_ollama_path(path: str) -> bool:
+    """Ollama's routes: ``/api/...``."""
+    return path == "/api" or path.startswith("/api/")
+
+
+def _ollama_shape(status: int, message: str, code: str) -> dict[str, Any]:
+    del status, code  # Ollama's clients read only the message; the status says the rest
+    return {"error": message}
+
+
 # Each API family's error shape, by path; the first match wins, else management's
 # ``{"error": message}``.  A family whose paths overlap another's (``/v1/...``) goes first.
 ERROR_SHAPES: tuple[tuple[Callable[[str], bool], ErrorShape], ...] = (
     (is_openai_path, _openai_shape),
+    (is_ollama_path, _ollama_shape),
 )
 
 
@@ -105,8 +116,9 @@ def make_error_middleware(observe: Observer | None = None) -> Any:
         except ModelRunnerError as e:
             status = e.status
             headers = None
-            if isinstance(e, TooManyRequests):
-                headers = {"Retry-After": str(e.retry_after_s)}
+            retry_after = getattr(e, "retry_after_s", None)
+            if retry_after is not None:  # TooManyRequests, and an Unavailable that knows
+                headers = {"Retry-After": str(retry_after)}
             return error_response(request, e.status, e.message, e.code, headers)
         except web.HTTPException as e:
             status = e.status
