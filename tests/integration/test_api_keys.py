@@ -38,7 +38,12 @@ def keyed(
     keys_file = tmp_path / "keys"
     keys_file.write_text(f"# rotated monthly\n\n{FILE_KEY}\n")
     d = daemon_factory(
-        server={"api_keys": [KEY], "api_keys_file": str(keys_file), "origins": [ORIGIN]}
+        server={
+            "api_keys": [KEY],
+            "api_keys_file": str(keys_file),
+            "origins": [ORIGIN],
+            "ollama_port": free_port(),  # a second TCP listener: it asks for the key too
+        }
     )
     d.add_model(MODEL, tiny_gguf)
     yield d
@@ -223,8 +228,8 @@ def test_non_loopback_host_with_a_key_from_the_environment_starts(
 
 
 def test_anthropic_and_ollama_clients_send_what_the_daemon_reads(keyed: DaemonHandle) -> None:
-    """anthropic's x-api-key and ollama's Authorization header pass the check (whatever the
-    route then answers); a wrong key is refused for both with 401."""
+    """anthropic's x-api-key and ollama's Authorization header (on server.ollama_port) pass the
+    check; a wrong key is refused for both with 401."""
     import anthropic
     import ollama
 
@@ -236,8 +241,10 @@ def test_anthropic_and_ollama_clients_send_what_the_daemon_reads(keyed: DaemonHa
             return e.status_code
         return 200
 
+    ollama_url = f"http://127.0.0.1:{keyed.sections['server']['ollama_port']}"
+
     def via_ollama(key: str) -> int:
-        client = ollama.Client(host=keyed.base_url, headers={"Authorization": f"Bearer {key}"})
+        client = ollama.Client(host=ollama_url, headers={"Authorization": f"Bearer {key}"})
         try:
             client.list()
         except ollama.ResponseError as e:
@@ -247,7 +254,7 @@ def test_anthropic_and_ollama_clients_send_what_the_daemon_reads(keyed: DaemonHa
     assert via_anthropic(WRONG) == 401
     assert via_anthropic(KEY) != 401
     assert via_ollama(WRONG) == 401
-    assert via_ollama(KEY) != 401
+    assert via_ollama(KEY) == 200  # /api/tags on server.ollama_port
 
 
 UNPARSEABLE = [
