@@ -85,6 +85,14 @@ class ServerConfig:
     upstream_connect_timeout_s: float = 5.0
     upstream_read_timeout_s: float = 600.0
     drain_timeout_s: float = 10.0
+    # API keys for TCP (server/auth.py); never in a repr, a log line or an error message.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    api_keys_file: Path | None = None  # one key a line; blank lines and '#' comments skipped
+    allow_unauthenticated: bool = False  # a non-loopback host without keys (allow_remote: older)
+    # Slow clients (server/header_guard.py): request headers must arrive within this (0 = no
+    # limit), and at most this many connections may be mid-headers (the oldest is dropped).
+    header_timeout_s: float = 10.0
+    max_pending_header_connections: int = 256
     # An extra TCP listener for apps with Ollama's 11434 built in; 0 = off, so a real Ollama on
     # this machine is never clashed with.  Same host, same routes, same app as `port`.
     ollama_port: int = 0
@@ -185,6 +193,7 @@ ENV_VARS: dict[str, str] = {
     "LOG_LEVEL": "log_level",
     "MODEL_RUNNER_LOG_DIR": "runners.log_dir",
     "INSECURE_REGISTRY": "store.insecure_registries",
+    "MODEL_RUNNER_API_KEYS": "server.api_keys",
 }
 
 LOG_LEVELS = ("debug", "info", "warning", "warn", "error")
@@ -251,7 +260,9 @@ def _coerce(value: Any, hint: Any, *, path: str, source: str) -> Any:
     """Turn YAML/env/flag values into the declared type, or say which key is wrong."""
 
     def bad(expected: str) -> ConfigError:
-        return ConfigError(f"{source}: {path}: must be {expected}, got {value!r}")
+        # A malformed key list is described by its type: a key is never echoed.
+        got = type(value).__name__ if path.endswith("api_keys") else repr(value)
+        return ConfigError(f"{source}: {path}: must be {expected}, got {got}")
 
     origin = get_origin(hint)
     if origin in (Union, types.UnionType):
@@ -319,6 +330,7 @@ _POSITIVE = {
     "log_tail_lines": 1,
     "log_backups": 0,
     "min_free_bytes": 0,
+    "max_pending_header_connections": 1,
 }
 
 

@@ -16,7 +16,7 @@ import json
 import socket
 import urllib.parse
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ class Endpoint:
     host: str = "localhost"
     port: int = 80
     prefix: str = ""  # a path prefix from MODEL_RUNNER_HOST, without a trailing slash
+    api_key: str | None = field(default=None, repr=False)  # MODEL_RUNNER_API_KEY, TCP only
 
     @property
     def display(self) -> str:
@@ -84,7 +85,8 @@ def resolve_endpoint(config_path: str | None, env: Mapping[str, str]) -> Endpoin
     """``MODEL_RUNNER_HOST`` if set, else the Unix socket of the config (and its env vars)."""
     host = env.get("MODEL_RUNNER_HOST", "").strip()
     if host:
-        return Endpoint.from_url(host)
+        key = env.get("MODEL_RUNNER_API_KEY", "").strip() or None
+        return replace(Endpoint.from_url(host), api_key=key)
     config = Config.load(Path(config_path) if config_path else None, env)
     return Endpoint(socket_path=config.server.socket)
 
@@ -210,6 +212,8 @@ class Client:
         if json_body is not None:
             body = json.dumps(json_body).encode()
             hdrs["Content-Type"] = "application/json"
+        if self.endpoint.api_key and self.endpoint.socket_path is None:
+            hdrs["Authorization"] = f"Bearer {self.endpoint.api_key}"
         hdrs.update(headers or {})
         conn = self._connection(None if stream else self.timeout_s)
         try:

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from modelrunner.config import Config
 from modelrunner.runners.supervisor import Supervisor
-from modelrunner.server import drain, engines_api, models_api, ollama_api, openai_api, ui
+from modelrunner.server import auth, drain, engines_api, models_api, ollama_api, openai_api, ui
 from modelrunner.server.catalog import Catalog
 from modelrunner.server.middleware import (
     BODY_TIMEOUT_S,
@@ -60,10 +60,13 @@ def make_app(
         route = info.canonical if info is not None else "unmatched"
         state.metrics.observe_request(request.method, route, status, seconds)
 
+    keys = auth.KeyRing()  # filled by key_ring_loader before the first request
     app = web.Application(
         middlewares=[
             make_error_middleware(observe),
             make_cors_middleware(lambda: state.config.server.origins),
+            # After CORS: preflights never need a key.
+            auth.make_auth_middleware(keys, ui.is_public),
             state.drain.middleware,
         ],
         # Bodies are read by read_body() against server.max_body_bytes; the tar upload streams.
@@ -79,6 +82,7 @@ def make_app(
         yield
         await upstream.close()
 
+    app.cleanup_ctx.append(auth.key_ring_loader(keys, server))
     app.cleanup_ctx.append(lifecycle)
     engines_api.add_routes(app)
     models_api.add_routes(app)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import ipaddress
 import math
 import os
 import signal
@@ -35,11 +34,11 @@ from modelrunner.config import Config
 from modelrunner.errors import ConfigError, InvalidConfig, ModelRunnerError, Unavailable
 from modelrunner.runners import live
 from modelrunner.runners.supervisor import Supervisor
-from modelrunner.server import provenance
+from modelrunner.server import auth, provenance
 from modelrunner.server.app import make_app, settings_path
 from modelrunner.server.catalog import Catalog, display_name
 from modelrunner.server.drain import Drain
-from modelrunner.server.protocol import AppRunner
+from modelrunner.server.header_guard import GuardedAppRunner
 from modelrunner.server.state import STATE
 
 log = structlog.get_logger(__name__)
@@ -128,28 +127,12 @@ def sd_notify(state: str) -> bool:
 
 
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return auth.is_loopback(host)
 
 
 def check_host(config: Config) -> None:
-    server = config.server
-    if (server.port or server.ollama_port) and not is_loopback(server.host):
-        if not server.allow_remote:
-            raise ConfigError(
-                f"refusing to listen on {server.host}:{server.port}: not a loopback address; "
-                "pass --allow-remote (server.allow_remote) to accept connections from other hosts"
-            )
-        log.warning(
-            "daemon.remote_access",
-            host=server.host,
-            port=server.port,
-            note="anyone who can reach this address can use and manage your models",
-        )
+    """A non-loopback ``server.host`` only with API keys or ``server.allow_unauthenticated``."""
+    auth.check_exposure(config.server)
 
 
 async def clear_socket(path: Path) -> None:
@@ -231,8 +214,10 @@ class Daemon:
         state.daemon_log = self.log_path
         state.reload = self.reload
         state.config_path = self.config_path or config.home / "config.yaml"
-        runner = AppRunner(
+        runner = GuardedAppRunner(
             app,
+            header_timeout_s=config.server.header_timeout_s,
+            max_pending=config.server.max_pending_header_connections,
             handle_signals=False,
             handler_cancellation=True,
             access_log=None,

@@ -12,10 +12,16 @@ from __future__ import annotations
 import json
 from http import HTTPStatus
 
+import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
+
+from modelrunner.server.auth import parser_error_summary
+
+log = structlog.get_logger(__name__)
 
 
 class JSONErrorRequestHandler(RequestHandler):
@@ -28,6 +34,12 @@ class JSONErrorRequestHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
+        if isinstance(exc, HttpProcessingError):
+            # The parser's message quotes the offending header line, which may carry an API key:
+            # neither the log nor the answer gets more than its first words.
+            message = parser_error_summary(message or exc.message)
+            log.info("http.unparseable_request", status=status, error=message)
+            exc = None
         # The parent logs, refuses once bytes were sent, and says what went wrong.
         super().handle_error(request, status, exc, message)
         if status >= 500:

@@ -56,6 +56,13 @@ def is_ui_asset(path: str) -> bool:
     )
 
 
+def is_public(request: web.Request) -> bool:
+    """What an API-key check lets through: GET/HEAD of the page's files, a browser's ``GET /``."""
+    if request.method not in ("GET", "HEAD"):
+        return False
+    return is_ui_asset(request.path) or (request.path == "/" and wants_html(request))
+
+
 async def _file(name: str) -> web.FileResponse:
     match = _NAME.fullmatch(name)
     path = STATIC_DIR / name

@@ -77,12 +77,13 @@ def test_socket_is_0600_a_live_one_is_refused_a_stale_one_replaced(daemon: Daemo
 
 
 def test_flags_and_non_loopback_needs_allow_remote(daemon: DaemonHandle) -> None:
-    """--host off loopback is refused without --allow-remote; with it (and --socket/--port)
-    the daemon listens where the flags say and warns."""
+    """--host off loopback is refused without keys or --allow-unauthenticated; with the older
+    --allow-remote (and --socket/--port) the daemon listens where the flags say and warns."""
     other = daemon.home / "b.sock"
     refused = serve(daemon, "--host", "0.0.0.0", "--socket", str(other))
     assert refused.returncode == 1
-    assert "not a loopback address; pass --allow-remote" in refused.stderr
+    assert "without API keys: not a loopback address" in refused.stderr
+    assert "--allow-unauthenticated" in refused.stderr
     port = free_port()
     argv = [
         sys.executable,

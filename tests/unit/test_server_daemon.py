@@ -53,9 +53,14 @@ def test_loopback(host: str, loopback: bool) -> None:
 
 def test_remote_host_needs_allow_remote() -> None:
     remote = Config.from_mapping({"server": {"host": "0.0.0.0"}})
-    with pytest.raises(ConfigError, match="--allow-remote"):
+    with pytest.raises(ConfigError, match="--allow-unauthenticated"):
         check_host(remote)
     check_host(Config.from_mapping({"server": {"host": "0.0.0.0", "allow_remote": True}}))
+    check_host(Config.from_mapping({"server": {"host": "0.0.0.0", "allow_unauthenticated": "yes"}}))
+    check_host(Config.from_mapping({"server": {"host": "0.0.0.0", "api_keys": ["k"]}}))
+    ollama_only = {"host": "0.0.0.0", "port": 0, "ollama_port": 11434}
+    with pytest.raises(ConfigError, match=r"0\.0\.0\.0:11434 without API keys"):
+        check_host(Config.from_mapping({"server": ollama_only}))
     check_host(Config.from_mapping({"server": {"host": "0.0.0.0", "port": 0}}))  # no TCP at all
 
 

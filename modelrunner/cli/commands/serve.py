@@ -18,6 +18,7 @@ class Serve(Command):
         "  modelrunner serve\n"
         "  modelrunner serve --port 0 --socket /tmp/mr.sock\n"
         "  modelrunner --config ~/.modelrunner/config.yaml serve --port 12435\n"
+        "  MODEL_RUNNER_API_KEYS=sk-mr-1 modelrunner serve --host 0.0.0.0  # TCP needs the key\n"
         "signals: SIGTERM/SIGINT drain and stop, SIGHUP reloads the config file"
     )
 
@@ -30,9 +31,12 @@ class Serve(Command):
         )
         parser.add_argument("--host", help="TCP address (default 127.0.0.1)")
         parser.add_argument(
+            "--allow-unauthenticated",
             "--allow-remote",
+            dest="allow_remote",
             action="store_true",
-            help="allow a non-loopback --host (anyone who reaches it can use your models)",
+            help="allow a non-loopback --host without API keys (server.api_keys): anyone who "
+            "reaches it can use and manage your models",
         )
 
     def run(self, args: argparse.Namespace) -> int:
@@ -46,7 +50,7 @@ class Serve(Command):
         if args.host:
             server["host"] = args.host
         if args.allow_remote:
-            server["allow_remote"] = True
+            server["allow_unauthenticated"] = True
         overrides = {"server": server} if server else None
         path = Path(args.config).expanduser() if getattr(args, "config", None) else None
         config = Config.load(path, overrides=overrides)
