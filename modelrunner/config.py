@@ -85,6 +85,10 @@ class ServerConfig:
     upstream_connect_timeout_s: float = 5.0
     upstream_read_timeout_s: float = 600.0
     drain_timeout_s: float = 10.0
+    # Stored Responses-API answers (<home>/responses/): oldest dropped beyond either bound.
+    responses_max_count: int = 1000
+    responses_max_bytes: int = 100 * 1024 * 1024
+    responses_ttl_s: float = 30 * 24 * 3600  # OpenAI keeps them 30 days
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -316,6 +320,8 @@ _POSITIVE = {
     "log_tail_lines": 1,
     "log_backups": 0,
     "min_free_bytes": 0,
+    "responses_max_count": 1,
+    "responses_max_bytes": 1,
 }
 
 

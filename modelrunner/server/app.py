@@ -16,7 +16,7 @@ from aiohttp import web
 
 from modelrunner.config import Config
 from modelrunner.runners.supervisor import Supervisor
-from modelrunner.server import engines_api, models_api, openai_api
+from modelrunner.server import anthropic_api, engines_api, models_api, openai_api, responses_api
 from modelrunner.server.catalog import Catalog
 from modelrunner.server.middleware import (
     BODY_TIMEOUT_S,
@@ -81,4 +81,6 @@ def make_app(
     engines_api.add_routes(app)
     models_api.add_routes(app)
     openai_api.add_routes(app)
+    anthropic_api.add_routes(app)
+    responses_api.add_routes(app)
     return app

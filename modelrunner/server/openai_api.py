@@ -19,7 +19,7 @@ from modelrunner.errors import InvalidRequest, ModelRunnerError, UpstreamError
 from modelrunner.runners.model import Mode
 from modelrunner.server.catalog import display_name
 from modelrunner.server.middleware import parse_json_object, read_body
-from modelrunner.server.proxy import ClientGone, Forwarded, write_stream_error
+from modelrunner.server.proxy import ClientGone, Forwarded, Relay, write_stream_error
 from modelrunner.server.settings import parse_keep_alive
 from modelrunner.server.state import STATE, ServerState
 
@@ -161,10 +161,12 @@ async def serve(
     preload_only: bool = False,
     *,
     stream: bool = False,
+    relay: Relay | None = None,
 ) -> web.StreamResponse:
     """Acquire the model's runner and pass the request through; errors after the answer began
-    end the stream with an error event instead of a status."""
-    forwarded = Forwarded()
+    end the stream with an error event instead of a status.  *relay*: how the runner's answer
+    becomes the client's (another API family's); None = as it is."""
+    forwarded = Forwarded(relay=relay)
     try:
         async with state.supervisor.acquire(model_id, mode, keep_alive_s) as runner:
             if preload_only:

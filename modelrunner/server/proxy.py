@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import structlog
@@ -66,6 +66,19 @@ SESSION_IDLE_S = 60.0  # one per runner socket; old runners' sessions are closed
 UsageFn = Callable[[dict[str, Any]], None]
 
 
+class Relay(Protocol):
+    """How an API family that is not OpenAI's own answers from the runner's answer (the
+    Anthropic routes reshape errors, the Responses routes translate chat completions)."""
+
+    async def __call__(
+        self, request: web.Request, up: aiohttp.ClientResponse, state: Forwarded
+    ) -> web.StreamResponse: ...
+
+    def error_event(self, error: ModelRunnerError) -> bytes:
+        """The bytes that end an already-started answer with *error*."""
+        ...
+
+
 class ClientGone(Exception):
     """The client disconnected while its answer was being relayed."""
 
@@ -81,6 +94,7 @@ class Forwarded:
     response: web.StreamResponse | None = None
     streaming: bool = False
     usage: dict[str, Any] | None = field(default=None)
+    relay: Relay | None = None  # None: relay the runner's answer as it is
 
 
 class UpstreamPool:
@@ -157,6 +171,8 @@ class UpstreamPool:
         try:
             up = await self._post(session, upstream_path, body, headers)
             async with up:
+                if state.relay is not None:
+                    return await state.relay(request, up, state)
                 return await self._relay(request, up, state)
         finally:
             self._busy[socket_path] -= 1
@@ -202,9 +218,7 @@ class UpstreamPool:
     async def _relay(
         self, request: web.Request, up: aiohttp.ClientResponse, state: Forwarded
     ) -> web.StreamResponse:
-        out_headers = CIMultiDict(
-            (k, v) for k, v in up.headers.items() if k.lower() not in _RESPONSE_SKIP
-        )
+        out_headers = relay_headers(up)
         ctype = up.headers.get("Content-Type", "")
         if "text/event-stream" not in ctype and up.content_length is not None:
             # A plain JSON answer of known length: one read, one write (and usage for metrics).
@@ -235,6 +249,11 @@ class UpstreamPool:
         _take_usage(state, pending)
         await response.write_eof()
         return response
+
+
+def relay_headers(up: aiohttp.ClientResponse) -> CIMultiDict[str]:
+    """The runner's response headers that may go on to the client (not this hop's)."""
+    return CIMultiDict((k, v) for k, v in up.headers.items() if k.lower() not in _RESPONSE_SKIP)
 
 
 def _take_usage(state: Forwarded, lines: bytes) -> None:
@@ -280,8 +299,11 @@ async def write_stream_error(state: Forwarded, error: ModelRunnerError) -> None:
         return
     payload = {"error": {"message": error.message, "type": "server_error", "code": error.code}}
     line = json.dumps(payload)
+    event = f"data: {line}\n\n".encode()
+    if state.relay is not None:
+        event = state.relay.error_event(error)
     try:
-        await response.write(f"data: {line}\n\n".encode())
+        await response.write(event)
         await response.write_eof()
     except (ConnectionError, RuntimeError, aiohttp.ClientError) as e:
         log.info("proxy.error_event_lost", error=repr(e))
