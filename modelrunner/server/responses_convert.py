@@ -401,6 +401,9 @@ def finish(
     """The response once generation ended: output, status, usage."""
     done = dict(response, output=output, usage=usage(chat_usage))
     if finish_reason == "length":
+        for item in output:
+            if item["type"] == "message":
+                item["status"] = "incomplete"
         done["status"] = "incomplete"
         done["incomplete_details"] = {"reason": "max_output_tokens"}
     else:

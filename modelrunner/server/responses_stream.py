@@ -5,7 +5,8 @@ Streamed chat-completion chunks turned into the Responses API's events: a pure s
 ``response.output_item.added`` / ``content_part.added`` when an item opens and then
 ``output_text.delta``, ``reasoning_text.delta`` or ``function_call_arguments.delta``; ``finish``
 closes every open item (``*.done``) and returns the finished response, whose
-``response.completed`` (or ``response.incomplete``) the caller sends once it is stored.  Every
+``response.completed`` the caller sends once it is stored (also when ``max_output_tokens`` cut
+it short: then its ``status`` is ``incomplete``).  Every
 event has the ``sequence_number``, ``output_index`` and ``content_index`` the ``openai``
 package's ``responses.stream()`` builds its snapshot from.  No I/O.
 """
@@ -215,9 +216,9 @@ class StreamTranslator:
         return events, self.response
 
     def completed(self) -> Event:
-        incomplete = self.response["status"] == "incomplete"
-        kind = "response.incomplete" if incomplete else "response.completed"
-        return self._event(kind, response=self.response)
+        # Always ``response.completed`` (as Docker's): the openai package's
+        # ``get_final_response()`` waits for no other; ``status`` says whether it is incomplete.
+        return self._event("response.completed", response=self.response)
 
     def failed(self, message: str, code: str) -> list[Event]:
         """An error event and ``response.failed``, for a stream the runner broke off."""
