@@ -280,3 +280,27 @@ def test_previous_response_id_carries_the_earlier_turn(
         text={"format": {"type": "json_schema", "name": "verdict", "schema": schema}},
     )
     assert json.loads(shaped.output_text)["answer"] in ("yes", "no"), shaped.output_text
+
+
+def test_the_readme_examples_run_as_written(daemon: DaemonHandle, tiny_gguf: Path) -> None:
+    """The README's `anthropic` and `client.responses` examples, on this daemon's port (the
+    tiny model stands in under the default model's tag: the examples are about the API)."""
+    import re
+    import subprocess
+    import sys
+
+    daemon.add_model("ai/gemma3:270M-Q4_K_M", tiny_gguf)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = re.findall(r"^```python\n(.*?)^```", readme, re.S | re.M)
+    chosen = [b for b in blocks if "import anthropic" in b or "client.responses" in b]
+    assert len(chosen) == 2
+    for block in chosen:
+        done = subprocess.run(
+            [sys.executable, "-c", block.replace("localhost:12434", f"localhost:{daemon.port}")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip()
