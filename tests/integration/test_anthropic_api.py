@@ -4,8 +4,6 @@ request shape (beta messages, stream, system blocks with cache_control, tools)."
 
 from __future__ import annotations
 
-import json
-import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ import pytest
 from anthropic.types.beta import BetaMessageParam, BetaTextBlockParam, BetaToolParam
 
 from tests.fixtures.daemon import DaemonHandle
+from tests.integration.http_json import call
 
 pytestmark = pytest.mark.llama
 
@@ -31,16 +30,7 @@ def client(d: DaemonHandle, suffix: str = "") -> anthropic.Anthropic:
 
 
 def post(d: DaemonHandle, path: str, body: bytes | dict[str, Any]) -> tuple[int, Any]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(
-        d.base_url + path, data=data, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            status, text = r.status, r.read()
-    except urllib.error.HTTPError as e:
-        status, text = e.code, e.read()
-    return status, json.loads(text) if text else None
+    return call(d, "POST", path, body)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ and (with the real Gemma) a `previous_response_id` whose answer depends on the e
 from __future__ import annotations
 
 import json
-import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import openai
 import pytest
 
 from tests.fixtures.daemon import DaemonHandle
+from tests.integration.http_json import call
 
 pytestmark = pytest.mark.llama
 
@@ -24,21 +24,6 @@ def client(d: DaemonHandle, suffix: str = "/v1") -> openai.OpenAI:
     return openai.OpenAI(
         base_url=f"http://localhost:{d.port}{suffix}", api_key="unused", max_retries=0, timeout=120
     )
-
-
-def call(
-    d: DaemonHandle, method: str, path: str, body: bytes | dict[str, Any] | None = None
-) -> tuple[int, Any]:
-    data = body if isinstance(body, bytes | None) else json.dumps(body).encode()
-    req = urllib.request.Request(
-        d.base_url + path, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            status, text = r.status, r.read()
-    except urllib.error.HTTPError as e:
-        status, text = e.code, e.read()
-    return status, json.loads(text) if text else None
 
 
 @pytest.fixture
