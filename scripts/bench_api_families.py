@@ -125,7 +125,7 @@ def report(args: argparse.Namespace) -> str:
         "- Responses (stored) writes each answer to `<home>/responses/` (write, fsync, rename, in"
         " a thread) before answering; `store: false` shows the translation alone.",
         f"- Machine: {args.machine}; client, daemon and llama-server share the cores (and, in"
-        " the run below, the machine with other test runs: see the p90s).",
+        " this run, the machine with other test runs: see the p90s).",
     ]
     return "\n".join(lines)
 
