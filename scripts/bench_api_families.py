@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from modelrunner.runners.locate import locate  # noqa: E402
 from scripts.bench_proxy import MODEL, daemon  # noqa: E402
+from scripts.benchdoc import write_section  # noqa: E402
 from scripts.machine import machine_line  # noqa: E402
 from scripts.make_tiny_gguf import build as build_tiny_gguf  # noqa: E402
 
@@ -130,19 +131,6 @@ def report(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def write_section(body: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text()
-    section = f"## API families\n\n{body.strip()}\n"
-    start = text.find("## API families\n")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + ("" if end == -1 else text[end:])
-    path.write_text(text)
-
-
 async def run(args: argparse.Namespace) -> str:
     engine = await locate(None)
     args.machine = machine_line(engine)
@@ -181,7 +169,7 @@ def main() -> None:
     body = asyncio.run(run(args))
     print(body)
     if args.write:
-        write_section(body)
+        write_section("API families", body)
 
 
 if __name__ == "__main__":

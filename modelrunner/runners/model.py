@@ -32,6 +32,9 @@ class ModelFiles:
     # header; None = unknown, memory.py then guesses from the weights.
     kv_bytes_per_token: int | None = None
     settings: ModelSettings = field(default_factory=ModelSettings)
+    # The --pooling an embedding runner gets when its flags name none (runners/pooling.py);
+    # None = the GGUF's own (or unknown) pooling.
+    pooling: str | None = None
 
 
 ResolveFn = Callable[[str], Awaitable[ModelFiles]]

@@ -106,6 +106,7 @@ class AnthropicRelay:
     async def __call__(
         self, request: web.Request, up: aiohttp.ClientResponse, state: Forwarded
     ) -> web.StreamResponse:
+        state.error_line = self.error_event
         headers = relay_headers(up)
         if up.status >= 400:
             data = await up.read()

@@ -10,6 +10,7 @@ came.  ``GET .../v1/models[/{name}]`` answers from the store, one entry per mode
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -163,16 +164,22 @@ async def serve(
     stream: bool = False,
     relay: Relay | None = None,
 ) -> web.StreamResponse:
-    """Acquire the model's runner and pass the request through; errors after the answer began
-    end the stream with an error event instead of a status.  *relay*: how the runner's answer
-    becomes the client's (another API family's); None = as it is."""
-    forwarded = Forwarded(relay=relay)
+    """Acquire the model's runner and pass the request through (or through *relay*, another
+    API family's translation); errors after the answer began end the stream with an error
+    event instead of a status."""
+    forwarded = Forwarded()
     try:
         async with state.supervisor.acquire(model_id, mode, keep_alive_s) as runner:
             if preload_only:
                 return web.Response(status=200)
             return await state.upstream.forward(
-                request, runner.socket_path, upstream_path, body, forwarded, stream=stream
+                request,
+                runner.socket_path,
+                upstream_path,
+                body,
+                forwarded,
+                stream=stream,
+                relay=relay,
             )
     except ClientGone as gone:
         return gone.response
@@ -188,6 +195,13 @@ async def serve(
             raise
         state.metrics.stream_errors += 1
         await write_stream_error(forwarded, e)
+        return forwarded.response
+    except asyncio.CancelledError:
+        # Cut by SIGTERM's drain bound: the stream says why before it ends (server/drain.py).
+        if forwarded.response is None or not state.drain.was_cut():
+            raise
+        state.metrics.stream_errors += 1
+        await write_stream_error(forwarded, state.drain.cut_error())
         return forwarded.response
     finally:
         # Here, not only after a clean end: the openai package drops the connection once it has

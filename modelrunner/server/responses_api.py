@@ -110,6 +110,7 @@ class ResponsesRelay:
     async def __call__(
         self, request: web.Request, up: aiohttp.ClientResponse, state: Forwarded
     ) -> web.StreamResponse:
+        state.error_line = self.error_event
         if up.status >= 400:
             data = await up.read()
             body = error_body(
