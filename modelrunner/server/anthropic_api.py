@@ -15,7 +15,6 @@ Anthropic's ``usage`` (``message_start`` carries the input, ``message_delta`` th
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import aiohttp
@@ -89,17 +88,6 @@ def _usage_counts(usage: Any) -> dict[str, int]:
     return out
 
 
-def _error_message(data: bytes, status: int) -> str:
-    try:
-        value = json.loads(data)
-    except ValueError:
-        return data.decode(errors="replace").strip() or f"the runner answered {status}"
-    error = value.get("error") if isinstance(value, dict) else None
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return str(error["message"])
-    return f"the runner answered {status}"
-
-
 class AnthropicRelay:
     """The runner's answer as it is, but for errors in Anthropic's shape; usage noted."""
 
@@ -110,7 +98,7 @@ class AnthropicRelay:
         headers = relay_headers(up)
         if up.status >= 400:
             data = await up.read()
-            body = anthropic_shape(up.status, _error_message(data, up.status), "upstream_error")
+            body = anthropic_shape(up.status, sse.error_message(data, up.status), "upstream_error")
             return web.json_response(body, status=up.status)
         if "text/event-stream" not in up.headers.get("Content-Type", ""):
             data = await up.read()

@@ -77,14 +77,6 @@ async def history(store: ResponseStore, response_id: str) -> list[dict[str, Any]
     return items
 
 
-def _upstream_message(data: bytes, status: int) -> str:
-    value = sse.Event(None, data.decode(errors="replace")).json()
-    error = value.get("error") if isinstance(value, dict) else None
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return str(error["message"])
-    return f"the runner answered {status}"
-
-
 class ResponsesRelay:
     """Chat completion (JSON or SSE) in, Responses object or events out; stores the result."""
 
@@ -114,7 +106,7 @@ class ResponsesRelay:
         if up.status >= 400:
             data = await up.read()
             body = error_body(
-                request.path, up.status, _upstream_message(data, up.status), "upstream_error"
+                request.path, up.status, sse.error_message(data, up.status), "upstream_error"
             )
             return web.json_response(body, status=up.status)
         if not self.request.stream:

@@ -68,6 +68,18 @@ def encode(name: str | None, data: Any) -> bytes:
     return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
+def error_message(data: bytes, status: int) -> str:
+    """The message of a runner's error answer (OpenAI's JSON shape, else its text)."""
+    text = data.decode(errors="replace")
+    value = Event(None, text).json()
+    error = value.get("error") if isinstance(value, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    return (
+        text.strip()[:1000] if value is None and text.strip() else f"the runner answered {status}"
+    )
+
+
 SSE_HEADERS = {
     "Content-Type": "text/event-stream",
     "Cache-Control": "no-cache",
