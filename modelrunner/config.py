@@ -96,6 +96,10 @@ class ServerConfig:
     # An extra TCP listener for apps with Ollama's 11434 built in; 0 = off, so a real Ollama on
     # this machine is never clashed with.  Same host, same routes, same app as `port`.
     ollama_port: int = 0
+    # Stored Responses-API answers (<home>/responses/): oldest dropped beyond either bound.
+    responses_max_count: int = 1000
+    responses_max_bytes: int = 100 * 1024 * 1024
+    responses_ttl_s: float = 30 * 24 * 3600  # OpenAI keeps them 30 days
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -331,6 +335,8 @@ _POSITIVE = {
     "log_backups": 0,
     "min_free_bytes": 0,
     "max_pending_header_connections": 1,
+    "responses_max_count": 1,
+    "responses_max_bytes": 1,
 }
 
 

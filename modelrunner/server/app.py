@@ -16,7 +16,17 @@ from aiohttp import web
 
 from modelrunner.config import Config
 from modelrunner.runners.supervisor import Supervisor
-from modelrunner.server import auth, drain, engines_api, models_api, ollama_api, openai_api, ui
+from modelrunner.server import (
+    anthropic_api,
+    auth,
+    drain,
+    engines_api,
+    models_api,
+    ollama_api,
+    openai_api,
+    responses_api,
+    ui,
+)
 from modelrunner.server.catalog import Catalog
 from modelrunner.server.middleware import (
     BODY_TIMEOUT_S,
@@ -89,4 +99,6 @@ def make_app(
     openai_api.add_routes(app)
     ollama_api.add_routes(app)
     ui.add_routes(app)
+    anthropic_api.add_routes(app)
+    responses_api.add_routes(app)
     return app

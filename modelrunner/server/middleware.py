@@ -56,11 +56,45 @@ def _ollama_shape(status: int, message: str, code: str) -> dict[str, Any]:
     return {"error": message}
 
 
+def is_anthropic_path(path: str) -> bool:
+    """Anthropic's Messages routes: ``.../v1/messages[/count_tokens]`` and ``/anthropic/...``."""
+    return path.startswith("/anthropic/") or path.rstrip("/").endswith(
+        ("/v1/messages", "/v1/messages/count_tokens")
+    )
+
+
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_shape(status: int, message: str, code: str) -> dict[str, Any]:
+    """Anthropic's error body; the anthropic package picks its exception by the status."""
+    kind = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def is_responses_path(path: str) -> bool:
+    """Docker's Responses aliases without ``/v1``: ``/responses...``, ``/engines/responses...``."""
+    return path.startswith(("/responses", "/engines/responses")) and (
+        path.split("/")[-1] == "responses" or "/responses/" in path
+    )
+
+
 # Each API family's error shape, by path; the first match wins, else management's
 # ``{"error": message}``.  A family whose paths overlap another's (``/v1/...``) goes first.
 ERROR_SHAPES: tuple[tuple[Callable[[str], bool], ErrorShape], ...] = (
+    (is_anthropic_path, anthropic_shape),
     (is_openai_path, _openai_shape),
     (is_ollama_path, _ollama_shape),
+    (is_responses_path, _openai_shape),
 )
 
 

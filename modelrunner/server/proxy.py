@@ -211,9 +211,7 @@ class UpstreamPool:
     async def _relay(
         self, request: web.Request, up: aiohttp.ClientResponse, state: Forwarded
     ) -> web.StreamResponse:
-        out_headers = CIMultiDict(
-            (k, v) for k, v in up.headers.items() if k.lower() not in _RESPONSE_SKIP
-        )
+        out_headers = relay_headers(up)
         ctype = up.headers.get("Content-Type", "")
         if "text/event-stream" not in ctype and up.content_length is not None:
             # A plain JSON answer of known length: one read, one write (and usage for metrics).
@@ -244,6 +242,11 @@ class UpstreamPool:
         _take_usage(state, pending)
         await response.write_eof()
         return response
+
+
+def relay_headers(up: aiohttp.ClientResponse) -> CIMultiDict[str]:
+    """The runner's response headers that may go on to the client (not this hop's)."""
+    return CIMultiDict((k, v) for k, v in up.headers.items() if k.lower() not in _RESPONSE_SKIP)
 
 
 def _take_usage(state: Forwarded, lines: bytes) -> None:
