@@ -34,6 +34,7 @@ from modelrunner.errors import ConfigError, ModelRunnerError, Unavailable
 from modelrunner.runners.supervisor import Supervisor
 from modelrunner.server.app import make_app, settings_path
 from modelrunner.server.catalog import Catalog
+from modelrunner.server.kvcache_hooks import retain_stored, runners_config
 from modelrunner.server.protocol import AppRunner
 from modelrunner.server.state import STATE
 
@@ -203,10 +204,11 @@ class Daemon:
         await store.open()
         try:
             self.catalog = Catalog(config, store, settings_path(config))
-            supervisor = Supervisor(config.runners, self.catalog.resolve)
+            supervisor = Supervisor(runners_config(config), self.catalog.resolve)
             self.supervisor = supervisor
             try:
                 await supervisor.start()
+                await retain_stored(supervisor, store)
                 await self._serve(store, supervisor)
             finally:
                 await supervisor.aclose()

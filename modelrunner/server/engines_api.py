@@ -105,6 +105,8 @@ async def ps(request: web.Request) -> web.Response:
             loaded_since=r.loaded_since,
             until=r.until,
             pinned=r.pinned,
+            restored=r.restored_tokens > 0,  # its prompt cache came back from disk at load
+            restored_tokens=r.restored_tokens,
         )
         rows.append(row)
     return web.json_response(rows)
@@ -131,7 +133,11 @@ async def df(request: web.Request) -> web.Response:
     except BinaryNotFound:
         backend = 0
     return web.json_response(
-        {"models_disk_usage": int(models), "default_backend_disk_usage": int(backend)}
+        {
+            "models_disk_usage": int(models),
+            "default_backend_disk_usage": int(backend),
+            "kv_cache_disk_usage": await state.supervisor.kv.disk_usage(),
+        }
     )
 
 
@@ -284,7 +290,7 @@ async def metrics(request: web.Request) -> web.Response:
     if state.config.server.disable_metrics:
         raise NotFound("metrics are disabled (DISABLE_METRICS)")
     runners = await state.supervisor.status()
-    text = state.metrics.render(state.supervisor.stats, runners)
+    text = state.metrics.render(state.supervisor.stats, runners, state.supervisor.kv.stats)
     return web.Response(
         text=text,
         content_type="text/plain",

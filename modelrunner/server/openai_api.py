@@ -165,8 +165,10 @@ async def serve(
     """Acquire the model's runner and pass the request through; errors after the answer began
     end the stream with an error event instead of a status."""
     forwarded = Forwarded()
+    acquired = None
     try:
         async with state.supervisor.acquire(model_id, mode, keep_alive_s) as runner:
+            acquired = runner
             if preload_only:
                 return web.Response(status=200)
             return await state.upstream.forward(
@@ -193,6 +195,8 @@ async def serve(
         # the tokens were generated all the same.
         if forwarded.usage is not None:
             state.metrics.observe_usage(name, forwarded.usage)
+            if acquired is not None:
+                state.supervisor.kv.note_usage(acquired, forwarded.usage)
 
 
 def _openai_model(item: dict[str, Any]) -> dict[str, Any]:
