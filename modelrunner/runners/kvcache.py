@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -354,7 +355,9 @@ class KVCache:
         return value
 
     def _verify(self, row: Any) -> None:
-        if not isinstance(row, dict) or not re.fullmatch(r"[0-9a-f-]+s\d+\.bin", str(row["file"])):
+        if not isinstance(row, dict) or not re.fullmatch(
+            r"[0-9a-zA-Z-]+-s\d+\.bin", str(row["file"])
+        ):
             raise SaveFailed("a manifest row names no slot file")
         path = self.dir / row["file"]
         size = path.stat().st_size
@@ -463,12 +466,13 @@ class KVCache:
 
 
 def _ctx(argv: list[str]) -> int:
-    for flag in ("--ctx-size", "-c"):
-        if flag in argv:
-            i = len(argv) - 1 - argv[::-1].index(flag)  # the last one wins, as in llama-server
-            with contextlib.suppress(IndexError, ValueError):
-                return int(argv[i + 1])
-    return 0
+    """The context size llama-server will use: the last ``-c``/``--ctx-size`` wins."""
+    context = 0
+    for flag, value in itertools.pairwise(argv):
+        if flag in ("-c", "--ctx-size"):
+            with contextlib.suppress(ValueError):
+                context = int(value)
+    return context
 
 
 def _sha256(path: Path) -> str:
