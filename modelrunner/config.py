@@ -41,7 +41,7 @@ class KVCacheConfig:
     """Prompt (KV) cache files kept across a runner's planned stops (``runners/kvcache.py``)."""
 
     enabled: bool = True
-    path: Path = Path("~/.modelrunner/kvcache")
+    path: Path | None = None  # None: "kvcache" beside runners.run_dir (the daemon's home)
     max_bytes: int = 4 * 1024**3  # least recently used entries go first past this
     # Kept free on the cache's disk; the daemon raises it to store.min_free_bytes.
     min_free_bytes: int = 64 * 1024 * 1024

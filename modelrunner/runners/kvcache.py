@@ -131,10 +131,12 @@ def make_key(
 class KVCache:
     """The cache directory, its size bound and counters; every file operation runs in a thread."""
 
-    def __init__(self, config: KVCacheConfig, llama_args: Iterable[str] = ()) -> None:
+    def __init__(
+        self, config: KVCacheConfig, llama_args: Iterable[str] = (), *, home: Path | None = None
+    ) -> None:
         self.config = config
         self._llama_args = tuple(llama_args)
-        self.dir = config.path
+        self.dir = config.path or (home or Path.home() / ".modelrunner") / "kvcache"
         self.stats = KVStats()
         self._lock = asyncio.Lock()  # one writer of the directory's manifests at a time
         self._unsupported = False

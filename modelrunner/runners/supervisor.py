@@ -90,7 +90,7 @@ class Supervisor:
         self._record_dir = config.run_dir / "runners"
         self._generation = itertools.count(1)
         self.stats = SupervisorStats()
-        self.kv = KVCache(config.kv_cache, config.llama_args)  # prompt caches across stops
+        self.kv = KVCache(config.kv_cache, config.llama_args, home=config.run_dir.parent)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
