@@ -169,3 +169,21 @@ def _model_id(d: DaemonHandle, ref: str, candidates: set[str]) -> str:
     assert status == 200
     (other,) = candidates - {model["id"]}
     return other
+
+
+@pytest.mark.parametrize("stop", ["daemon_restart", "unload"])
+def test_every_planned_stop_saves_and_the_next_load_restores(
+    two_models: Callable[..., DaemonHandle], stop: str
+) -> None:
+    """Shutdown (SIGTERM, then a new daemon on the same home) and `unload` keep it as well."""
+    d = two_models()
+    first = chat(d, A, turn1())
+    if stop == "daemon_restart":
+        d.restart()
+    else:
+        status, _ = call(d, "POST", "/engines/unload", {"models": [A]})
+        assert status == 200
+        assert not ps(d)
+    second = chat(d, A, turn2())
+    assert second["cache_n"] >= first["prompt_n"] - 8, (first, second)
+    assert ps(d)[f"{A}:latest"]["restored"] is True
