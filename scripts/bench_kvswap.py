@@ -35,6 +35,7 @@ from modelrunner.runners.locate import locate  # noqa: E402
 from modelrunner.runners.memory import rss_bytes  # noqa: E402
 from modelrunner.runners.model import ModelFiles  # noqa: E402
 from modelrunner.runners.supervisor import Supervisor  # noqa: E402
+from scripts.benchdoc import write_section  # noqa: E402
 from scripts.machine import machine_line  # noqa: E402
 from scripts.make_tiny_gguf import build as build_tiny_gguf  # noqa: E402
 
@@ -168,19 +169,6 @@ def report(on: dict[str, Any], off: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def write_section(body: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    section = f"## KV swap\n\n{body.strip()}\n"
-    start = text.find("## KV swap")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + ("" if end == -1 else text[end:])
-    path.write_text(text, encoding="utf-8")
-
-
 INTRO = """\
 A conversation's next turn after its model was evicted, `max_loaded=1`, real Gemma 3 270M
 Q4_K_M (context 4096) and the tiny model as the evictor; one run of each variant in one process:
@@ -208,6 +196,7 @@ async def main() -> int:
     if args.write:
         machine = machine_line(await locate(None))
         write_section(
+            "KV swap",
             "\n".join(
                 [
                     INTRO,
@@ -222,7 +211,7 @@ async def main() -> int:
                     ".venv/bin/python scripts/bench_kvswap.py --write",
                     "```",
                 ]
-            )
+            ),
         )
     return 0
 
