@@ -7,17 +7,11 @@ between "healthy" and "ready" (``restore``), and before the SIGTERM of a planned
 never after a crash).  Knows nothing of HTTP routes or the store: the server tells it which models
 went away (``remove_model``, ``retain``).
 
-Layout of ``runners.kv_cache.path`` (one flat directory, since llama-server takes bare names):
-
-* ``<digest>.json``: an entry's manifest (its full key, one row per slot file, a sha256 each);
-* ``<digest>-<nonce>-s<slot>.bin``: a committed slot file;
-* ``*.part``: llama-server still writing (or was killed writing): never trusted, swept.
-
-The manifest is the commit point.  A save writes ``.part`` files, checks their size and hashes
-them, renames them to ``.bin``, then replaces the manifest (temp file plus ``os.replace``), and
-only then deletes the previous entry's files.  A SIGKILL anywhere leaves either the old entry or
-the new one, whole; files no manifest names are deleted when the cache opens.  A restore checks
-key, size and hash before llama-server reads a byte; a mismatch deletes the entry.
+Files live in ``runners.kv_cache.path`` (``runners/kvfiles.py`` owns the layout and the commit
+point): ``<digest>.json`` manifests name ``<digest>-<nonce>-s<slot>.bin`` slot files with a
+sha256 each; llama-server writes ``*.part`` files that are never trusted.  A SIGKILL anywhere in a
+save leaves the old entry or the new one, whole; a restore checks key, size and hash before
+llama-server reads a byte, and a mismatch deletes the entry.
 
 Sliding-window models (Gemma 2/3) keep only the last window of tokens in most layers, so a
 restored slot cannot be reused for a longer prompt: for them the feature adds ``--swa-full``
@@ -29,16 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import hashlib
 import itertools
-import json
-import os
-import re
 import secrets
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +36,7 @@ import aiohttp
 import structlog
 
 from modelrunner.config import KVCacheConfig
+from modelrunner.runners.kvfiles import FORMAT, CacheDir, CacheKey, SaveFailed, touch
 from modelrunner.runners.model import Mode, ModelFiles
 
 if TYPE_CHECKING:
@@ -54,32 +44,6 @@ if TYPE_CHECKING:
     from modelrunner.runners.runner import Runner
 
 log = structlog.get_logger(__name__)
-
-FORMAT = 1  # manifest format; another value is a foreign entry
-_HASH_CHUNK = 1 << 20
-_MANIFEST = re.compile(r"[0-9a-f]{24}\.json")
-
-
-@dataclass(frozen=True, slots=True)
-class CacheKey:
-    """Everything that makes a saved cache valid for a runner; a different key never restores."""
-
-    model_id: str
-    mode: str
-    context_size: int
-    flags: tuple[str, ...]  # runtime flags + LLAMA_ARGS, conservatively all of them
-    swa_full: bool
-    engine: str  # llama-server's version and path (a rebuild may change the file format)
-
-    @property
-    def digest(self) -> str:
-        raw = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
-        return hashlib.sha256(raw).hexdigest()[:24]
-
-    def to_json(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["flags"] = list(self.flags)
-        return out
 
 
 @dataclass(slots=True)
@@ -93,10 +57,6 @@ class KVStats:
     restored_tokens: int = 0
     restore_hit_tokens: int = 0  # prompt tokens the first request after a restore did not process
     bytes_on_disk: int = 0
-
-
-class SaveFailed(Exception):
-    """A save that could not finish; the stop goes on without it."""
 
 
 def swa_full(files: ModelFiles, argv: Iterable[str]) -> bool:
@@ -137,6 +97,7 @@ class KVCache:
         self.config = config
         self._llama_args = tuple(llama_args)
         self.dir = config.path or (home or Path.home() / ".modelrunner") / "kvcache"
+        self.files = CacheDir(self.dir, config.max_bytes)
         self.stats = KVStats()
         self._lock = asyncio.Lock()  # one writer of the directory's manifests at a time
         self._unsupported = False
@@ -145,7 +106,7 @@ class KVCache:
 
     async def open(self) -> None:
         """Create the directory and delete what no manifest commits (a save killed midway)."""
-        removed = await asyncio.to_thread(self._sweep)
+        removed = await asyncio.to_thread(self.files.sweep)
         if removed:
             log.warning("kvcache.swept", files=removed, dir=str(self.dir))
         self.stats.bytes_on_disk = await self.disk_usage()
@@ -203,7 +164,7 @@ class KVCache:
         return tokens
 
     async def _restore(self, runner: Runner, key: CacheKey) -> tuple[int, int]:
-        manifest = await asyncio.to_thread(self._read_manifest, key.digest)
+        manifest = await asyncio.to_thread(self.files.read_manifest, key.digest)
         if manifest is None:
             return 0, 0
         if manifest.get("format") != FORMAT or manifest.get("key") != key.to_json():
@@ -212,7 +173,7 @@ class KVCache:
         if not isinstance(rows, list):
             raise SaveFailed("the manifest lists no slots")
         for row in rows:
-            await asyncio.to_thread(self._verify, row)
+            await asyncio.to_thread(self.files.verify, row)
         tokens = 0
         async with _session(runner) as session:
             for row in rows:
@@ -220,7 +181,7 @@ class KVCache:
                     session, f"/slots/{int(row['slot'])}?action=restore", {"filename": row["file"]}
                 )
                 tokens += int(answer.get("n_restored") or 0)
-        await asyncio.to_thread(_touch, self.dir / f"{key.digest}.json")
+        await asyncio.to_thread(touch, self.dir / f"{key.digest}.json")
         return tokens, len(rows)
 
     def note_usage(self, runner: Runner, usage: Mapping[str, Any]) -> None:
@@ -252,7 +213,7 @@ class KVCache:
             self.stats.save_failures += 1
             log.warning("kvcache.save_failed", model=runner.model.name, error=_why(e))
             # llama-server may still be writing: its .part files go with the next sweep/save.
-            await asyncio.to_thread(self._drop_parts, key.digest)
+            await asyncio.to_thread(self.files.drop_parts, key.digest)
             return
         if saved is None:
             return
@@ -277,7 +238,7 @@ class KVCache:
             ]
             if not used:
                 return None
-            await asyncio.to_thread(self._drop_parts, key.digest)
+            await asyncio.to_thread(self.files.drop_parts, key.digest)
             rows = []
             for slot in used:
                 name = f"{key.digest}-{nonce}-s{slot}.bin"
@@ -290,8 +251,8 @@ class KVCache:
         if not rows:
             return None
         async with self._lock:
-            committed = await asyncio.to_thread(self._commit, key, rows)
-            await asyncio.to_thread(self._enforce_bound, key.digest)
+            committed = await asyncio.to_thread(self.files.commit, key, rows)
+            await asyncio.to_thread(self.files.enforce_bound, key.digest)
             self.stats.bytes_on_disk = await self.disk_usage()
         return committed
 
@@ -323,11 +284,11 @@ class KVCache:
 
     async def disk_usage(self) -> int:
         """Bytes the cache directory holds (``df``)."""
-        return await asyncio.to_thread(self._disk_usage)
+        return await asyncio.to_thread(self.files.disk_usage)
 
-    async def _remove(self, doomed: Any) -> int:
+    async def _remove(self, doomed: Callable[[dict[str, Any]], bool]) -> int:
         async with self._lock:
-            freed = await asyncio.to_thread(self._remove_sync, doomed)
+            freed = await asyncio.to_thread(self.files.remove, doomed)
             self.stats.bytes_on_disk = await self.disk_usage()
         if freed:
             log.info("kvcache.removed", bytes=freed)
@@ -335,133 +296,8 @@ class KVCache:
 
     async def _delete_entry(self, digest: str) -> None:
         async with self._lock:
-            await asyncio.to_thread(self._delete_entry_sync, digest)
+            await asyncio.to_thread(self.files.delete_entry, digest)
             self.stats.bytes_on_disk = await self.disk_usage()
-
-    # --- blocking helpers (threads only) -------------------------------------------------------
-
-    def _manifests(self) -> list[Path]:
-        try:
-            return [p for p in self.dir.iterdir() if _MANIFEST.fullmatch(p.name)]
-        except FileNotFoundError:
-            return []
-
-    def _read_manifest(self, digest: str) -> dict[str, Any] | None:
-        path = self.dir / f"{digest}.json"
-        try:
-            value = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        if not isinstance(value, dict):
-            raise SaveFailed(f"{path.name} is not a manifest")
-        return value
-
-    def _verify(self, row: Any) -> None:
-        if not isinstance(row, dict) or not re.fullmatch(
-            r"[0-9a-zA-Z-]+-s\d+\.bin", str(row["file"])
-        ):
-            raise SaveFailed("a manifest row names no slot file")
-        path = self.dir / row["file"]
-        size = path.stat().st_size
-        if size != row["bytes"] or _sha256(path) != row["sha256"]:
-            raise SaveFailed(f"{path.name} does not match its manifest (size or checksum)")
-
-    def _commit(self, key: CacheKey, rows: list[dict[str, Any]]) -> tuple[int, int]:
-        """Check and rename the .part files, then replace the manifest: the commit point."""
-        slots = []
-        for row in rows:
-            part = self.dir / (row["file"] + ".part")
-            size = part.stat().st_size
-            if size != int(row.get("n_written") or -1):
-                raise SaveFailed(f"{part.name}: {size} bytes on disk, llama-server wrote more")
-            digest = _sha256(part)
-            os.replace(part, self.dir / row["file"])
-            slots.append(
-                {
-                    "slot": row["slot"],
-                    "file": row["file"],
-                    "tokens": int(row.get("n_saved") or 0),
-                    "bytes": size,
-                    "sha256": digest,
-                }
-            )
-        old = self._entry_files(key.digest)
-        manifest = {"format": FORMAT, "key": key.to_json(), "saved_at": time.time(), "slots": slots}
-        tmp = self.dir / f".{key.digest}.json.tmp"
-        tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-        os.replace(tmp, self.dir / f"{key.digest}.json")
-        for path in old - {self.dir / s["file"] for s in slots}:
-            path.unlink(missing_ok=True)
-        return sum(s["tokens"] for s in slots), sum(s["bytes"] for s in slots)
-
-    def _entry_files(self, digest: str) -> set[Path]:
-        """The slot files the entry's current manifest names (none if it has none)."""
-        try:
-            manifest = self._read_manifest(digest)
-        except (SaveFailed, ValueError, OSError):
-            return set()
-        rows = manifest.get("slots") if manifest else None
-        if not isinstance(rows, list):
-            return set()
-        return {self.dir / str(r["file"]) for r in rows if isinstance(r, dict) and "file" in r}
-
-    def _enforce_bound(self, keep: str) -> None:
-        """Delete least recently used entries (manifest mtime) until under max_bytes."""
-        entries = []
-        for manifest in self._manifests():
-            digest = manifest.name.removesuffix(".json")
-            files = [manifest, *self._entry_files(digest)]
-            size = sum(_size(p) for p in files)
-            entries.append((_mtime(manifest), digest, size))
-        total = sum(e[2] for e in entries)
-        for _, digest, size in sorted(entries, key=lambda e: (e[1] == keep, e[0])):
-            if total <= self.config.max_bytes:
-                break
-            log.info("kvcache.evicted", entry=digest, bytes=size, max_bytes=self.config.max_bytes)
-            self._delete_entry_sync(digest)
-            total -= size
-
-    def _delete_entry_sync(self, digest: str) -> None:
-        files = self._entry_files(digest)
-        (self.dir / f"{digest}.json").unlink(missing_ok=True)  # uncommit first
-        for path in files:
-            path.unlink(missing_ok=True)
-
-    def _remove_sync(self, doomed: Any) -> int:
-        freed = 0
-        for manifest in self._manifests():
-            try:
-                key = json.loads(manifest.read_text(encoding="utf-8")).get("key") or {}
-            except (OSError, ValueError, AttributeError):
-                key = {}
-            if doomed(key):
-                digest = manifest.name.removesuffix(".json")
-                freed += sum(_size(p) for p in [manifest, *self._entry_files(digest)])
-                self._delete_entry_sync(digest)
-        return freed
-
-    def _drop_parts(self, digest: str) -> None:
-        for path in self.dir.glob(f"{digest}-*.part"):
-            path.unlink(missing_ok=True)
-
-    def _sweep(self) -> int:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        committed: set[Path] = set()
-        for manifest in self._manifests():
-            committed.add(manifest)
-            committed |= self._entry_files(manifest.name.removesuffix(".json"))
-        removed = 0
-        for path in self.dir.iterdir():
-            if path not in committed and path.is_file():
-                path.unlink(missing_ok=True)
-                removed += 1
-        return removed
-
-    def _disk_usage(self) -> int:
-        try:
-            return sum(_size(p) for p in self.dir.iterdir())
-        except FileNotFoundError:
-            return 0
 
 
 # --- small helpers -----------------------------------------------------------------------------
@@ -475,33 +311,6 @@ def _ctx(argv: list[str]) -> int:
             with contextlib.suppress(ValueError):
                 context = int(value)
     return context
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return 0.0
-
-
-def _touch(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.utime(path)
 
 
 def _why(error: BaseException) -> str:

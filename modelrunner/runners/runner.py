@@ -21,7 +21,7 @@ from modelrunner.runners.process import ChildProcess
 from modelrunner.runners.state import Event, RunnerState, next_state
 
 if TYPE_CHECKING:
-    from modelrunner.runners.kvcache import CacheKey
+    from modelrunner.runners.kvfiles import CacheKey
 
 Key = tuple[str, Mode]
 SOCKET_PATH_MAX = 100  # AF_UNIX sun_path is 104 (macOS) / 108 (Linux) bytes, NUL included

@@ -34,7 +34,7 @@ def key(model_id: str = "sha256:aa", context: int = 4096) -> CacheKey:
 
 def cache(tmp_path: Path, **kw: object) -> KVCache:
     kv = KVCache(KVCacheConfig(path=tmp_path / "kv", **kw))  # type: ignore[arg-type]
-    kv._sweep()
+    kv.files.sweep()
     return kv
 
 
@@ -91,20 +91,20 @@ class TestCommit:
         kv = cache(tmp_path)
         k = key()
         row = fake_save(kv, k, "n1", b"x" * 100)
-        tokens, size = kv._commit(k, [row])
+        tokens, size = kv.files.commit(k, [row])
         assert (tokens, size) == (10, 100)
         manifest = json.loads((kv.dir / f"{k.digest}.json").read_text())
         assert manifest["key"] == k.to_json()
         (slot,) = manifest["slots"]
         assert slot["sha256"] == hashlib.sha256(b"x" * 100).hexdigest()
         assert not list(kv.dir.glob("*.part"))
-        kv._verify(slot)
+        kv.files.verify(slot)
 
     def test_a_new_save_replaces_the_old_entrys_files(self, tmp_path: Path) -> None:
         kv = cache(tmp_path)
         k = key()
-        kv._commit(k, [fake_save(kv, k, "n1", b"old")])
-        kv._commit(k, [fake_save(kv, k, "n2", b"new")])
+        kv.files.commit(k, [fake_save(kv, k, "n1", b"old")])
+        kv.files.commit(k, [fake_save(kv, k, "n2", b"new")])
         assert [p.name for p in kv.dir.glob("*.bin")] == [f"{k.digest}-n2-s0.bin"]
 
     def test_a_short_part_file_is_never_committed(self, tmp_path: Path) -> None:
@@ -114,14 +114,14 @@ class TestCommit:
         row = fake_save(kv, k, "n1", b"abc")
         row["n_written"] = 4096
         with pytest.raises(SaveFailed):
-            kv._commit(k, [row])
+            kv.files.commit(k, [row])
         assert not (kv.dir / f"{k.digest}.json").exists()
 
     @pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
     def test_a_damaged_slot_file_fails_verification(self, tmp_path: Path, damage: str) -> None:
         kv = cache(tmp_path)
         k = key()
-        kv._commit(k, [fake_save(kv, k, "n1", b"abcdef")])
+        kv.files.commit(k, [fake_save(kv, k, "n1", b"abcdef")])
         (slot,) = json.loads((kv.dir / f"{k.digest}.json").read_text())["slots"]
         path = kv.dir / slot["file"]
         if damage == "truncate":
@@ -131,7 +131,7 @@ class TestCommit:
         else:
             path.unlink()
         with pytest.raises((SaveFailed, FileNotFoundError)):
-            kv._verify(slot)
+            kv.files.verify(slot)
 
 
 class TestSweep:
@@ -140,11 +140,11 @@ class TestSweep:
     ) -> None:
         kv = cache(tmp_path)
         k, other = key(), key(model_id="sha256:bb")
-        kv._commit(k, [fake_save(kv, k, "n1", b"kept")])
+        kv.files.commit(k, [fake_save(kv, k, "n1", b"kept")])
         fake_save(kv, k, "n2", b"half")  # killed while llama-server wrote
         (kv.dir / f"{other.digest}-n3-s0.bin").write_bytes(b"renamed, no manifest yet")
         (kv.dir / f".{other.digest}.json.tmp").write_text("{")
-        assert kv._sweep() == 3
+        assert kv.files.sweep() == 3
         assert sorted(p.name for p in kv.dir.iterdir()) == sorted(
             [f"{k.digest}.json", f"{k.digest}-n1-s0.bin"]
         )
@@ -157,10 +157,10 @@ class TestBound:
         kv = cache(tmp_path, max_bytes=3200)
         keys = [key(model_id=f"sha256:{i}") for i in range(3)]
         for i, k in enumerate(keys):
-            kv._commit(k, [fake_save(kv, k, "n", b"x" * 1000)])
+            kv.files.commit(k, [fake_save(kv, k, "n", b"x" * 1000)])
             os.utime(kv.dir / f"{k.digest}.json", (1000 + i, 1000 + i))
         os.utime(kv.dir / f"{keys[0].digest}.json", (2000, 2000))  # restored lately: recent
-        kv._enforce_bound(keys[2].digest)
+        kv.files.enforce_bound(keys[2].digest)
         left = {p.name.removesuffix(".json") for p in kv.dir.glob("*.json")}
         assert left == {keys[0].digest, keys[2].digest}
 
@@ -168,7 +168,7 @@ class TestBound:
         kv = cache(tmp_path)
         a, a2, b = key("sha256:a"), key("sha256:a", context=1024), key("sha256:b")
         for k in (a, a2, b):
-            kv._commit(k, [fake_save(kv, k, "n", b"data")])
+            kv.files.commit(k, [fake_save(kv, k, "n", b"data")])
         assert asyncio.run(kv.remove_model("sha256:a")) > 0
         assert {p.name for p in kv.dir.glob("*.json")} == {f"{b.digest}.json"}
         assert asyncio.run(kv.retain(["sha256:zzz"])) > 0
