@@ -116,7 +116,8 @@ class KVCache:
     ) -> list[str]:
         """Extra llama-server flags for this load, and the runner's cache key (None = off)."""
         runner.kv_key = None
-        if not enabled_for(self.config, files) or self._unsupported:
+        # Embedding and reranking inputs are not continued turn after turn: nothing to keep.
+        if runner.mode != "completion" or not enabled_for(self.config, files) or self._unsupported:
             return []
         if binary.flags is not None and "--slot-save-path" not in binary.flags:
             self._unsupported = True

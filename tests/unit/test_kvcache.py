@@ -77,6 +77,9 @@ class TestKey:
         assert runner.kv_key is not None
         assert runner.kv_key.swa_full
         assert kv.args(runner, files(), BINARY, ARGV) == ["--slot-save-path", str(kv.dir)]
+        embedder = Runner(("sha256:aa", "embedding"), files(), tmp_path / "e.sock", tmp_path / "l")
+        assert kv.args(embedder, files(sliding_window=512), BINARY, ARGV) == []
+        assert embedder.kv_key is None
 
     def test_the_per_model_setting_wins(self) -> None:
         on, off = KVCacheConfig(enabled=True), KVCacheConfig(enabled=False)
