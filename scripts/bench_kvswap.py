@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -202,7 +203,7 @@ async def main() -> int:
                     INTRO,
                     "",
                     body,
-                    f"- Machine: {machine}.",
+                    f"- Machine: {machine}; load average at the end: {os.getloadavg()[0]:.1f}.",
                     TARGET,
                     "",
                     "Command:",
