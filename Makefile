@@ -33,13 +33,15 @@ build-deps:
 	  fi; \
 	fi
 
-# Debian's docker-registry for the registry tests; systemd-analyze to verify the user unit.
+# Debian's docker-registry for the registry tests; systemd-analyze to verify the user unit;
+# chromium for the dashboard's browser tests (Playwright drives Debian's build, no download).
 system-deps:
 	@if [ "$$(uname -s)" = Linux ] && command -v apt-get >/dev/null; then \
 	  missing=""; \
 	  command -v docker-registry >/dev/null || missing="$$missing docker-registry"; \
 	  command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	  command -v curl >/dev/null || missing="$$missing curl"; \
+	  command -v chromium >/dev/null || missing="$$missing chromium"; \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing:$$missing"; \
 	    $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \

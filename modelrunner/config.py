@@ -100,6 +100,9 @@ class ServerConfig:
     upstream_connect_timeout_s: float = 5.0
     upstream_read_timeout_s: float = 600.0
     drain_timeout_s: float = 10.0
+    # An extra TCP listener for apps with Ollama's 11434 built in; 0 = off, so a real Ollama on
+    # this machine is never clashed with.  Same host, same routes, same app as `port`.
+    ollama_port: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -352,6 +355,10 @@ def _validate(obj: Any, *, prefix: str, source: str) -> None:
             raise ConfigError(f"{source}: {prefix}{f.name}: must be >= 0 seconds, got {v}")
     if isinstance(obj, ServerConfig) and not 0 <= obj.port <= 65535:
         raise ConfigError(f"{source}: {prefix}port: must be between 0 and 65535, got {obj.port}")
+    if isinstance(obj, ServerConfig) and not 0 <= obj.ollama_port <= 65535:
+        raise ConfigError(
+            f"{source}: {prefix}ollama_port: must be between 0 and 65535, got {obj.ollama_port}"
+        )
     if isinstance(obj, RunnersConfig) and obj.engine not in ENGINES:
         raise ConfigError(
             f"{source}: {prefix}engine: must be one of {', '.join(ENGINES)}, got {obj.engine!r}"

@@ -5,6 +5,7 @@ Every error modelrunner raises on purpose; nothing here knows HTTP or the CLI.
   x InvalidRequest            (400 invalid_request) bad JSON, bad reference, bad option
     + InvalidReference        (400) a model reference that cannot be parsed
   x ConfigError               (config_error) a bad config file, env var or flag
+  x InvalidConfig             (422 config_error) a reload refused the config file
   x ModelNotFound             (404 model_not_found) not in the store / unknown tag
   x NotFound                  (404 not_found) anything else that does not exist
   x Conflict                  (409 conflict) tag exists, model in use
@@ -53,6 +54,13 @@ class ConfigError(ModelRunnerError):
     code = "config_error"
 
 
+class InvalidConfig(ModelRunnerError):
+    """A config file that a reload refused (the running config stays): the file is at fault."""
+
+    status = 422
+    code = "config_error"
+
+
 class ModelNotFound(ModelRunnerError):
     status = 404
     code = "model_not_found"
@@ -95,6 +103,10 @@ class TooManyRequests(ModelRunnerError):
 class Unavailable(ModelRunnerError):
     status = 503
     code = "unavailable"
+
+    def __init__(self, message: str, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s  # a Retry-After header when known
 
 
 class RunnerFailed(Unavailable):

@@ -19,6 +19,7 @@ from pathlib import Path
 from modelrunner.config import RunnersConfig
 from modelrunner.errors import ConfigError, InvalidRequest
 from modelrunner.runners.model import Mode, ModelFiles
+from modelrunner.runners.pooling import pooling_args
 
 MODE_FLAGS: dict[Mode, tuple[str, ...]] = {
     "completion": (),
@@ -171,6 +172,8 @@ def build_argv(
     if mode == "completion" and files.chat_template_path is not None:
         argv += ["--chat-template-file", str(files.chat_template_path)]
     argv += MODE_FLAGS[mode]
+    if mode == "embedding":
+        argv += pooling_args(files.pooling, files.settings.runtime_flags, config.llama_args)
     argv += ["--ctx-size", str(context_size(files, config))]
     argv += validate_runtime_flags(files.settings.runtime_flags)
     argv += ["--mmproj", str(files.mmproj_path)] if files.mmproj_path is not None else ["--jinja"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import secrets
 import shutil
@@ -70,19 +71,27 @@ def enabled_for(config: KVCacheConfig, files: ModelFiles) -> bool:
     return config.enabled if override is None else override
 
 
-def make_key(
-    files: ModelFiles,
-    mode: Mode,
-    argv: list[str],
-    llama_args: Iterable[str],
-    binary: BinaryInfo,
-) -> CacheKey:
-    """The key of a load: any change of flags gives another key (sampling flags too: safe)."""
+# Values that name this runner or this machine's paths, not what its cache holds.
+_NOT_KEYED = frozenset({"--host", "--slot-save-path", "--model", "--alias"})
+
+
+def make_key(files: ModelFiles, mode: Mode, argv: list[str], binary: BinaryInfo) -> CacheKey:
+    """The key of a load: its whole command line (runtime flags, LLAMA_ARGS, context…) but the
+    socket and paths, so any flag change gives another key (sampling flags too: safe)."""
+    flags: list[str] = []
+    skip = False
+    for token in argv[1:]:
+        if skip:
+            skip = False
+        elif token in _NOT_KEYED:
+            skip = True
+        else:
+            flags.append(token)
     return CacheKey(
         model_id=files.id,
         mode=mode,
         context_size=_ctx(argv),
-        flags=(*files.settings.runtime_flags, *llama_args),
+        flags=tuple(flags),
         swa_full=swa_full(files, argv),
         engine=f"{binary.version} {binary.path}",
     )
@@ -91,11 +100,8 @@ def make_key(
 class KVCache:
     """The cache directory, its size bound and counters; every file operation runs in a thread."""
 
-    def __init__(
-        self, config: KVCacheConfig, llama_args: Iterable[str] = (), *, home: Path | None = None
-    ) -> None:
+    def __init__(self, config: KVCacheConfig, *, home: Path | None = None) -> None:
         self.config = config
-        self._llama_args = tuple(llama_args)
         self.dir = config.path or (home or Path.home() / ".modelrunner") / "kvcache"
         self.files = CacheDir(self.dir, config.max_bytes)
         self.stats = KVStats()
@@ -126,8 +132,14 @@ class KVCache:
         extra = ["--slot-save-path", str(self.dir)]
         if files.sliding_window is not None and "--swa-full" not in argv:
             extra.append("--swa-full")
-        runner.kv_key = make_key(files, runner.mode, [*argv, *extra], self._llama_args, binary)
+        runner.kv_key = make_key(files, runner.mode, [*argv, *extra], binary)
         return extra
+
+    def reconfigure(self, config: KVCacheConfig) -> None:
+        """A reload's runners.kv_cache: on/off and the bound apply from the next load or save;
+        the directory stays until a restart."""
+        self.config = dataclasses.replace(config, path=self.dir)
+        self.files.max_bytes = config.max_bytes
 
     # --- restore -------------------------------------------------------------------------------
 

@@ -33,6 +33,9 @@ class ModelFiles:
     kv_bytes_per_token: int | None = None
     sliding_window: int | None = None  # <arch>.attention.sliding_window: an SWA model
     settings: ModelSettings = field(default_factory=ModelSettings)
+    # The --pooling an embedding runner gets when its flags name none (runners/pooling.py);
+    # None = the GGUF's own (or unknown) pooling.
+    pooling: str | None = None
 
 
 ResolveFn = Callable[[str], Awaitable[ModelFiles]]

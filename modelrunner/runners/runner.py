@@ -79,6 +79,7 @@ class Runner:
         self.expires_at: float | None = None
         self.idle_handle: asyncio.TimerHandle | None = None
         self.stale = False  # settings changed: stop once idle
+        self.reload = False  # with stale: a pinned or preloaded model, load it again after
         self.stop_task: asyncio.Task[None] | None = None
         self.failure: RunnerFailed | None = None
         self.kv_key: CacheKey | None = None  # None: no prompt cache kept for this runner

@@ -31,7 +31,7 @@ from modelrunner.errors import (
     Unavailable,
     UpstreamError,
 )
-from modelrunner.runners import policy
+from modelrunner.runners import live, policy
 from modelrunner.runners.args import build_argv, context_size, validate_llama_args
 from modelrunner.runners.kvcache import KVCache
 from modelrunner.runners.locate import BinaryInfo, locate
@@ -55,6 +55,7 @@ __all__ = ["BinaryInfo", "Runner", "RunnerStatus", "Supervisor", "SupervisorStat
 log = structlog.get_logger(__name__)
 
 CRASH_WAIT_S = 2.0  # how long a failed request waits to learn whether its runner died
+PINNED_RETRY_AFTER_S = 30  # all slots pinned: only an operator frees one (unload, reload)
 
 
 class Supervisor:
@@ -90,7 +91,7 @@ class Supervisor:
         self._record_dir = config.run_dir / "runners"
         self._generation = itertools.count(1)
         self.stats = SupervisorStats()
-        self.kv = KVCache(config.kv_cache, config.llama_args, home=config.run_dir.parent)
+        self.kv = KVCache(config.kv_cache, home=config.run_dir.parent)  # prompt caches
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -350,6 +351,7 @@ class Supervisor:
                         )
                         for r in self._runners.values()
                     ]
+                    cfg = self._config  # a reload may raise max_loaded while this waits
                     plan = policy.plan_load(
                         runner.need_bytes,
                         loaded,
@@ -371,7 +373,9 @@ class Supervisor:
                     if plan.blocked == "pinned":
                         raise Unavailable(
                             f"cannot load model {runner.model.name!r}: all {cfg.max_loaded} runner "
-                            "slots are held by pinned models (runners.max_loaded)"
+                            "slots are held by pinned models (runners.max_loaded); unload one or "
+                            "raise the limit",
+                            retry_after_s=PINNED_RETRY_AFTER_S,
                         )
                     if not waiting:  # once per load, not on every wake-up
                         waiting = True
@@ -536,7 +540,9 @@ class Supervisor:
     def _arm_idle(self, runner: Runner) -> None:
         """Start the idle clock of a runner with nothing in flight (or stop it right away)."""
         if runner.stale:
-            self._stop(runner, "reconfigured")
+            stop = self._stop(runner, "reconfigured")
+            if runner.reload:
+                self._own(self._load_after(stop, runner.key), f"reload {runner.model_id}")
             return
         if runner.idle_handle is not None:
             runner.idle_handle.cancel()
@@ -630,13 +636,15 @@ class Supervisor:
             return
         await self._join(self._loads.get(key) or self._start_load(key))
 
-    async def preload(self, model_ids: Iterable[str], *, wait: bool = False) -> None:
+    async def preload(
+        self, model_ids: Iterable[str], *, wait: bool = False, mode: Mode = "completion"
+    ) -> None:
         """Start loading *model_ids* in the background (the config's preload list)."""
 
         async def one(model_id: str) -> None:
             error = None
             try:
-                await self.load(model_id)
+                await self.load(model_id, mode)
             except ModelRunnerError as e:
                 error = e.message
             if error is not None:
@@ -662,17 +670,54 @@ class Supervisor:
         await asyncio.gather(*(asyncio.shield(t) for t in stops))
         return [r.key for r in targets]
 
-    async def reconfigure(self, model_id: str) -> None:
-        """New settings for *model_id*: stop its idle runners now and busy ones once idle."""
+    async def reconfigure(self, model_id: str, *, reload: bool = False) -> None:
+        """New settings for *model_id*: stop its idle runners now and busy ones once idle.
+
+        *reload* (a pinned or preloaded model): each runner stopped loads again, with the new
+        settings, without waiting for a request.
+        """
         for key in [k for k in self._failures if k[0] == model_id]:
             del self._failures[key]
         stops = []
         for runner in [r for r in self._runners.values() if r.model_id == model_id]:
             if runner.state is RunnerState.READY and runner.in_flight == 0:
-                stops.append(self._stop(runner, "reconfigured"))
+                stop = self._stop(runner, "reconfigured")
+                stops.append(stop)
+                if reload:
+                    self._own(self._load_after(stop, runner.key), f"reload {model_id}")
             else:
                 runner.stale = True
+                runner.reload = reload
         await asyncio.gather(*(asyncio.shield(t) for t in stops))
+
+    async def _load_after(self, stop: asyncio.Task[None], key: Key) -> None:
+        """Once *stop* is done, load *key* again (one try: a failure is logged, not retried)."""
+        await asyncio.shield(stop)
+        await self.preload([key[0]], wait=True, mode=key[1])
+
+    async def apply_config(self, change: live.RunnersChange) -> None:
+        """A reload's new runners.* settings (see runners/live.py): TTLs re-armed from now,
+        limits and queues at the next decision, runners over a lowered max_loaded stopped."""
+        cfg = change.config
+        if not change.applied:
+            return
+        validate_llama_args(cfg.llama_args)
+        total = await total_memory_bytes() if cfg.memory_fraction is not None else 0
+        # Committed with no await from here on: decide, then act.
+        self._config = cfg
+        self.kv.reconfigure(cfg.kv_cache)
+        self._budget_bytes = int(total * cfg.memory_fraction) if cfg.memory_fraction else None
+        if "runners.idle_ttl_s" in change.applied:  # the new TTL, counted from the reload
+            for runner in list(self._runners.values()):
+                if runner.state is RunnerState.READY and runner.in_flight == 0:
+                    self._arm_idle(runner)
+        loaded = [
+            policy.Loaded(r.key, r.need_bytes, r.last_used, self._busy(r), r.model.settings.pinned)
+            for r in self._runners.values()
+        ]
+        for key in live.over_limit(loaded, change.config.max_loaded):
+            self._stop(self._runners[key], "max_loaded")
+        self._changed.notify()  # waiters re-plan: a raised max_loaded or max_in_flight admits
 
     # --- queries -------------------------------------------------------------------------------
 
@@ -705,6 +750,11 @@ class Supervisor:
         return any(k[0] == model_id for k in self._loads) or any(
             r.model_id == model_id and r.in_flight > 0 for r in self._runners.values()
         )
+
+    @property
+    def budget_bytes(self) -> int | None:
+        """The memory budget loads are planned against (runners.memory_fraction), None: none."""
+        return self._budget_bytes
 
     def runner_log(self, model_id: str, mode: Mode = "completion") -> Path:
         """The log file of the runner for (model, mode), whether or not it runs now."""

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from modelrunner.config import Config
 from modelrunner.runners.supervisor import Supervisor
-from modelrunner.server import engines_api, models_api, openai_api
+from modelrunner.server import drain, engines_api, models_api, ollama_api, openai_api, ui
 from modelrunner.server.catalog import Catalog
 from modelrunner.server.middleware import (
     BODY_TIMEOUT_S,
@@ -64,6 +64,7 @@ def make_app(
         middlewares=[
             make_error_middleware(observe),
             make_cors_middleware(lambda: state.config.server.origins),
+            state.drain.middleware,
         ],
         # Bodies are read by read_body() against server.max_body_bytes; the tar upload streams.
         client_max_size=server.max_body_bytes,
@@ -71,6 +72,7 @@ def make_app(
     app[STATE] = state
     app[BODY_TIMEOUT_S] = server.body_timeout_s
     app.on_response_prepare.append(add_cors_headers)
+    app.on_response_prepare.append(drain.mark_started)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await state.settings.load()
@@ -81,4 +83,6 @@ def make_app(
     engines_api.add_routes(app)
     models_api.add_routes(app)
     openai_api.add_routes(app)
+    ollama_api.add_routes(app)
+    ui.add_routes(app)
     return app

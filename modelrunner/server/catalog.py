@@ -17,6 +17,7 @@ from modelrunner.distribution.reference import try_parse
 from modelrunner.errors import InvalidRequest
 from modelrunner.runners.memory import kv_bytes_per_token
 from modelrunner.runners.model import ModelFiles
+from modelrunner.runners.pooling import default_pooling
 from modelrunner.server.settings import SettingsFile
 
 if TYPE_CHECKING:
@@ -51,6 +52,11 @@ def normalise(ref: str) -> str | None:
     """``ai/x`` -> ``ai/x:latest`` (display form); None if it does not parse."""
     parsed = try_parse(ref)
     return parsed.display if parsed is not None else None
+
+
+def _gguf_map(model: Model) -> dict[str, str] | None:
+    gguf = model.config.get("gguf")
+    return {str(k): str(v) for k, v in gguf.items()} if isinstance(gguf, dict) else None
 
 
 def kv_per_token(model: Model) -> int | None:
@@ -125,6 +131,7 @@ class Catalog:
             kv_bytes_per_token=kv_per_token(model),
             sliding_window=model.arch_params.get("sliding_window"),
             settings=self.effective_settings(model),
+            pooling=default_pooling(_gguf_map(model)),
         )
 
     async def resolve(self, model_id: str) -> ModelFiles:

@@ -4,10 +4,11 @@ The daemon process: both listeners, signals, readiness, reload and a draining sh
 Owns the lifecycles the app does not: the store, the supervisor, the aiohttp runner and its two
 sites (the Unix socket, mode 0600, and TCP on a loopback address unless remote access is allowed
 explicitly).  ``daemon.ready`` is logged (and ``READY=1`` sent to systemd's ``NOTIFY_SOCKET``)
-only once both listen.  SIGTERM/SIGINT: stop accepting, let in-flight requests finish (at most
-``server.drain_timeout_s``), stop every runner, exit 0.
-SIGHUP (and ``POST /admin/reload``): re-read the config file; models whose settings changed are
-reconfigured, every other runner stays.
+only once both listen.  SIGTERM/SIGINT: drain with the listeners open (late requests get a 503,
+``server/drain.py``), let in-flight requests finish (at most ``server.drain_timeout_s``, then cut
+them), stop accepting, stop every runner, exit 0.
+SIGHUP (and ``POST /admin/reload``): re-read the config file; live ``runners.*`` keys apply
+(``runners/live.py``), models whose settings changed are reconfigured, every other runner stays.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import ipaddress
+import math
 import os
 import signal
 import socket
@@ -30,10 +32,13 @@ from aiohttp import web
 
 from modelrunner import logs
 from modelrunner.config import Config
-from modelrunner.errors import ConfigError, ModelRunnerError, Unavailable
+from modelrunner.errors import ConfigError, InvalidConfig, ModelRunnerError, Unavailable
+from modelrunner.runners import live
 from modelrunner.runners.supervisor import Supervisor
+from modelrunner.server import provenance
 from modelrunner.server.app import make_app, settings_path
-from modelrunner.server.catalog import Catalog
+from modelrunner.server.catalog import Catalog, display_name
+from modelrunner.server.drain import Drain
 from modelrunner.server.kvcache_hooks import retain_stored, runners_config
 from modelrunner.server.protocol import AppRunner
 from modelrunner.server.state import STATE
@@ -44,6 +49,8 @@ DAEMON_LOG = "daemon.log"
 # server.* keys a reload applies at once; the others (listeners, timeouts) need a restart.
 LIVE_SERVER_KEYS = ("max_body_bytes", "disable_metrics", "origins")
 LOG_ROTATE_BYTES = 10 * 1024 * 1024
+RESTART_S = 2  # Retry-After during a drain: the bound plus about one restart
+CUT_GRACE_S = 2.0  # after the drain bound, for cut requests to write their error event
 
 
 class Tee:
@@ -132,7 +139,7 @@ def is_loopback(host: str) -> bool:
 
 def check_host(config: Config) -> None:
     server = config.server
-    if server.port and not is_loopback(server.host):
+    if (server.port or server.ollama_port) and not is_loopback(server.host):
         if not server.allow_remote:
             raise ConfigError(
                 f"refusing to listen on {server.host}:{server.port}: not a loopback address; "
@@ -225,6 +232,7 @@ class Daemon:
         state = app[STATE]
         state.daemon_log = self.log_path
         state.reload = self.reload
+        state.config_path = self.config_path or config.home / "config.yaml"
         runner = AppRunner(
             app,
             handle_signals=False,
@@ -254,16 +262,28 @@ class Daemon:
         finally:
             # The handlers stay until the loop closes: a second SIGTERM while draining must not
             # kill the process mid-shutdown (runners would be left to the next start's sweep).
-            # Stop accepting first, so `daemon.stopping` means "no new connections"; then drain
-            # in-flight requests (bounded) and cancel what is left.
+            # Drain first with the listeners open (late requests get a 503, server/drain.py),
+            # then stop accepting, so `daemon.stopping` means "no new connections".
+            await self._drain(state.drain)
             for site in list(runner.sites):
                 await site.stop()
-            await asyncio.to_thread(sd_notify, "STOPPING=1")
             log.info("daemon.stopping", drain_timeout_s=config.server.drain_timeout_s)
             await runner.cleanup()
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _drain(self, drain: Drain) -> None:
+        """Let requests in flight finish within server.drain_timeout_s, then cut the rest."""
+        bound = self.config.server.drain_timeout_s
+        # Retry once a restarted daemon can answer: the drain, then a start's few seconds.
+        drain.start(retry_after_s=math.ceil(bound) + RESTART_S)
+        await asyncio.to_thread(sd_notify, "STOPPING=1")
+        log.info("daemon.draining", in_flight=drain.in_flight, drain_timeout_s=bound)
+        if await drain.wait_idle(bound):
+            return
+        log.warning("daemon.drain_timeout", cut=drain.cut(), drain_timeout_s=bound)
+        await drain.wait_idle(CUT_GRACE_S)  # each cut request writes its last event
 
     async def _listen(self, runner: web.AppRunner) -> int | None:
         server = self.config.server
@@ -279,6 +299,7 @@ class Daemon:
         finally:
             os.umask(old)
         await asyncio.to_thread(os.chmod, server.socket, 0o600)
+        await self._listen_ollama(runner)
         if not server.port:
             return None
         tcp = web.TCPSite(runner, server.host, server.port, reuse_address=True)
@@ -290,6 +311,21 @@ class Daemon:
                 "is another daemon running? (choose another with --port)"
             ) from None
         return server.port
+
+    async def _listen_ollama(self, runner: web.AppRunner) -> None:
+        """``server.ollama_port``: the same app on a second port (Ollama's 11434), if set."""
+        server = self.config.server
+        if not server.ollama_port or server.ollama_port == server.port:
+            return
+        site = web.TCPSite(runner, server.host, server.ollama_port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as e:
+            raise ConfigError(
+                f"cannot listen on {server.host}:{server.ollama_port} (server.ollama_port): "
+                f"{e.strerror or e}; is Ollama itself running? (set server.ollama_port: 0)"
+            ) from None
+        log.info("daemon.ollama_listener", host=server.host, port=server.ollama_port)
 
     def _on_stop(self, sig: signal.Signals) -> None:
         log.info("daemon.signal", signal=sig.name, already_stopping=self.stop.is_set())
@@ -318,9 +354,10 @@ class Daemon:
             raise Unavailable("the daemon is not running yet")
         return self.catalog, self.supervisor
 
-    async def _preload(self) -> None:
+    async def _preload(self, refs: list[str] | None = None) -> None:
         catalog, supervisor = self._ready()
-        refs = [ref for ref, s in self.config.models.items() if s.preload]
+        if refs is None:
+            refs = [ref for ref, s in self.config.models.items() if s.preload]
         ids = []
         for ref in refs:
             error = None
@@ -334,15 +371,21 @@ class Daemon:
             await supervisor.preload(ids)
 
     async def reload(self) -> dict[str, object]:
-        """Re-read the config file; reconfigure only the models whose settings changed."""
+        """Re-read the config file; reconfigure only the models whose settings changed.
+
+        ``runners.*`` keys apply live where they can (``runners/live.py``); the others, like
+        listeners and paths, are named in a warning and in the answer.  A bad file changes
+        nothing and is an InvalidConfig (422) naming the key.
+        """
         catalog, supervisor = self._ready()
-        new = await asyncio.to_thread(Config.load, self.config_path, None, self.overrides)
+        try:
+            new = await asyncio.to_thread(Config.load, self.config_path, None, self.overrides)
+        except ConfigError as e:
+            raise InvalidConfig(f"{e.message}; the running config is unchanged") from None
         old = catalog.config
-        restart = [
-            name
-            for name in ("home", "store", "runners")
-            if getattr(old, name) != getattr(new, name)
-        ]
+        change = live.plan(old.runners, new.runners)
+        restart = [name for name in ("home", "store") if getattr(old, name) != getattr(new, name)]
+        restart += change.restart_required
         if old.server != new.server:
             diff = [
                 f"server.{f.name}"
@@ -351,11 +394,16 @@ class Daemon:
                 and f.name not in LIVE_SERVER_KEYS
             ]
             restart += diff
+        try:
+            await supervisor.apply_config(change)
+        except ConfigError as e:
+            raise InvalidConfig(f"{e.message}; the running config is unchanged") from None
         models = await catalog.store.list_models()
-        before = {m.id: catalog.file_settings(m) for m in models}
+        before = {m.id: (catalog.file_settings(m), catalog.effective_settings(m)) for m in models}
         catalog.config = dataclasses.replace(
             old,
             models=new.models,
+            runners=change.config,
             log_level=new.log_level,
             server=dataclasses.replace(
                 old.server, **{k: getattr(new.server, k) for k in LIVE_SERVER_KEYS}
@@ -363,12 +411,48 @@ class Daemon:
         )
         if new.log_level != old.log_level:
             logs.configure(new.log_level, stream=self.log_stream, json=self.json_logs)
-        changed = [m for m in models if catalog.file_settings(m) != before[m.id]]
+        changed, hidden, preload = [], [], []
+        for m in models:
+            after = catalog.effective_settings(m)
+            file_before, effective_before = before[m.id]
+            if after != effective_before:
+                changed.append(m)
+            elif after.preload and not effective_before.preload:
+                preload.append(m.id)
+            for entry in provenance.overridden(
+                file_before, catalog.file_settings(m), catalog.settings.get(m.id)
+            ):
+                hidden.append({"model": display_name(m), **entry})
         for model in changed:
-            await supervisor.reconfigure(model.id)
-        names = [m.tags[0] if m.tags else m.id for m in changed]
-        log.info("daemon.reloaded", reconfigured=names, restart_required=restart)
-        return {"reloaded": True, "reconfigured": names, "restart_required": restart}
+            settings = catalog.effective_settings(model)
+            await supervisor.reconfigure(model.id, reload=settings.pinned or settings.preload)
+        if preload:
+            await self._preload(preload)
+        for entry in hidden:
+            log.warning(
+                "daemon.setting_overridden",
+                **entry,
+                note="`modelrunner configure` settings win over the config file; "
+                f"`modelrunner configure --reset {entry['model']}` hands it back to the file",
+            )
+        if restart:
+            log.warning("daemon.restart_required", keys=restart, note="restart the daemon")
+        names = [display_name(m) for m in changed]
+        applied = list(change.applied)
+        log.info(
+            "daemon.reloaded",
+            reconfigured=names,
+            applied=applied,
+            restart_required=restart,
+            overridden=hidden,
+        )
+        return {
+            "reloaded": True,
+            "reconfigured": names,
+            "applied": applied,
+            "restart_required": restart,
+            "overridden": hidden,
+        }
 
 
 def run(

@@ -21,21 +21,26 @@ import aiofiles.os
 from aiohttp import web
 
 from modelrunner import __version__
-from modelrunner.errors import BinaryNotFound, InvalidRequest, NotFound
+from modelrunner.errors import BinaryNotFound, InvalidRequest, ModelNotFound, NotFound
 from modelrunner.runners.args import validate_runtime_flags
+from modelrunner.runners.memory import total_memory_bytes
 from modelrunner.runners.model import MODES
+from modelrunner.server import provenance
 from modelrunner.server.catalog import display_name
 from modelrunner.server.middleware import parse_json_object, read_body
 from modelrunner.server.openai_api import check_backend
 from modelrunner.server.settings import format_keep_alive, parse_keep_alive
 from modelrunner.server.state import STATE
+from modelrunner.server.ui import UI_PREFIX, wants_html
 
 BACKEND = "llama.cpp"
 GO_ZERO_TIME = "0001-01-01T00:00:00Z"
 LOG_MAX_BYTES = 4 * 1024 * 1024
 
 
-async def banner(_: web.Request) -> web.Response:
+async def banner(request: web.Request) -> web.Response:
+    if wants_html(request):  # a browser: the dashboard; curl and API clients keep the banner
+        raise web.HTTPFound(UI_PREFIX)
     return web.Response(text="Docker Model Runner is running")
 
 
@@ -132,11 +137,15 @@ async def df(request: web.Request) -> web.Response:
         backend = await asyncio.to_thread(lambda: _dir_bytes(binary.resolve().parent))
     except BinaryNotFound:
         backend = 0
+    ram = await total_memory_bytes()
     return web.json_response(
         {
             "models_disk_usage": int(models),
             "default_backend_disk_usage": int(backend),
             "kv_cache_disk_usage": await state.supervisor.kv.disk_usage(),
+            # Ours (the dashboard's memory bar): RAM, and runners.memory_fraction of it or null.
+            "memory_total_bytes": ram,
+            "memory_budget_bytes": state.supervisor.budget_bytes,
         }
     )
 
@@ -157,6 +166,9 @@ async def unload(request: web.Request) -> web.Response:
         models = []
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
         raise InvalidRequest("'models' must be a list of model references")
+    # Pinned runners are stopped too: pinning guards against eviction and idle unloads, not
+    # against an explicit unload (the answer counts them; they load again on their next request).
+    pinned = {(r.model, r.mode) for r in await state.supervisor.status() if r.pinned}
     if all_:
         stopped = await state.supervisor.unload(None)
     elif models:
@@ -167,7 +179,10 @@ async def unload(request: web.Request) -> web.Response:
         stopped = await state.supervisor.unload(ids)
     else:
         stopped = []
-    return web.json_response({"unloaded_runners": len(stopped)})
+    body = {"unloaded_runners": len(stopped)}  # Docker's shape; ours only when there are some
+    if any(k in pinned for k in stopped):
+        body["pinned"] = sum(k in pinned for k in stopped)
+    return web.json_response(body)
 
 
 def _configure_changes(payload: dict[str, Any]) -> dict[str, Any]:
@@ -187,7 +202,9 @@ def _configure_changes(payload: dict[str, Any]) -> dict[str, Any]:
         changes["context_size"] = ctx
     flags = payload.get("runtime-flags")
     raw = payload.get("raw-runtime-flags")
-    if flags is not None:
+    if "runtime-flags" in payload and flags is None and raw is None:
+        changes["runtime_flags"] = None  # cleared: the config file's flags apply again
+    elif flags is not None:
         if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
             raise InvalidRequest("'runtime-flags' must be a list of strings")
         changes["runtime_flags"] = validate_runtime_flags(flags)
@@ -209,7 +226,7 @@ def _configure_changes(payload: dict[str, Any]) -> dict[str, Any]:
         if pinned is not None and not isinstance(pinned, bool):
             raise InvalidRequest("'pinned' must be a boolean")
         changes["pinned"] = pinned
-    if "--embeddings" in changes.get("runtime_flags", ()) and "mode" not in changes:
+    if "--embeddings" in (changes.get("runtime_flags") or ()) and "mode" not in changes:
         changes["mode"] = "embedding"
     return changes
 
@@ -231,9 +248,10 @@ async def configure(request: web.Request) -> web.Response:
 
 async def get_configure(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    only: str | None = None
+    model = None
     if "model" in request.query:
-        only = (await state.catalog.lookup(request.query["model"])).id
+        model = await state.catalog.lookup(request.query["model"])
+    only = model.id if model is not None else None
     rows = [
         {
             "Backend": BACKEND,
@@ -245,6 +263,16 @@ async def get_configure(request: web.Request) -> web.Response:
         for model_id, s in state.settings.items()
         if only is None or model_id == only
     ]
+    if model is not None and not rows:  # nothing stored: still say where its values come from
+        rows = [{"Backend": BACKEND, "Model": display_name(model), "ModelID": model.id}]
+        rows[0].update(Mode="completion", Config={})
+    config_file = f"config file ({state.config_path or state.config.home / 'config.yaml'})"
+    for row in rows:  # ours, beyond Docker's keys: each effective value and its source
+        try:
+            found = await state.catalog.lookup(row["ModelID"])
+        except ModelNotFound:
+            continue  # settings of a model removed since
+        row["Sources"] = provenance.sources(state.catalog, found, config_file)
     return web.json_response(rows)
 
 
@@ -271,16 +299,20 @@ async def logs(request: web.Request) -> web.Response:
             content_type="text/plain",
             charset="utf-8",
         )
-    mode = request.query.get("mode", "completion")
-    if mode not in MODES:
+    mode = request.query.get("mode")
+    if mode is not None and mode not in MODES:
         raise InvalidRequest(f"mode must be one of {', '.join(MODES)}")
     model = await state.catalog.lookup(model_ref)
-    path = state.supervisor.runner_log(model.id, mode)
+    logs = {m: state.supervisor.runner_log(model.id, m) for m in MODES}
+    ran = [m for m, p in logs.items() if await aiofiles.os.path.exists(p)]
+    # No mode given: the runner the model has (completion first), as a user means "its log".
+    picked = mode or (ran[0] if ran else "completion")
     try:
-        data = await _tail(path, LOG_MAX_BYTES)
+        data = await _tail(logs[picked], LOG_MAX_BYTES)
     except NotFound:
+        which = f"modes: {', '.join(ran)}" if ran else "no runner of it has run yet"
         raise NotFound(
-            f"model {display_name(model)!r} has no {mode} runner log yet (it has not run)"
+            f"model {display_name(model)!r} has no {picked} runner log yet ({which})"
         ) from None
     return web.Response(body=data, content_type="text/plain", charset="utf-8")
 

@@ -10,6 +10,7 @@ aiohttp's own HTTP exceptions (404/405/413).  Knows nothing of models or runners
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import re
 import time
@@ -21,7 +22,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from modelrunner.errors import InvalidRequest, ModelRunnerError, PayloadTooLarge, TooManyRequests
+from modelrunner.errors import InvalidRequest, ModelRunnerError, PayloadTooLarge
 
 log = structlog.get_logger(__name__)
 
@@ -45,10 +46,21 @@ def _openai_shape(status: int, message: str, code: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "code": code}}
 
 
+def is_ollama_path(path: str) -> bool:
+    """Ollama's routes: ``/api/...``."""
+    return path == "/api" or path.startswith("/api/")
+
+
+def _ollama_shape(status: int, message: str, code: str) -> dict[str, Any]:
+    del status, code  # Ollama's clients read only the message; the status says the rest
+    return {"error": message}
+
+
 # Each API family's error shape, by path; the first match wins, else management's
 # ``{"error": message}``.  A family whose paths overlap another's (``/v1/...``) goes first.
 ERROR_SHAPES: tuple[tuple[Callable[[str], bool], ErrorShape], ...] = (
     (is_openai_path, _openai_shape),
+    (is_ollama_path, _ollama_shape),
 )
 
 
@@ -105,8 +117,9 @@ def make_error_middleware(observe: Observer | None = None) -> Any:
         except ModelRunnerError as e:
             status = e.status
             headers = None
-            if isinstance(e, TooManyRequests):
-                headers = {"Retry-After": str(e.retry_after_s)}
+            retry_after = getattr(e, "retry_after_s", None)
+            if retry_after is not None:  # TooManyRequests, and an Unavailable that knows
+                headers = {"Retry-After": str(retry_after)}
             return error_response(request, e.status, e.message, e.code, headers)
         except web.HTTPException as e:
             status = e.status
@@ -208,6 +221,20 @@ def _origin_pattern(origin: str) -> re.Pattern[str]:
     return re.compile("^" + escaped.replace(r":\*", r"(:[0-9]{1,5})?") + "$")
 
 
+def is_same_origin(request: web.Request, origin: str) -> bool:
+    """The daemon's own page (the dashboard's POSTs carry ``Origin``): not a cross-site call.
+
+    Only for an IP literal or ``localhost`` in ``Host``: a DNS-rebinding page has its own
+    domain name there, so it is still refused as before."""
+    host = request.url.host or ""
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            return False
+    return origin.rstrip("/") == f"{request.scheme}://{request.host}"
+
+
 CORS_ORIGIN = web.RequestKey("cors_origin", str)
 
 
@@ -242,7 +269,7 @@ def make_cors_middleware(origins: Iterable[str] | Callable[[], Iterable[str]]) -
     @web.middleware
     async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get("Origin")
-        if origin is None:
+        if origin is None or is_same_origin(request, origin):
             return await handler(request)
         if not ok(origin):
             return error_response(request, 403, f"origin {origin!r} is not allowed", "forbidden")

@@ -10,6 +10,7 @@ came.  ``GET .../v1/models[/{name}]`` answers from the store, one entry per mode
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -19,7 +20,7 @@ from modelrunner.errors import InvalidRequest, ModelRunnerError, UpstreamError
 from modelrunner.runners.model import Mode
 from modelrunner.server.catalog import display_name
 from modelrunner.server.middleware import parse_json_object, read_body
-from modelrunner.server.proxy import ClientGone, Forwarded, write_stream_error
+from modelrunner.server.proxy import ClientGone, Forwarded, Relay, write_stream_error
 from modelrunner.server.settings import parse_keep_alive
 from modelrunner.server.state import STATE, ServerState
 
@@ -161,9 +162,11 @@ async def serve(
     preload_only: bool = False,
     *,
     stream: bool = False,
+    relay: Relay | None = None,
 ) -> web.StreamResponse:
-    """Acquire the model's runner and pass the request through; errors after the answer began
-    end the stream with an error event instead of a status."""
+    """Acquire the model's runner and pass the request through (or through *relay*, another
+    API family's translation); errors after the answer began end the stream with an error
+    event instead of a status."""
     forwarded = Forwarded()
     acquired = None
     try:
@@ -172,7 +175,13 @@ async def serve(
             if preload_only:
                 return web.Response(status=200)
             return await state.upstream.forward(
-                request, runner.socket_path, upstream_path, body, forwarded, stream=stream
+                request,
+                runner.socket_path,
+                upstream_path,
+                body,
+                forwarded,
+                stream=stream,
+                relay=relay,
             )
     except ClientGone as gone:
         return gone.response
@@ -188,6 +197,13 @@ async def serve(
             raise
         state.metrics.stream_errors += 1
         await write_stream_error(forwarded, e)
+        return forwarded.response
+    except asyncio.CancelledError:
+        # Cut by SIGTERM's drain bound: the stream says why before it ends (server/drain.py).
+        if forwarded.response is None or not state.drain.was_cut():
+            raise
+        state.metrics.stream_errors += 1
+        await write_stream_error(forwarded, state.drain.cut_error())
         return forwarded.response
     finally:
         # Here, not only after a clean end: the openai package drops the connection once it has

@@ -16,7 +16,7 @@ import collections
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,13 @@ class Forwarded:
     response: web.StreamResponse | None = None
     streaming: bool = False
     usage: dict[str, Any] | None = field(default=None)
+    # How an error ends an answer already under way; None = an SSE error event (OpenAI's).
+    error_line: Callable[[ModelRunnerError], bytes] | None = None
+
+
+# A replacement for the pass-through relay (another API family's framing, e.g. Ollama's NDJSON):
+# given the client request, the runner's response and the Forwarded record, answer the client.
+Relay = Callable[[web.Request, aiohttp.ClientResponse, Forwarded], Awaitable[web.StreamResponse]]
 
 
 class UpstreamPool:
@@ -143,11 +150,13 @@ class UpstreamPool:
         state: Forwarded,
         *,
         stream: bool = False,
+        relay: Relay | None = None,
     ) -> web.StreamResponse:
         """Send *body* to the runner and stream its answer back; *state* records progress.
 
         *stream*: the client asked for SSE.  llama-server closes the connection after a streamed
         answer while announcing keep-alive, so such a request uses a connection of its own.
+        *relay*: translate the answer instead of passing it through.
         """
         headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _HOP)
         if stream:
@@ -157,7 +166,7 @@ class UpstreamPool:
         try:
             up = await self._post(session, upstream_path, body, headers)
             async with up:
-                return await self._relay(request, up, state)
+                return await (relay or self._relay)(request, up, state)
         finally:
             self._busy[socket_path] -= 1
             if not self._busy[socket_path]:
@@ -284,8 +293,9 @@ async def write_stream_error(state: Forwarded, error: ModelRunnerError) -> None:
         return
     payload = {"error": {"message": error.message, "type": "server_error", "code": error.code}}
     line = json.dumps(payload)
+    data = state.error_line(error) if state.error_line else f"data: {line}\n\n".encode()
     try:
-        await response.write(f"data: {line}\n\n".encode())
+        await response.write(data)
         await response.write_eof()
     except (ConnectionError, RuntimeError, aiohttp.ClientError) as e:
         log.info("proxy.error_event_lost", error=repr(e))

@@ -17,6 +17,7 @@ from aiohttp import web
 from modelrunner.config import Config
 from modelrunner.runners.supervisor import Supervisor
 from modelrunner.server.catalog import Catalog
+from modelrunner.server.drain import Drain
 from modelrunner.server.metrics import Metrics
 from modelrunner.server.proxy import UpstreamPool
 from modelrunner.server.settings import SettingsFile
@@ -38,6 +39,8 @@ class ServerState:
     started: float = field(default_factory=time.time)
     reload: ReloadFn | None = None  # set by the daemon; None = no config file to reload
     daemon_log: Path | None = None
+    config_path: Path | None = None  # the file a reload reads (None: <home>/config.yaml)
+    drain: Drain = field(default_factory=Drain)  # SIGTERM: late requests, cut streams
 
     @property
     def config(self) -> Config:

@@ -222,7 +222,8 @@ def test_runner_verbs(daemon, tiny_gguf, llama_server_bin) -> None:
     assert row[4] == "MiB"  # MEMORY, e.g. "29.37 MiB"
     assert "from now" in " ".join(row[5:])
 
-    assert ok("configure", "--context-size", "256", TINY, "--", "--temp", "0.5", env=env) == ""
+    said = ok("configure", "--context-size", "256", TINY, "--", "--temp", "0.5", env=env)
+    assert said.startswith(f"Configured {TINY}: context-size 256, runtime-flags --temp 0.5")
     stored = curl_json(daemon, "/engines/_configure")
     assert stored[0]["Config"]["context-size"] == 256
     assert stored[0]["Config"]["runtime-flags"] == ["--temp", "0.5"]

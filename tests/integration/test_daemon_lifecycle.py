@@ -122,7 +122,7 @@ def test_flags_and_non_loopback_needs_allow_remote(daemon: DaemonHandle) -> None
 @pytest.fixture
 def draining(daemon_factory: Callable[..., DaemonHandle], tiny_gguf: Path) -> DaemonHandle:
     """Like long_ctx, with a drain bound far above the answer's length (not what is tested)."""
-    d = daemon_factory(server={"drain_timeout_s": 0.5})
+    d = daemon_factory(server={"drain_timeout_s": 60.0})
     d.add_model(MODEL, tiny_gguf)
     assert curl(d, "POST", "/engines/_configure", {"model": MODEL, "context-size": 4096})[0] == 202
     return d
@@ -136,12 +136,16 @@ async def test_sigterm_drains_the_stream_in_flight_then_exits_0(draining: Daemon
         first = await resp.content.readline()
         assert first.startswith(b"data: ")
         os.kill(d.pid, signal.SIGTERM)
-        await asyncio.to_thread(wait_for_log, d, "daemon.stopping")
-        with pytest.raises(ConnectionRefusedError):  # no new connections while draining
-            await asyncio.open_connection("127.0.0.1", d.port)
+        await asyncio.to_thread(wait_for_log, d, "daemon.draining")
+        async with (
+            aiohttp.ClientSession(base_url=d.base_url) as late,
+            late.get("/") as refused,  # no new requests while draining: a 503
+        ):
+            assert refused.status == 503
+            assert "Retry-After" in refused.headers
         body = await resp.read()
         resp.close()
-    assert body.rstrip().endswith(b"data: [DONE]")  # the request in flight finished whole
+    assert body.rstrip().endswith(b"data: [DONE]"), d.log_text()[-6000:]  # finished whole
     assert await asyncio.to_thread(d.stop) == 0
     assert "daemon.stopped" in d.log_text()
     assert not d.socket_path.exists()
@@ -151,8 +155,9 @@ async def test_sigterm_drains_the_stream_in_flight_then_exits_0(draining: Daemon
 def short_drain(
     daemon_factory: Callable[..., DaemonHandle], tiny_gguf_factory: Callable[..., Path]
 ) -> DaemonHandle:
-    """A drain bound (0.5 s) far below the answer's length (8000 tokens: seconds)."""
-    d = daemon_factory(server={"drain_timeout_s": 0.5})
+    """A drain bound (3 s) far below the answer's length (8000 tokens: seconds); long enough
+    for a request to arrive during it."""
+    d = daemon_factory(server={"drain_timeout_s": 3.0})
     d.add_model(MODEL, tiny_gguf_factory(ctx=8192))
     assert curl(d, "POST", "/engines/_configure", {"model": MODEL, "context-size": 8192})[0] == 202
     return d
@@ -177,6 +182,42 @@ async def test_sigterm_drain_is_bounded_then_runners_stop(short_drain: DaemonHan
     assert await asyncio.to_thread(d.stop) == 0
     assert "daemon.stopped" in d.log_text()
     assert not runner.is_running()
+
+
+async def test_drain_answers_503_then_cuts_the_stream_with_an_error_event(
+    short_drain: DaemonHandle,
+) -> None:
+    """Issue 16.4: a request during the drain gets a JSON 503 with Retry-After (the listeners
+    stay open until it ends); a stream cut at the bound ends with an error event saying the
+    daemon is stopping, not a bare close."""
+    d = short_drain
+    async with aiohttp.ClientSession(base_url=d.base_url) as http:
+        resp = await http.post("/engines/v1/chat/completions", json={**LONG, "max_tokens": 8000})
+        assert resp.status == 200
+        assert (await resp.content.readline()).startswith(b"data: ")
+        os.kill(d.pid, signal.SIGTERM)
+        await asyncio.to_thread(wait_for_log, d, "daemon.draining")
+
+        # A new connection during the drain: answered, in the route's own error shape.
+        async with aiohttp.ClientSession(base_url=d.base_url) as other:
+            body = {"model": MODEL, "prompt": "x", "max_tokens": 1}
+            async with other.post("/engines/v1/completions", json=body) as late:
+                assert late.status == 503
+                assert int(late.headers["Retry-After"]) >= 1
+                error = (await late.json())["error"]
+                assert "stopping" in error["message"]
+            async with other.get("/models") as manage:
+                assert manage.status == 503
+                assert "stopping" in (await manage.json())["error"]
+
+        text = (await resp.read()).decode()
+        resp.close()
+    events = [x for x in text.splitlines() if x.startswith("data:")]
+    assert events[-1] != "data: [DONE]"  # cut at the bound, not finished
+    last = json.loads(events[-1].removeprefix("data:"))
+    assert "stopping" in last["error"]["message"]
+    assert await asyncio.to_thread(d.stop) == 0
+    assert "daemon.stopped" in d.log_text()
 
 
 async def test_runner_killed_mid_stream_ends_with_an_error_event(long_ctx: DaemonHandle) -> None:
@@ -228,7 +269,13 @@ def test_sighup_reconfigures_only_the_changed_model(
 
     status, text = curl(d, "POST", "/admin/reload")  # the same, on an endpoint; nothing changed
     assert status == 200
-    assert json.loads(text) == {"reloaded": True, "reconfigured": [], "restart_required": []}
+    assert json.loads(text) == {
+        "reloaded": True,
+        "reconfigured": [],
+        "applied": [],
+        "restart_required": [],
+        "overridden": [],
+    }
     assert set(runner_pids(d)) == {"test/a:latest/completion", "test/b:latest/completion"}
 
     # `preload: true` in the config file: loaded at start, before any request.

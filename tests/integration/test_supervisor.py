@@ -29,6 +29,7 @@ from modelrunner.errors import (
     TooManyRequests,
     Unavailable,
 )
+from modelrunner.runners import live
 from modelrunner.runners.locate import locate
 from modelrunner.runners.memory import estimate_bytes
 from modelrunner.runners.model import ModelFiles
@@ -698,3 +699,42 @@ async def test_gemma_answers_through_a_runner(
     async with sup.acquire("gemma") as r:
         answer = await chat(r, max_tokens=16)
     assert answer.strip()
+
+
+class TestLiveConfig:
+    """Issue 16: a reload's runners.* settings and a reconfigure that brings a model back."""
+
+    async def test_a_busy_pinned_runner_reconfigured_comes_back_once_idle(
+        self, make_supervisor: Factory, models: Models
+    ) -> None:
+        models.add("m0", seed=0, pinned=True)
+        sup = await make_supervisor()
+        async with sup.acquire("m0") as r:
+            models.add("m0", seed=0, pinned=True, context_size=256)
+            await sup.reconfigure("m0", reload=True)
+            assert await chat(r)  # the busy runner keeps serving
+        # Once idle it stops and loads again by itself, with the new settings.
+        await eventually(lambda: _true(loaded_again(sup, r.pid)), timeout_s=30)
+        (row,) = await sup.status()
+        assert row.pid is not None
+        argv = psutil.Process(row.pid).cmdline()
+        assert argv[argv.index("--ctx-size") + 1] == "256"
+
+    async def test_apply_config_lowers_max_loaded_and_sets_the_new_ttl(
+        self, make_supervisor: Factory
+    ) -> None:
+        sup = await make_supervisor(max_loaded=2, idle_ttl_s=300)
+        await sup.preload(["m0"], wait=True)
+        await sup.preload(["m1"], wait=True)
+        old = sup._config
+        await sup.apply_config(live.plan(old, replace(old, max_loaded=1, idle_ttl_s=30)))
+        await eventually(lambda: _true(len(sup._runners) == 1))
+        (row,) = [s for s in await sup.status() if s.state == "ready"]
+        assert row.model == "m1"  # the least recently used one went
+        assert row.until is not None
+        assert row.until < time.time() + 40
+
+
+def loaded_again(sup: Supervisor, old_pid: int | None) -> bool:
+    runners = list(sup._runners.values())
+    return len(runners) == 1 and runners[0].pid != old_pid and runners[0].state.value == "ready"

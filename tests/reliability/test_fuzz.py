@@ -15,8 +15,9 @@ from tests.reliability.conftest import Target, pid_of
 
 ROOT = Path(__file__).resolve().parents[2]
 # Pulls and pushes would reach out to registries named by random strings; they are fuzzed by the
-# hostile-input tests with hand-picked references instead. Purge would empty the store mid-run.
-EXCLUDE = r"^/models/(create|load|purge)$|/push$"
+# hostile-input tests with hand-picked references instead (Ollama's /api/pull too, in
+# test_ollama_hostile.py). Purge would empty the store mid-run.
+EXCLUDE = r"^/models/(create|load|purge)$|/push$|^/api/pull$"
 # Likewise `GET /models/{name}?remote` asks the registry named by the fuzzed reference (docker.io
 # for most): offline that is a 502 by design. Fuzzed from a copy of the document without it.
 NETWORK_QUERY = {"remote"}

@@ -29,7 +29,7 @@ def files(model_id: str = "sha256:aa", **kw: object) -> ModelFiles:
 def key(model_id: str = "sha256:aa", context: int = 4096) -> CacheKey:
     argv = [*ARGV]
     argv[argv.index("--ctx-size") + 1] = str(context)
-    return make_key(files(model_id), "completion", argv, (), BINARY)
+    return make_key(files(model_id), "completion", argv, BINARY)
 
 
 def cache(tmp_path: Path, **kw: object) -> KVCache:
@@ -62,9 +62,18 @@ class TestKey:
         assert len({base.digest, *(o.digest for o in others)}) == 1 + len(others)
         assert key().digest == base.digest
 
+    def test_the_whole_command_line_is_keyed_but_the_socket_and_paths(self) -> None:
+        """LLAMA_ARGS (live on reload) change the key; a new socket or model path does not."""
+        base = make_key(files(), "completion", [*ARGV, "--host", "/r/a.sock"], BINARY)
+        moved = [*ARGV, "--host", "/r/b.sock"]
+        moved[moved.index("--model") + 1] = "/other/store/m.gguf"
+        assert make_key(files(), "completion", moved, BINARY) == base
+        quantized = [*ARGV, "--host", "/r/a.sock", "--cache-type-k", "q8_0"]
+        assert make_key(files(), "completion", quantized, BINARY).digest != base.digest
+
     def test_the_context_is_the_last_ctx_size_of_the_argv(self) -> None:
         argv = [*ARGV, "-c", "1024"]
-        assert make_key(files(), "completion", argv, (), BINARY).context_size == 1024
+        assert make_key(files(), "completion", argv, BINARY).context_size == 1024
 
     def test_an_swa_model_runs_with_a_full_size_cache(self, tmp_path: Path) -> None:
         """Gemma 3's sliding window: without --swa-full a restored slot is never reused."""

@@ -31,7 +31,14 @@ class Configure(Command):
             "--mode", choices=("completion", "embedding", "reranking"), help="runner mode"
         )
         parser.add_argument(
-            "--show", action="store_true", help="print the stored settings (of MODEL, or all)"
+            "--show",
+            action="store_true",
+            help="print the stored settings (of MODEL, or all) and where each value comes from",
+        )
+        parser.add_argument(
+            "--reset",
+            action="store_true",
+            help="forget MODEL's configure settings: the config file's and defaults apply again",
         )
         parser.add_argument("model", metavar="MODEL", nargs="?", help="tag or ID")
         parser.add_argument(
@@ -46,6 +53,8 @@ class Configure(Command):
             return 0
         if not args.model:
             raise InvalidRequest("give the MODEL to configure")
+        if args.reset:
+            return self._reset(args)
         body: dict[str, Any] = {"model": args.model}
         if args.context_size is not None:
             if args.context_size < 1:
@@ -62,4 +71,28 @@ class Configure(Command):
                 "nothing to configure: give --context-size, --keep-alive or -- FLAGS"
             )
         connect(args).request("POST", "/engines/_configure", json_body=body).close()
+        print(f"Configured {args.model}: {describe(body)}")
+        print("  kept by the daemon (settings.json, above the config file); the runner restarts")
         return 0
+
+    def _reset(self, args: argparse.Namespace) -> int:
+        if args.context_size is not None or args.keep_alive or args.runtime_flags or args.mode:
+            raise InvalidRequest("--reset takes only MODEL (it clears every configure setting)")
+        body = {"model": args.model, **dict.fromkeys(RESET_KEYS)}
+        connect(args).request("POST", "/engines/_configure", json_body=body).close()
+        print(f"Settings of {args.model} reset: the config file's and the defaults apply again")
+        return 0
+
+
+RESET_KEYS = ("context-size", "runtime-flags", "keep_alive", "pinned")
+
+
+def describe(body: dict[str, Any]) -> str:
+    """What a configure request sets, as the flags a user typed: ``context-size 8192, …``."""
+    parts = []
+    for key, value in body.items():
+        if key == "model":
+            continue
+        shown = " ".join(value) if isinstance(value, list) else value
+        parts.append(f"{key} {shown}")
+    return ", ".join(parts)

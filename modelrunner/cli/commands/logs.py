@@ -14,6 +14,8 @@ import urllib.parse
 
 from modelrunner.cli.base import Command, connect
 from modelrunner.cli.client import Client
+from modelrunner.errors import InvalidRequest
+from modelrunner.runners.model import MODES
 
 POLL_INTERVAL_S = 1.0
 OVERLAP_BYTES = 4096
@@ -48,16 +50,27 @@ def fetch(client: Client, path: str) -> bytes:
 class Logs(Command):
     name = "logs"
     help = "Show the daemon's log, or a model runner's (--runner)"
-    epilog = "examples:\n  modelrunner logs\n  modelrunner logs -f --runner ai/smollm2"
+    epilog = (
+        "examples:\n  modelrunner logs\n  modelrunner logs -f --runner ai/smollm2\n"
+        "  modelrunner logs --runner ai/mxbai-embed-large --mode embedding"
+    )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
         parser.add_argument("--runner", metavar="MODEL", help="the llama-server log of MODEL")
+        parser.add_argument(
+            "--mode",
+            choices=MODES,
+            help="which of MODEL's runners (default: the one it has, completion first)",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         path = "/logs"
+        if args.mode and not args.runner:
+            raise InvalidRequest("--mode needs --runner MODEL")
         if args.runner:
-            path += "?" + urllib.parse.urlencode({"model": args.runner})
+            query = {"model": args.runner, **({"mode": args.mode} if args.mode else {})}
+            path += "?" + urllib.parse.urlencode(query)
         client = connect(args)
         out = sys.stdout.buffer
         seen = fetch(client, path)

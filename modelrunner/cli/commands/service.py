@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import socket
 import sys
 from pathlib import Path
@@ -22,6 +23,9 @@ from modelrunner.service import (
 )
 from modelrunner.service.spec import carried_env
 from modelrunner.service.units import parse_env
+
+MANAGERS = ("launchd", "systemd")
+MANAGER_HELP = "service manager (default: launchd on macOS, systemd on Linux)"
 
 
 def _err(message: str) -> None:
@@ -44,11 +48,7 @@ class Service(Command):
     help = "Install, remove or inspect the modelrunner service (launchd agent / systemd user unit)"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--manager",
-            choices=("launchd", "systemd"),
-            help="service manager (default: launchd on macOS, systemd on Linux)",
-        )
+        parser.add_argument("--manager", choices=MANAGERS, help=MANAGER_HELP)
         sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
         install = sub.add_parser("install", help="write the service file and start the service")
         install.add_argument(
@@ -65,10 +65,24 @@ class Service(Command):
         uninstall.add_argument(
             "--dry-run", action="store_true", help="say what would be removed, change nothing"
         )
-        sub.add_parser("status", help="is the service installed and running (exit 3 if not)")
+        status = sub.add_parser(
+            "status", help="is the service installed and running (exit 3 if not)"
+        )
+        status.add_argument(
+            "--dry-run", action="store_true", help="accepted: status changes nothing anyway"
+        )
         logs = sub.add_parser("logs", help="the daemon's log as the service manager keeps it")
         logs.add_argument("-n", "--lines", type=int, default=100, help="lines to show (100)")
         logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+        logs.add_argument(
+            "--dry-run", action="store_true", help="print the command that shows the log"
+        )
+        # `service install --manager launchd` as well as `service --manager launchd install`:
+        # SUPPRESS keeps the action's copy from resetting one given before the action.
+        for action in (install, uninstall, status, logs):
+            action.add_argument(
+                "--manager", choices=MANAGERS, default=argparse.SUPPRESS, help=MANAGER_HELP
+            )
 
     def run(self, args: argparse.Namespace) -> int:
         config = Config.load(Path(args.config) if args.config else None)
@@ -131,4 +145,7 @@ class Service(Command):
         self, mgr: ServiceManager, spec: ServiceSpec, args: argparse.Namespace, config: Config
     ) -> int:
         argv = mgr.logs_argv(spec, args.lines, args.follow)
+        if args.dry_run:
+            print(shlex.join(argv))
+            return 0
         return mgr.run_logs(argv)
