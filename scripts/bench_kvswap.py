@@ -126,6 +126,10 @@ async def one_variant(work: Path, files: dict[str, ModelFiles], enabled: bool) -
         Supervisor._finish_stop = finish_stop  # type: ignore[method-assign]
     saved = [e for e in logs if e["event"] == "kvcache.saved" and e["model"] == "gemma3-270m"]
     restored = [e for e in logs if e["event"] == "kvcache.restored"]
+    loads = [
+        e["load_ms"] for e in logs if e["event"] == "runner.ready" and e["model"] == "gemma3-270m"
+    ]
+    first["load_ms"], second["load_ms"] = loads[0], loads[-1]
     return {
         "first": first,
         "second": second,
@@ -141,8 +145,9 @@ async def one_variant(work: Path, files: dict[str, ModelFiles], enabled: bool) -
 def report(on: dict[str, Any], off: dict[str, Any]) -> str:
     t1 = off["first"]["s"]
     rows = [
-        "| | wall (s) | x turn 1 | prompt_n | cache_n | prompt_ms | runner RSS (MiB) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| | wall (s) | x turn 1 | load (ms) | prompt_n | cache_n | prompt_ms | predicted_ms "
+        "| runner RSS (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, r in (
         ("turn 1, feature off (load + prefill)", off["first"]),
@@ -151,8 +156,9 @@ def report(on: dict[str, Any], off: dict[str, Any]) -> str:
         ("**turn 2 after eviction, feature on**", on["second"]),
     ):
         rows.append(
-            f"| {label} | {r['s']:.2f} | {r['s'] / t1:.2f} | {r['prompt_n']} | {r['cache_n']} "
-            f"| {r['prompt_ms']:.0f} | {r['rss'] / 2**20:.0f} |"
+            f"| {label} | {r['s']:.2f} | {r['s'] / t1:.2f} | {r['load_ms']:.0f} | {r['prompt_n']} "
+            f"| {r['cache_n']} | {r['prompt_ms']:.0f} | {r['predicted_ms']:.0f} "
+            f"| {r['rss'] / 2**20:.0f} |"
         )
     rows += [
         "",
