@@ -33,6 +33,20 @@ class ModelSettings:
     pinned: bool = False
     idle_ttl_s: float | None = None
     preload: bool = False
+    kv_cache: bool | None = None  # keep its prompt cache across stops; None = runners.kv_cache
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KVCacheConfig:
+    """Prompt (KV) cache files kept across a runner's planned stops (``runners/kvcache.py``)."""
+
+    enabled: bool = True
+    path: Path | None = None  # None: "kvcache" beside runners.run_dir (the daemon's home)
+    max_bytes: int = 4 * 1024**3  # least recently used entries go first past this
+    # Kept free on the cache's disk; the daemon raises it to store.min_free_bytes.
+    min_free_bytes: int = 64 * 1024 * 1024
+    save_timeout_s: float = 5.0  # a stop waits at most this long for the save
+    restore_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,6 +84,7 @@ class RunnersConfig:
     log_tail_lines: int = 200
     crash_backoff_s: float = 1.0
     crash_backoff_max_s: float = 30.0
+    kv_cache: KVCacheConfig = field(default_factory=KVCacheConfig)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -210,7 +225,11 @@ def defaults(home: Path) -> Config:
     return Config(
         home=home,
         store=StoreConfig(path=home / "models"),
-        runners=RunnersConfig(run_dir=home / "run", log_dir=home / "logs"),
+        runners=RunnersConfig(
+            run_dir=home / "run",
+            log_dir=home / "logs",
+            kv_cache=KVCacheConfig(path=home / "kvcache"),
+        ),
         server=ServerConfig(socket=home / "run" / "model-runner.sock"),
     )
 

@@ -107,6 +107,7 @@ ARCH_KEYS = {
     "n_head_kv": "attention.head_count_kv",
     "key_length": "attention.key_length",
     "value_length": "attention.value_length",
+    "sliding_window": "attention.sliding_window",  # SWA models (Gemma 2/3): kvcache --swa-full
 }
 
 

@@ -31,6 +31,7 @@ class ModelFiles:
     # KV cache bytes per token of context (2 * layers * kv width * element size), from the GGUF
     # header; None = unknown, memory.py then guesses from the weights.
     kv_bytes_per_token: int | None = None
+    sliding_window: int | None = None  # <arch>.attention.sliding_window: an SWA model
     settings: ModelSettings = field(default_factory=ModelSettings)
     # The --pooling an embedding runner gets when its flags name none (runners/pooling.py);
     # None = the GGUF's own (or unknown) pooling.

@@ -13,11 +13,15 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modelrunner.errors import RunnerFailed
 from modelrunner.runners.model import Mode, ModelFiles
 from modelrunner.runners.process import ChildProcess
 from modelrunner.runners.state import Event, RunnerState, next_state
+
+if TYPE_CHECKING:
+    from modelrunner.runners.kvfiles import CacheKey
 
 Key = tuple[str, Mode]
 SOCKET_PATH_MAX = 100  # AF_UNIX sun_path is 104 (macOS) / 108 (Linux) bytes, NUL included
@@ -51,6 +55,7 @@ class RunnerStatus:
     in_flight: int
     until: float | None  # when the idle TTL unloads it; None = loading, busy or never
     pinned: bool
+    restored_tokens: int = 0  # prompt-cache tokens restored into it at load (runners/kvcache)
 
 
 class Runner:
@@ -77,6 +82,9 @@ class Runner:
         self.reload = False  # with stale: a pinned or preloaded model, load it again after
         self.stop_task: asyncio.Task[None] | None = None
         self.failure: RunnerFailed | None = None
+        self.kv_key: CacheKey | None = None  # None: no prompt cache kept for this runner
+        self.restored_tokens = 0
+        self.kv_hit_pending = False  # restored; the first answer reusing it counts the hit
 
     @property
     def pid(self) -> int | None:

@@ -33,6 +33,7 @@ from modelrunner.errors import (
 )
 from modelrunner.runners import live, policy
 from modelrunner.runners.args import build_argv, context_size, validate_llama_args
+from modelrunner.runners.kvcache import KVCache
 from modelrunner.runners.locate import BinaryInfo, locate
 from modelrunner.runners.memory import estimate_bytes, rss_bytes, total_memory_bytes
 from modelrunner.runners.model import Mode, ModelFiles, ResolveFn
@@ -90,6 +91,7 @@ class Supervisor:
         self._record_dir = config.run_dir / "runners"
         self._generation = itertools.count(1)
         self.stats = SupervisorStats()
+        self.kv = KVCache(config.kv_cache, home=config.run_dir.parent)  # prompt caches
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -105,6 +107,7 @@ class Supervisor:
             )
             if killed:
                 log.warning("runner.leftovers_killed", pids=killed)
+            await self.kv.open()
             if cfg.memory_fraction is not None:
                 self._budget_bytes = int(await total_memory_bytes() * cfg.memory_fraction)
             self._started = True
@@ -299,6 +302,7 @@ class Supervisor:
             argv = build_argv(
                 binary.path, files, mode, runner.socket_path, cfg, supported=binary.flags
             )
+            argv += self.kv.args(runner, files, binary, argv)
             await self._reserve(runner)
             try:
                 # At most max_loaded processes: let the victims (and any other stop) exit first.
@@ -401,6 +405,7 @@ class Supervisor:
             stall_timeout_s=cfg.load_timeout_s,
             interval_s=cfg.health_interval_s,
         )
+        await self.kv.restore(runner)  # before any request can take it
         runner.move(Event.READY)
         runner.loaded_since = time.time()
         runner.ready_at = runner.last_used = time.monotonic()
@@ -583,6 +588,7 @@ class Supervisor:
         """Decide to stop *runner* now (sync: it leaves the maps at once); the task reaps it."""
         if runner.stop_task is not None:
             return runner.stop_task
+        save = runner.state is RunnerState.READY  # a planned stop of a ready runner, not a crash
         runner.move(Event.STOP)
         if runner.idle_handle is not None:
             runner.idle_handle.cancel()
@@ -597,15 +603,17 @@ class Supervisor:
         if reason in ("idle", "lru", "memory", "unload", "keep_alive"):
             self._failures.pop(runner.key, None)  # it served and left cleanly
         self._stopping.add(runner)
-        task = asyncio.create_task(self._finish_stop(runner), name=f"stop {runner.pid}")
+        task = asyncio.create_task(self._finish_stop(runner, save), name=f"stop {runner.pid}")
         runner.stop_task = task
         self._stops.add(task)
         task.add_done_callback(self._stops.discard)
         self._changed.notify()
         return task
 
-    async def _finish_stop(self, runner: Runner) -> None:
+    async def _finish_stop(self, runner: Runner, save: bool = False) -> None:
         try:
+            if save:
+                await self.kv.save(runner)  # bounded by runners.kv_cache.save_timeout_s
             if runner.child is not None:
                 await runner.child.terminate(grace_s=self._config.stop_grace_s)
             runner.move(Event.EXITED)
@@ -697,6 +705,7 @@ class Supervisor:
         total = await total_memory_bytes() if cfg.memory_fraction is not None else 0
         # Committed with no await from here on: decide, then act.
         self._config = cfg
+        self.kv.reconfigure(cfg.kv_cache)
         self._budget_bytes = int(total * cfg.memory_fraction) if cfg.memory_fraction else None
         if "runners.idle_ttl_s" in change.applied:  # the new TTL, counted from the reload
             for runner in list(self._runners.values()):
@@ -731,6 +740,7 @@ class Supervisor:
                 in_flight=r.in_flight,
                 until=r.expires_at,
                 pinned=r.model.settings.pinned,
+                restored_tokens=r.restored_tokens,
             )
             for r in runners
         ]

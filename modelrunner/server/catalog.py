@@ -129,6 +129,7 @@ class Catalog:
             trained_context=model.trained_context,
             estimated_bytes=model.estimated_bytes,
             kv_bytes_per_token=kv_per_token(model),
+            sliding_window=model.arch_params.get("sliding_window"),
             settings=self.effective_settings(model),
             pooling=default_pooling(_gguf_map(model)),
         )

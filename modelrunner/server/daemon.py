@@ -39,6 +39,7 @@ from modelrunner.server.app import make_app, settings_path
 from modelrunner.server.catalog import Catalog, display_name
 from modelrunner.server.drain import Drain
 from modelrunner.server.header_guard import GuardedAppRunner
+from modelrunner.server.kvcache_hooks import retain_stored, runners_config
 from modelrunner.server.state import STATE
 
 log = structlog.get_logger(__name__)
@@ -193,10 +194,11 @@ class Daemon:
         await store.open()
         try:
             self.catalog = Catalog(config, store, settings_path(config))
-            supervisor = Supervisor(config.runners, self.catalog.resolve)
+            supervisor = Supervisor(runners_config(config), self.catalog.resolve)
             self.supervisor = supervisor
             try:
                 await supervisor.start()
+                await retain_stored(supervisor, store)
                 await self._serve(store, supervisor)
             finally:
                 await supervisor.aclose()

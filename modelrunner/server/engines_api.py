@@ -110,6 +110,8 @@ async def ps(request: web.Request) -> web.Response:
             loaded_since=r.loaded_since,
             until=r.until,
             pinned=r.pinned,
+            restored=r.restored_tokens > 0,  # its prompt cache came back from disk at load
+            restored_tokens=r.restored_tokens,
         )
         rows.append(row)
     return web.json_response(rows)
@@ -140,6 +142,7 @@ async def df(request: web.Request) -> web.Response:
         {
             "models_disk_usage": int(models),
             "default_backend_disk_usage": int(backend),
+            "kv_cache_disk_usage": await state.supervisor.kv.disk_usage(),
             # Ours (the dashboard's memory bar): RAM, and runners.memory_fraction of it or null.
             "memory_total_bytes": ram,
             "memory_budget_bytes": state.supervisor.budget_bytes,
@@ -319,7 +322,7 @@ async def metrics(request: web.Request) -> web.Response:
     if state.config.server.disable_metrics:
         raise NotFound("metrics are disabled (DISABLE_METRICS)")
     runners = await state.supervisor.status()
-    text = state.metrics.render(state.supervisor.stats, runners)
+    text = state.metrics.render(state.supervisor.stats, runners, state.supervisor.kv.stats)
     return web.Response(
         text=text,
         content_type="text/plain",

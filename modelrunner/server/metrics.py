@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from modelrunner.runners.kvcache import KVStats
 from modelrunner.runners.supervisor import RunnerStatus, SupervisorStats
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -65,7 +66,12 @@ class Metrics:
             if isinstance(value, int) and value >= 0:
                 self.tokens[(model, kind.removesuffix("_tokens"))] += value
 
-    def render(self, stats: SupervisorStats, runners: Sequence[RunnerStatus]) -> str:
+    def render(
+        self,
+        stats: SupervisorStats,
+        runners: Sequence[RunnerStatus],
+        kv: KVStats | None = None,
+    ) -> str:
         lines: list[str] = []
 
         def family(name: str, kind: str, help_: str, samples: Iterable[str]) -> None:
@@ -154,7 +160,23 @@ class Metrics:
                 for r in runners
             ),
         )
+        for field_name, help_ in KV_COUNTERS if kv is not None else ():
+            name = f"modelrunner_kv_cache_{field_name}_total"
+            family(name, "counter", help_, [f"{name} {getattr(kv, field_name)}"])
+        if kv is not None:
+            name = "modelrunner_kv_cache_bytes"
+            family(name, "gauge", "Prompt-cache files on disk.", [f"{name} {kv.bytes_on_disk}"])
         return "\n".join(lines) + "\n"
+
+
+KV_COUNTERS = (
+    ("saves", "Prompt caches saved at a planned stop."),
+    ("save_failures", "Prompt-cache saves that failed or timed out (the stop went on)."),
+    ("restores", "Prompt caches restored into a loading runner."),
+    ("restore_failures", "Prompt-cache entries refused at restore (deleted)."),
+    ("restored_tokens", "Tokens restored into runners' slots."),
+    ("restore_hit_tokens", "Prompt tokens not processed again thanks to a restore."),
+)
 
 
 def route_label(template: str | None, path: str) -> str:

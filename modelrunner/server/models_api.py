@@ -23,6 +23,7 @@ from modelrunner.errors import BinaryNotFound, InvalidRequest, ModelRunnerError
 from modelrunner.runners.args import build_argv
 from modelrunner.runners.model import MODES, Mode
 from modelrunner.server.catalog import display_name
+from modelrunner.server.kvcache_hooks import forget_models
 from modelrunner.server.middleware import (
     BODY_TIMEOUT_S,
     RequestTimeout,
@@ -170,6 +171,7 @@ async def delete(request: web.Request) -> web.Response:
         state.catalog.invalidate()
     if result.deleted:
         await state.supervisor.unload([model.id])
+        await forget_models(state.supervisor, [model.id])  # after the unload's save
         await state.settings.remove([model.id])
     return web.json_response(result.to_api())
 
@@ -181,6 +183,7 @@ async def purge(request: web.Request) -> web.Response:
         await state.store.purge()
     finally:
         state.catalog.invalidate()
+    await forget_models(state.supervisor, None)
     await state.settings.remove(None)
     return web.Response(status=200)
 

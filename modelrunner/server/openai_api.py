@@ -168,8 +168,10 @@ async def serve(
     API family's translation); errors after the answer began end the stream with an error
     event instead of a status."""
     forwarded = Forwarded()
+    acquired = None
     try:
         async with state.supervisor.acquire(model_id, mode, keep_alive_s) as runner:
+            acquired = runner
             if preload_only:
                 return web.Response(status=200)
             return await state.upstream.forward(
@@ -209,6 +211,8 @@ async def serve(
         # the tokens were generated all the same.
         if forwarded.usage is not None:
             state.metrics.observe_usage(name, forwarded.usage)
+            if acquired is not None:
+                state.supervisor.kv.note_usage(acquired, forwarded.usage)
 
 
 def _openai_model(item: dict[str, Any]) -> dict[str, Any]:

@@ -271,7 +271,11 @@ def _usage(data: bytes) -> dict[str, Any] | None:
     timings = value.get("timings")
     if isinstance(timings, dict):
         prompt = (timings.get("cache_n") or 0) + (timings.get("prompt_n") or 0)
-        return {"prompt_tokens": prompt, "completion_tokens": timings.get("predicted_n") or 0}
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": timings.get("predicted_n") or 0,
+            "cached_tokens": timings.get("cache_n") or 0,
+        }
     return None
 
 

@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from modelrunner.config import KVCacheConfig
+from modelrunner.runners.kvcache import KVCache
 from modelrunner.server.metrics import Metrics
 from modelrunner.server.middleware import make_error_middleware
 from modelrunner.server.openai_api import serve
@@ -61,7 +63,10 @@ class Upstream:
 
 class FakeSupervisor:
     def __init__(self, socket_path: Path) -> None:
-        self.runner = SimpleNamespace(socket_path=socket_path)
+        self.runner = SimpleNamespace(
+            socket_path=socket_path, kv_hit_pending=False, restored_tokens=0
+        )
+        self.kv = KVCache(KVCacheConfig(path=socket_path.parent / "kv"))  # note_usage only
 
     @contextlib.asynccontextmanager
     async def acquire(self, *_: Any) -> AsyncIterator[Any]:

@@ -15,6 +15,9 @@ def df_rows(usage: Mapping[str, Any]) -> list[list[str]]:
     engine = int(usage.get("default_backend_disk_usage") or 0)
     if engine:
         rows.append(["Inference engine", si_size(engine)])
+    kv = int(usage.get("kv_cache_disk_usage") or 0)
+    if kv:
+        rows.append(["Prompt cache", si_size(kv)])
     return rows
 
 
