@@ -85,6 +85,10 @@ class ServerConfig:
     upstream_connect_timeout_s: float = 5.0
     upstream_read_timeout_s: float = 600.0
     drain_timeout_s: float = 10.0
+    request_log: bool = True  # GET /engines/requests keeps the last requests per model
+    request_log_records: int = 10  # per model (Docker's 10)
+    request_log_body_bytes: int = 256 * 1024  # of each request and answer kept; the rest is cut
+    events_queue: int = 256  # events a GET /engines/events client may fall behind, then dropped
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -316,6 +320,9 @@ _POSITIVE = {
     "log_tail_lines": 1,
     "log_backups": 0,
     "min_free_bytes": 0,
+    "request_log_records": 1,
+    "request_log_body_bytes": 1024,
+    "events_queue": 1,
 }
 
 

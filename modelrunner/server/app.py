@@ -16,7 +16,7 @@ from aiohttp import web
 
 from modelrunner.config import Config
 from modelrunner.runners.supervisor import Supervisor
-from modelrunner.server import engines_api, models_api, openai_api
+from modelrunner.server import activity_api, engines_api, models_api, openai_api
 from modelrunner.server.catalog import Catalog
 from modelrunner.server.middleware import (
     BODY_TIMEOUT_S,
@@ -54,6 +54,7 @@ def make_app(
         read_timeout_s=server.upstream_read_timeout_s,
     )
     state = ServerState(catalog=catalog, supervisor=supervisor, upstream=upstream)
+    activity_api.setup(state, server)
 
     def observe(request: web.Request, status: int, seconds: float) -> None:
         info = request.match_info.route.resource
@@ -81,4 +82,5 @@ def make_app(
     engines_api.add_routes(app)
     models_api.add_routes(app)
     openai_api.add_routes(app)
+    activity_api.add_routes(app)
     return app

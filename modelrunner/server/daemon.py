@@ -223,6 +223,7 @@ class Daemon:
         state = app[STATE]
         state.daemon_log = self.log_path
         state.reload = self.reload
+        supervisor.observers.append(state.events.on_runner)  # GET /engines/events
         runner = AppRunner(
             app,
             handle_signals=False,

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from modelrunner.errors import InvalidRequest, ModelRunnerError, UpstreamError
 from modelrunner.runners.model import Mode
+from modelrunner.server import activity
 from modelrunner.server.catalog import display_name
 from modelrunner.server.middleware import parse_json_object, read_body
 from modelrunner.server.proxy import ClientGone, Forwarded, write_stream_error
@@ -165,23 +166,30 @@ async def serve(
     """Acquire the model's runner and pass the request through; errors after the answer began
     end the stream with an error event instead of a status."""
     forwarded = Forwarded()
+    # The request log and live counters: one record per request, fed by the relay's tap.
+    recorded = activity.begin(state, request, model_id, name, body, preload=preload_only)
+    forwarded.tap = recorded.tap
     try:
         async with state.supervisor.acquire(model_id, mode, keep_alive_s) as runner:
             if preload_only:
-                return web.Response(status=200)
-            return await state.upstream.forward(
-                request, runner.socket_path, upstream_path, body, forwarded, stream=stream
+                return recorded.answered(web.Response(status=200))
+            return recorded.answered(
+                await state.upstream.forward(
+                    request, runner.socket_path, upstream_path, body, forwarded, stream=stream
+                )
             )
     except ClientGone as gone:
         return gone.response
     except (aiohttp.ClientError, TimeoutError) as e:
         error: ModelRunnerError = UpstreamError(f"runner for model {name!r} failed: {e!r}")
+        recorded.failed(request, error)
         if forwarded.response is None:
             raise error from e
         state.metrics.stream_errors += 1
         await write_stream_error(forwarded, error)
         return forwarded.response
     except ModelRunnerError as e:
+        recorded.failed(request, e)
         if forwarded.response is None:
             raise
         state.metrics.stream_errors += 1
@@ -193,6 +201,7 @@ async def serve(
         # the tokens were generated all the same.
         if forwarded.usage is not None:
             state.metrics.observe_usage(name, forwarded.usage)
+        recorded.finish(forwarded)
 
 
 def _openai_model(item: dict[str, Any]) -> dict[str, Any]:

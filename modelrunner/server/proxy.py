@@ -81,6 +81,7 @@ class Forwarded:
     response: web.StreamResponse | None = None
     streaming: bool = False
     usage: dict[str, Any] | None = field(default=None)
+    tap: Callable[[bytes], None] | None = None  # sees each streamed chunk (the request log)
 
 
 class UpstreamPool:
@@ -220,7 +221,10 @@ class UpstreamPool:
         state.response = response
         state.streaming = True
         pending = b""  # the start of an SSE line cut across chunks (the usage line may be)
+        tap = state.tap
         async for chunk in up.content.iter_any():
+            if tap is not None:
+                tap(chunk)
             if pending or not chunk.endswith(b"\n") or b'"usage"' in chunk or b'"timings"' in chunk:
                 complete, _, pending = (pending + chunk).rpartition(b"\n")
                 if len(pending) > _MAX_PENDING:

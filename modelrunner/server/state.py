@@ -17,8 +17,10 @@ from aiohttp import web
 from modelrunner.config import Config
 from modelrunner.runners.supervisor import Supervisor
 from modelrunner.server.catalog import Catalog
+from modelrunner.server.events import EventBus
 from modelrunner.server.metrics import Metrics
 from modelrunner.server.proxy import UpstreamPool
+from modelrunner.server.request_log import RequestLog
 from modelrunner.server.settings import SettingsFile
 
 if TYPE_CHECKING:
@@ -38,6 +40,8 @@ class ServerState:
     started: float = field(default_factory=time.time)
     reload: ReloadFn | None = None  # set by the daemon; None = no config file to reload
     daemon_log: Path | None = None
+    events: EventBus = field(default_factory=EventBus)  # GET /engines/events
+    requests: RequestLog = field(default_factory=RequestLog)  # GET /engines/requests
 
     @property
     def config(self) -> Config:
