@@ -6,8 +6,9 @@ Both answer JSON by default and server-sent events with ``Accept: text/event-str
 request log is Docker's: a list of ``{model, count, config, records}``; its stream sends
 ``connected``, then ``existing_request`` (with ``?include_existing=true``) and ``new_request``
 events, each a one-record list of that shape.  The events stream sends each event as
-``id: <seq>`` / ``event: <type>`` / ``data: <json>``; ``Last-Event-ID`` or ``?since=`` replays
-the kept ones after that number first.  Streams end when the daemon shuts down; a client that
+``id: <seq>`` / ``event: <type>`` / ``data: <json>``, after a first ``connected`` frame (sent
+once subscribed: what follows is complete); ``Last-Event-ID`` or ``?since=`` replays the kept
+ones after that number first.  Streams end when the daemon shuts down; a client that
 falls behind its queue is dropped (``sse.Hub``).
 """
 
@@ -101,10 +102,10 @@ async def events(request: web.Request) -> web.StreamResponse:
         return web.json_response(bus.since(since or 0))
     # Subscribed in the same step as the replay is built: nothing falls in between.
     sub = bus.hub.subscribe(closer(request))
-    replay = (
-        [] if since is None else [frame(e["type"], e, event_id=e["seq"]) for e in bus.since(since)]
-    )
-    return await stream(request, bus.hub, sub, replay)
+    hello = frame("connected", {"type": "connected", "last_seq": bus.last_seq})
+    kept = bus.since(since) if since is not None else []
+    replay = [frame(e["type"], e, event_id=e["seq"]) for e in kept]
+    return await stream(request, bus.hub, sub, [hello, *replay])
 
 
 async def _close_streams(app: web.Application) -> None:

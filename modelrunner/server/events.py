@@ -44,9 +44,11 @@ class EventBus:
         self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT)
         self._seq = itertools.count(1)
         self.counters: dict[str, Counters] = {}
+        self.last_seq = 0
 
     def publish(self, kind: str, **fields: Any) -> dict[str, Any]:
-        event = {"seq": next(self._seq), "time": round(time.time(), 3), "type": kind, **fields}
+        self.last_seq = next(self._seq)
+        event = {"seq": self.last_seq, "time": round(time.time(), 3), "type": kind, **fields}
         if kind != "requests":  # counters are current in the last one; keep the history short
             self.recent.append(event)
         if self.hub.subscribers:
