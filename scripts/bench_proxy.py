@@ -91,13 +91,16 @@ async def wait_http(
 
 
 @contextlib.asynccontextmanager
-async def daemon(home: Path, gguf: Path, binary: Path) -> AsyncIterator[tuple[Path, int, int]]:
-    """The real daemon on a temp home with the model packaged; (socket, port, pid)."""
+async def daemon(
+    home: Path, gguf: Path, binary: Path, server: dict[str, Any] | None = None
+) -> AsyncIterator[tuple[Path, int, int]]:
+    """The real daemon on a temp home with the model packaged; (socket, port, pid).
+    *server*: extra ``server:`` keys (bench_request_log turns the log off)."""
     await asyncio.to_thread(home.mkdir, parents=True, exist_ok=True)
     sock = home / "run" / "model-runner.sock"
     port = free_port()
     cfg = {
-        "server": {"socket": str(sock), "port": port},
+        "server": {"socket": str(sock), "port": port, **(server or {})},
         "runners": {
             "llama_server_path": str(binary),
             "max_in_flight": CONCURRENCY,  # the default (4) would answer 429 to 12 of the 16

@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""What the request log costs the relay: two daemons on the same tiny model, one with
+``server.request_log: true`` (the default) and one with it off, measured alternately.
+
+Measured as bench_proxy measures the proxy (its helpers): warm non-streamed chat requests
+(``max_tokens`` 1), time to first streamed token, and tokens/s of 16 concurrent streams
+(``max_tokens`` 64, ``ignore_eos``); medians over rounds.  ``--write`` updates the
+"## Request log" section of docs/benchmarks.md.
+
+    .venv/bin/python scripts/bench_request_log.py --requests 200 --rounds 3 --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from modelrunner.runners.locate import locate  # noqa: E402
+from scripts.bench_proxy import (  # noqa: E402
+    MODEL,
+    STREAM_REPEATS,
+    Target,
+    chat,
+    concurrent,
+    daemon,
+    interleaved,
+    ms,
+    p90,
+    ttft_one,
+    warm_one,
+)
+from scripts.machine import machine_line  # noqa: E402
+from scripts.make_tiny_gguf import build as build_tiny_gguf  # noqa: E402
+
+
+def report(targets: dict[str, Target], args: argparse.Namespace) -> str:
+    off = targets["off"]
+    rows = [
+        "| request log | warm median (ms) | warm p90 (ms) | first token (ms) "
+        "| 16 streams (tok/s) | vs off |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for t in targets.values():
+        tps, base = statistics.median(t.tps), statistics.median(off.tps)
+        rows.append(
+            f"| {t.name} | {ms(t.warm_s):.2f} | {p90(t.warm_s):.2f} | {ms(t.ttft_s):.2f} | "
+            f"{tps:.1f} | {tps / base:.2f} |"
+        )
+    return (
+        f"{args.machine}; `scripts/bench_request_log.py --requests {args.requests} "
+        f"--rounds {args.rounds}`: two daemons, the same tiny model, targets alternated "
+        "request by request.\n\n" + "\n".join(rows) + "\n"
+    )
+
+
+def write_section(body: str) -> None:
+    path = ROOT / "docs" / "benchmarks.md"
+    text = path.read_text()
+    section = f"## Request log\n\n{body.strip()}\n"
+    start = text.find("## Request log\n")
+    if start == -1:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + section + ("" if end == -1 else text[end:])
+    path.write_text(text)
+
+
+async def run(args: argparse.Namespace) -> str:
+    engine = await locate(None)
+    args.machine = machine_line(engine)
+    home = Path(tempfile.mkdtemp(prefix="mr-bench-", dir="/tmp"))
+    try:
+        gguf = build_tiny_gguf(home / "tiny.gguf")
+        async with (
+            daemon(home / "on", gguf, engine.path) as (sock_on, _p1, _pid1),
+            daemon(home / "off", gguf, engine.path, {"request_log": False}) as (sock_off, _, _),
+        ):
+            targets = {
+                "on": Target(
+                    "on",
+                    "http://localhost/engines",
+                    MODEL,
+                    lambda: aiohttp.UnixConnector(path=str(sock_on)),
+                ),
+                "off": Target(
+                    "off",
+                    "http://localhost/engines",
+                    MODEL,
+                    lambda: aiohttp.UnixConnector(path=str(sock_off)),
+                ),
+            }
+            sessions = {
+                k: aiohttp.ClientSession(connector=t.connector()) for k, t in targets.items()
+            }
+            try:
+                for key, t in targets.items():
+                    async with await chat(sessions[key], t, max_tokens=1) as r:
+                        assert r.status == 200, await r.text()
+                await interleaved(sessions, targets, warm_one, 5, 0)
+                for t in targets.values():
+                    t.warm_s.clear()
+                for i in range(args.rounds):
+                    await interleaved(sessions, targets, warm_one, args.requests, i)
+                    await interleaved(sessions, targets, ttft_one, 20, i)
+                    for _ in range(STREAM_REPEATS):
+                        for key in ["on", "off"] if i % 2 else ["off", "on"]:
+                            await concurrent(sessions[key], targets[key])
+                    print(f"round {i + 1}/{args.rounds} done", file=sys.stderr)
+            finally:
+                for s in sessions.values():
+                    await s.close()
+        return report(targets, args)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    args = parser.parse_args()
+    body = asyncio.run(run(args))
+    print(body)
+    if args.write:
+        write_section(body)
+
+
+if __name__ == "__main__":
+    main()
