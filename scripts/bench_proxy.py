@@ -314,11 +314,12 @@ per target per round, interleaved request by request across targets in a fresh r
 medians."""
 
 
-def write_section(body: str) -> None:
+def write_section(body: str, title: str = "Proxy") -> None:
+    """Replace (or append) the ``## <title>`` section of docs/benchmarks.md."""
     path = ROOT / "docs" / "benchmarks.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"## Proxy\n\n{body.strip()}\n"
-    start = text.find("## Proxy\n")
+    section = f"## {title}\n\n{body.strip()}\n"
+    start = text.find(f"## {title}\n")
     if start == -1:
         text = text.rstrip("\n") + "\n\n" + section
     else:

@@ -38,6 +38,7 @@ from scripts.bench_proxy import (  # noqa: E402
     p90,
     ttft_one,
     warm_one,
+    write_section,
 )
 from scripts.machine import machine_line  # noqa: E402
 from scripts.make_tiny_gguf import build as build_tiny_gguf  # noqa: E402
@@ -61,19 +62,6 @@ def report(targets: dict[str, Target], args: argparse.Namespace) -> str:
         f"--rounds {args.rounds}`: two daemons, the same tiny model, targets alternated "
         "request by request.\n\n" + "\n".join(rows) + "\n"
     )
-
-
-def write_section(body: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text()
-    section = f"## Request log\n\n{body.strip()}\n"
-    start = text.find("## Request log\n")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + ("" if end == -1 else text[end:])
-    path.write_text(text)
 
 
 async def run(args: argparse.Namespace) -> str:
@@ -134,7 +122,7 @@ def main() -> None:
     body = asyncio.run(run(args))
     print(body)
     if args.write:
-        write_section(body)
+        write_section(body, "Request log")
 
 
 if __name__ == "__main__":

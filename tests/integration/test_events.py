@@ -224,3 +224,43 @@ def test_ps_watch_prints_each_runner_change(served_one: DaemonHandle) -> None:
 def served_one(daemon: DaemonHandle, tiny_gguf: Path) -> DaemonHandle:
     daemon.add_model(A, tiny_gguf)
     return daemon
+
+
+def test_push_and_pull_progress(daemon: DaemonHandle, registry: Any, tiny_gguf: Path) -> None:
+    """A push and a pull through the real registry: their progress and success on the stream."""
+    ref = f"{registry.host}/events/tiny:v1"
+    daemon.add_model(ref, tiny_gguf)
+    with follow(daemon) as f:
+        status, text = curl(daemon, "POST", f"/models/{ref}/push")
+        assert status == 200, text
+        pushed = f.next(lambda e: e["type"] == "push" and e["status"] == "success")
+        assert curl(daemon, "DELETE", f"/models/{ref}")[0] == 200
+        status, text = curl(daemon, "POST", "/models/create", {"from": ref})
+        assert status == 200, text
+        progress = f.next(lambda e: e["type"] == "pull")
+        done = f.next(lambda e: e["type"] == "pull" and e["status"] == "success")
+    assert pushed["model"] == ref
+    assert (progress["model"], progress["status"]) == (ref, "progress")
+    assert progress["total"] > 0
+    assert done["message"] == "Model pulled successfully"
+
+
+def test_shutdown_ends_the_streams(two_models: DaemonHandle) -> None:
+    """SIGTERM with an events follower and a request-log follower attached: both streams end
+    (curl exits on its own) and the daemon exits 0."""
+    d = two_models
+    events = Follower(d)
+    log = subprocess.Popen(
+        [*CLI, "requests", "-f"],
+        env={**d.env, "MODEL_RUNNER_HOME": str(d.home)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert log.stderr is not None
+    assert "Connected" in log.stderr.readline()
+    assert d.stop() == 0
+    assert events.proc.wait(30) == 0
+    assert log.wait(30) == 0
+    assert "Stream closed" in log.stderr.read()
