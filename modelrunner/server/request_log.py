@@ -16,6 +16,7 @@ to ``error`` as JSON.  Only the method, path, body and User-Agent are kept: neve
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import itertools
@@ -183,6 +184,11 @@ class Record:
         self.chunks.append(chunk)
         self.held += len(chunk)
 
+    def compact(self) -> None:
+        """Keep only what the record shows of a request body bigger than the limit."""
+        if len(self.body) > self.limit:
+            self.body = request_text(self.body, self.limit).encode()
+
     def to_api(self) -> dict[str, Any]:
         """Docker's record object (folded and shortened the first time, then cached)."""
         if self._api is not None:
@@ -239,9 +245,7 @@ class RequestLog:
             method=method,
             url=url,
             user_agent=user_agent,
-            body=body
-            if len(body) <= self.body_bytes
-            else request_text(body, self.body_bytes).encode(),
+            body=body,  # a big one is cut after the answer (compact), not before it
             limit=self.body_bytes,
         )
         records = self._models.get(model_id)
@@ -258,6 +262,9 @@ class RequestLog:
         record.error = record.error or error
         record.duration_ms = round((time.monotonic() - record.started) * 1000, 1)
         record.done = True
+        if len(record.body) > self.body_bytes:
+            # Off the request's path: the parse to shorten media runs after the handler returns.
+            asyncio.get_running_loop().call_soon(record.compact)
         if self.hub.subscribers:
             self.hub.publish(
                 frame("new_request", [self.group(record.model_id, [record])]), topic=record.model_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from modelrunner.server.request_log import (
@@ -175,3 +176,15 @@ class TestHub:
         sub = hub.subscribe(lambda: None)
         hub.close()
         assert sub.queue.get_nowait() is None
+
+
+async def test_a_big_body_is_cut_after_the_answer_not_before() -> None:
+    """A request bigger than the limit is kept whole while it runs, then shortened off its path."""
+    log = RequestLog(body_bytes=1024)
+    body = json.dumps({"image": "data:image/png;base64," + "A" * 5000}).encode()
+    record = log.begin(model_id="m", model="m", method="POST", url="/", user_agent="", body=body)
+    assert record.body is body
+    log.finish(record, 200)
+    await asyncio.sleep(0)  # the loop runs the compaction it was handed
+    assert len(record.body) < 300
+    assert "[truncated 4900 chars]" in record.to_api()["request"]
