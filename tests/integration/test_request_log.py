@@ -68,8 +68,18 @@ def test_chat_streamed_chat_and_failure_in_dockers_shape(served: DaemonHandle) -
             model=MODEL, messages=[{"role": "user", "content": "word " * 3000}], max_tokens=1
         )
     image = "data:image/png;base64," + "A" * 50_000  # shortened in the log, as Docker's
-    oa.completions.create(model=MODEL, prompt="x", max_tokens=1, extra_body={"img": image})
+    secret = "sk-do-not-log-4242"
+    oa.with_options(api_key=secret).completions.create(
+        model=MODEL,
+        prompt="x",
+        max_tokens=1,
+        extra_body={"img": image},
+        extra_headers={"x-api-key": secret},
+        extra_query={"api_key": secret},
+    )
 
+    status, raw = curl(served, "GET", "/engines/requests")
+    assert secret not in raw  # neither the Authorization nor the x-api-key header, nor the query
     groups = log_of(served)
     assert len(groups) == 1
     group = groups[0]

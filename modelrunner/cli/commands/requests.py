@@ -45,7 +45,7 @@ def prompt_of(request: str) -> str:
     if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
         content = messages[-1].get("content")
         if isinstance(content, list):
-            content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+            content = " ".join(p["text"] for p in content if isinstance(p, dict) and "text" in p)
         return str(content or "")
     for key in ("prompt", "input", "query"):
         if key in body:
