@@ -59,11 +59,14 @@ def report(targets: dict[str, Target], args: argparse.Namespace) -> str:
             f"| {t.name} | {ms(t.warm_s):.2f} | {p90(t.warm_s):.2f} | {ms(t.ttft_s):.2f} | "
             f"{tps:.1f} | {tps / base:.2f} |"
         )
+    ratios = [a / b for a, b in zip(targets["on"].round_tps, off.round_tps, strict=True)]
     return (
         f"{tap_cost()}\n\n"
         f"{args.machine}; `scripts/bench_request_log.py --requests {args.requests} "
         f"--rounds {args.rounds}`: two daemons, the same tiny model, targets alternated "
-        "request by request.\n\n" + "\n".join(rows) + "\n"
+        "request by request.\n\n" + "\n".join(rows) + "\n\n"
+        f"Each round's on/off ratio of the 16-stream figure: {min(ratios):.2f} to "
+        f"{max(ratios):.2f} (the spread is this shared machine's noise).\n"
     )
 
 
@@ -124,9 +127,12 @@ async def run(args: argparse.Namespace) -> str:
                 for i in range(args.rounds):
                     await interleaved(sessions, targets, warm_one, args.requests, i)
                     await interleaved(sessions, targets, ttft_one, 20, i)
+                    marks = {k: len(t.tps) for k, t in targets.items()}
                     for r in range(2 * STREAM_REPEATS):  # on/off alternated run by run
                         for key in ["on", "off"] if (i + r) % 2 else ["off", "on"]:
                             await concurrent(sessions[key], targets[key])
+                    for k, t in targets.items():
+                        t.round_tps.append(statistics.median(t.tps[marks[k] :]))
                     print(f"round {i + 1}/{args.rounds} done", file=sys.stderr)
             finally:
                 for s in sessions.values():
