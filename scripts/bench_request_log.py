@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""What the request log costs the relay: two daemons on the same tiny model, one with
-``server.request_log: true`` (the default) and one with it off, measured alternately.
+"""What the request log costs the relay: three daemons on the same tiny model, two with
+``server.request_log: true`` (the default; the second one, "on (A/A)", shows how far two
+identical daemons differ here) and one with it off, measured alternately.
 
 Measured as bench_proxy measures the proxy (its helpers): warm non-streamed chat requests
 (``max_tokens`` 1), time to first streamed token, and tokens/s of 16 concurrent streams
@@ -59,14 +60,19 @@ def report(targets: dict[str, Target], args: argparse.Namespace) -> str:
             f"| {t.name} | {ms(t.warm_s):.2f} | {p90(t.warm_s):.2f} | {ms(t.ttft_s):.2f} | "
             f"{tps:.1f} | {tps / base:.2f} |"
         )
-    ratios = [a / b for a, b in zip(targets["on"].round_tps, off.round_tps, strict=True)]
+
+    def spread(key: str) -> str:
+        ratios = [a / b for a, b in zip(targets[key].round_tps, off.round_tps, strict=True)]
+        return f"{min(ratios):.2f} to {max(ratios):.2f}"
+
     return (
         f"{tap_cost()}\n\n"
         f"{args.machine}; `scripts/bench_request_log.py --requests {args.requests} "
         f"--rounds {args.rounds}`: two daemons, the same tiny model, targets alternated "
         "request by request.\n\n" + "\n".join(rows) + "\n\n"
-        f"Each round's on/off ratio of the 16-stream figure: {min(ratios):.2f} to "
-        f"{max(ratios):.2f} (the spread is this shared machine's noise).\n"
+        f"Each round's ratio to off of the 16-stream figure: on {spread('on')}, on (A/A) "
+        f"{spread('aa')}. Where on and on (A/A) differ as much as on and off, the difference "
+        "is this machine's noise, not the log; the per-chunk figure above is its real cost.\n"
     )
 
 
@@ -98,6 +104,7 @@ async def run(args: argparse.Namespace) -> str:
         gguf = build_tiny_gguf(home / "tiny.gguf")
         async with (
             daemon(home / "on", gguf, engine.path) as (sock_on, _p1, _pid1),
+            daemon(home / "aa", gguf, engine.path) as (sock_aa, _p2, _pid2),
             daemon(home / "off", gguf, engine.path, {"request_log": False}) as (sock_off, _, _),
         ):
             targets = {
@@ -106,6 +113,12 @@ async def run(args: argparse.Namespace) -> str:
                     "http://localhost/engines",
                     MODEL,
                     lambda: aiohttp.UnixConnector(path=str(sock_on)),
+                ),
+                "aa": Target(
+                    "on (A/A)",
+                    "http://localhost/engines",
+                    MODEL,
+                    lambda: aiohttp.UnixConnector(path=str(sock_aa)),
                 ),
                 "off": Target(
                     "off",
@@ -128,8 +141,10 @@ async def run(args: argparse.Namespace) -> str:
                     await interleaved(sessions, targets, warm_one, args.requests, i)
                     await interleaved(sessions, targets, ttft_one, 20, i)
                     marks = {k: len(t.tps) for k, t in targets.items()}
-                    for r in range(2 * STREAM_REPEATS):  # on/off alternated run by run
-                        for key in ["on", "off"] if (i + r) % 2 else ["off", "on"]:
+                    keys = list(targets)
+                    for r in range(2 * STREAM_REPEATS):  # the order rotated run by run
+                        shift = (i + r) % len(keys)
+                        for key in keys[shift:] + keys[:shift]:
                             await concurrent(sessions[key], targets[key])
                     for k, t in targets.items():
                         t.round_tps.append(statistics.median(t.tps[marks[k] :]))
