@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""What the request log costs the relay: three daemons on the same tiny model, two with
-``server.request_log: true`` (the default; the second one, "on (A/A)", shows how far two
-identical daemons differ here) and one with it off, measured alternately.
+"""What the request log costs the relay.
+
+Three figures: ``Record.tap`` (the one call the relay adds per chunk) timed alone; the relay
+alone in one process (a fake runner, ``serve()`` with the log on and off, the client); and
+three daemons on the same tiny model, two with ``server.request_log: true`` (the default; the
+second one, "on (A/A)", shows how far two identical daemons differ here) and one with it off.
 
 Measured as bench_proxy measures the proxy (its helpers): warm non-streamed chat requests
 (``max_tokens`` 1), time to first streamed token, and tokens/s of 16 concurrent streams
@@ -21,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -66,7 +70,7 @@ def report(targets: dict[str, Target], args: argparse.Namespace) -> str:
         return f"{min(ratios):.2f} to {max(ratios):.2f}"
 
     return (
-        f"{tap_cost()}\n\n"
+        f"{tap_cost()}\n\n{args.relay}\n\n"
         f"{args.machine}; `scripts/bench_request_log.py --requests {args.requests} "
         f"--rounds {args.rounds}`: two daemons, the same tiny model, targets alternated "
         "request by request.\n\n" + "\n".join(rows) + "\n\n"
@@ -96,9 +100,98 @@ def tap_cost() -> str:
     )
 
 
+CHUNK = b'data: {"choices":[{"delta":{"content":" word"}}],"object":"chat.completion.chunk"}\n\n'
+
+
+async def relay_cost(rounds: int = 40, streams: int = 16, chunks: int = 64) -> str:
+    """The relay alone, in one process: a fake runner sending *chunks* SSE events, serve() with
+    the log on and off (alternated), 16 concurrent streams; µs of daemon work per chunk."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from aiohttp import web
+
+    from modelrunner.config import Config
+    from modelrunner.server.events import EventBus
+    from modelrunner.server.metrics import Metrics
+    from modelrunner.server.openai_api import serve
+    from modelrunner.server.proxy import UpstreamPool
+
+    async def fake_runner(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for _ in range(chunks):
+            await resp.write(CHUNK)
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    tmp = Path(tempfile.mkdtemp(prefix="mr-relay-", dir="/tmp"))
+    up = web.AppRunner(web.Application(), handler_cancellation=True)
+    up.app.router.add_post("/v1/chat/completions", fake_runner)
+    await up.setup()
+    await web.UnixSite(up, str(tmp / "up.sock")).start()
+
+    @contextlib.asynccontextmanager
+    async def acquire(*_: Any) -> Any:
+        yield SimpleNamespace(socket_path=tmp / "up.sock")
+
+    pool = UpstreamPool(connect_timeout_s=5, read_timeout_s=30)
+    apps, seconds = {}, {"on": [], "off": []}  # type: ignore[var-annotated]
+    for key, on in (("on", True), ("off", False)):
+        state = SimpleNamespace(
+            supervisor=SimpleNamespace(acquire=acquire),
+            upstream=pool,
+            metrics=Metrics(),
+            config=Config.from_mapping({"server": {"request_log": on}}),
+            settings=SimpleNamespace(get=lambda _m: None),
+            events=EventBus(),
+            requests=RequestLog(),
+        )
+
+        async def handler(request: web.Request, state: Any = state) -> web.StreamResponse:
+            body = await request.read()
+            path = "/v1/chat/completions"
+            return await serve(
+                state, request, "m", "m", "completion", path, body, None, stream=True
+            )
+
+        app = web.AppRunner(web.Application(), handler_cancellation=True)
+        app.app.router.add_post("/v1/chat/completions", handler)
+        await app.setup()
+        await web.UnixSite(app, str(tmp / f"{key}.sock")).start()
+        apps[key] = app
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        async with session.post("http://x/v1/chat/completions", data=b'{"model":"m"}') as r:
+            await r.read()
+
+    try:
+        for i in range(rounds):
+            for key in ("on", "off") if i % 2 else ("off", "on"):
+                connector = aiohttp.UnixConnector(path=str(tmp / f"{key}.sock"))
+                async with aiohttp.ClientSession(connector=connector) as session:
+                    t0 = time.perf_counter()
+                    await asyncio.gather(*(one(session) for _ in range(streams)))
+                    seconds[key].append(time.perf_counter() - t0)
+    finally:
+        await pool.close()
+        for runner in (*apps.values(), up):
+            await runner.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+    per = {k: statistics.median(v) / (streams * chunks) * 1e6 for k, v in seconds.items()}
+    return (
+        f"The relay alone (one process: a fake runner, serve(), the client; {streams} streams of "
+        f"{chunks} chunks, {rounds} rounds alternated, medians): {per['on']:.1f} µs per chunk "
+        f"with the log on, {per['off']:.1f} µs off, all three parts included."
+    )
+
+
 async def run(args: argparse.Namespace) -> str:
     engine = await locate(None)
     args.machine = machine_line(engine)
+    args.relay = await relay_cost()
+    print(args.relay, file=sys.stderr)
     home = Path(tempfile.mkdtemp(prefix="mr-bench-", dir="/tmp"))
     try:
         gguf = build_tiny_gguf(home / "tiny.gguf")
