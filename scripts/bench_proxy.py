@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -397,16 +397,27 @@ async def run(args: argparse.Namespace) -> str:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cli(
+    run: Callable[[argparse.Namespace], Awaitable[str]],
+    doc: str,
+    *,
+    rounds: int,
+    title: str,
+) -> None:
+    """The flags of this benchmark and of its siblings (bench_request_log): run, print, --write."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
     body = asyncio.run(run(args))
     print(body)
     if args.write:
-        write_section(body)
+        write_section(body, title)
+
+
+def main() -> None:
+    cli(run, __doc__ or "", rounds=5, title="Proxy")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from scripts.bench_proxy import (  # noqa: E402
     STREAM_REPEATS,
     Target,
     chat,
+    cli,
     concurrent,
     daemon,
     interleaved,
@@ -45,7 +46,6 @@ from scripts.bench_proxy import (  # noqa: E402
     p90,
     ttft_one,
     warm_one,
-    write_section,
 )
 from scripts.machine import machine_line  # noqa: E402
 from scripts.make_tiny_gguf import build as build_tiny_gguf  # noqa: E402
@@ -251,15 +251,7 @@ async def run(args: argparse.Namespace) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
-    args = parser.parse_args()
-    body = asyncio.run(run(args))
-    print(body)
-    if args.write:
-        write_section(body, "Request log")
+    cli(run, __doc__ or "", rounds=3, title="Request log")
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from tests.fixtures.daemon import DaemonHandle
-from tests.integration.test_cli import CLI
 from tests.integration.test_daemon import client, curl
+from tests.integration.test_request_log import LiveCLI
 
 pytestmark = pytest.mark.llama
 
@@ -189,35 +189,19 @@ def test_a_client_that_never_reads_is_dropped(two_models: DaemonHandle) -> None:
 def test_ps_watch_prints_each_runner_change(served_one: DaemonHandle) -> None:
     """`modelrunner ps -w` prints a line and the new table when a runner loads."""
     d = served_one
-    proc = subprocess.Popen(
-        [*CLI, "ps", "-w"],
-        env={**d.env, "MODEL_RUNNER_HOME": str(d.home)},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-
-    threading.Thread(target=read, daemon=True).start()
+    cli = LiveCLI(d, "ps", "-w")
     try:
-        assert "MODEL NAME" in lines.get(timeout=30)  # the first (empty) table: subscribed
+        assert "MODEL NAME" in cli.lines.get(timeout=30)  # the first (empty) table: subscribed
         client(d).completions.create(model=A, prompt="x", max_tokens=1)
         text = ""
         while "ready test/a:latest" not in text:
-            text += lines.get(timeout=60)
+            text += cli.lines.get(timeout=60)
         assert "completion, pid" in text
-        while "test/a" not in (line := lines.get(timeout=30)) or "MODEL NAME" in line:
+        while "test/a" not in (line := cli.lines.get(timeout=30)) or "MODEL NAME" in line:
             pass
         assert "llama.cpp" in line
     finally:
-        proc.terminate()
-        proc.wait(10)
+        cli.close()
 
 
 @pytest.fixture
@@ -250,17 +234,9 @@ def test_shutdown_ends_the_streams(two_models: DaemonHandle) -> None:
     (curl exits on its own) and the daemon exits 0."""
     d = two_models
     events = Follower(d)
-    log = subprocess.Popen(
-        [*CLI, "requests", "-f"],
-        env={**d.env, "MODEL_RUNNER_HOME": str(d.home)},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert log.stderr is not None
-    assert "Connected" in log.stderr.readline()
+    log = LiveCLI(d, "requests", "-f")
+    assert "Connected" in log.stderr_line()
     assert d.stop() == 0
     assert events.proc.wait(30) == 0
-    assert log.wait(30) == 0
-    assert "Stream closed" in log.stderr.read()
+    assert log.proc.wait(30) == 0
+    assert log.stderr_line().startswith("Stream closed")

@@ -122,38 +122,51 @@ def test_chat_streamed_chat_and_failure_in_dockers_shape(served: DaemonHandle) -
     assert "error" in json.loads(text)
 
 
+class LiveCLI:
+    """The real CLI following the daemon (`requests -f`, `ps -w`); stdout lines in a queue."""
+
+    def __init__(self, d: DaemonHandle, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [*CLI, *args],
+            env=cli_env(d),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+
+    def stderr_line(self) -> str:
+        assert self.proc.stderr is not None
+        return self.proc.stderr.readline()
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
 def test_requests_follow_shows_a_new_request(served: DaemonHandle) -> None:
     """`modelrunner requests -f --json` prints a request made after it connected."""
-    proc = subprocess.Popen(
-        [*CLI, "requests", "-f", "--json"],
-        env=cli_env(served),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-
-    def read(stream: Any) -> None:
-        for line in stream:
-            lines.put(line)
-
-    threading.Thread(target=read, args=(proc.stdout,), daemon=True).start()
+    cli = LiveCLI(served, "requests", "-f", "--json")
     try:
-        assert proc.stderr is not None
-        assert "Connected" in proc.stderr.readline()  # subscribed: what follows is new
+        assert "Connected" in cli.stderr_line()  # subscribed: what follows is new
         oa = client(served)
         oa.completions.create(model=MODEL, prompt="followed", max_tokens=1)
         done = time.monotonic()
-        record = json.loads(lines.get(timeout=30))
+        record = json.loads(cli.lines.get(timeout=30))
         seen_after_s = time.monotonic() - done
         print(f"requests -f printed the record {seen_after_s * 1000:.0f} ms after the answer")
         assert record["model"] == "test/tiny:latest"
         assert json.loads(record["request"])["prompt"] == "followed"
         assert record["status_code"] == 200
     finally:
-        proc.terminate()
-        proc.wait(10)
+        cli.close()
 
 
 def test_requests_cli_table_and_json(served: DaemonHandle) -> None:
