@@ -72,7 +72,7 @@ def report(targets: dict[str, Target], args: argparse.Namespace) -> str:
     return (
         f"{tap_cost()}\n\n{args.relay}\n\n"
         f"{args.machine}; `scripts/bench_request_log.py --requests {args.requests} "
-        f"--rounds {args.rounds}`: two daemons, the same tiny model, targets alternated "
+        f"--rounds {args.rounds}`: three daemons, the same tiny model, targets alternated "
         "request by request.\n\n" + "\n".join(rows) + "\n\n"
         f"Each round's ratio to off of the 16-stream figure: on {spread('on')}, on (A/A) "
         f"{spread('aa')}. Where on and on (A/A) differ as much as on and off, the difference "
