@@ -4,7 +4,9 @@ transitions in order, and a client that never reads dropped while everyone else 
 from __future__ import annotations
 
 import json
+import os
 import queue
+import signal
 import socket
 import subprocess
 import threading
@@ -240,3 +242,16 @@ def test_shutdown_ends_the_streams(two_models: DaemonHandle) -> None:
     assert events.proc.wait(30) == 0
     assert log.proc.wait(30) == 0
     assert log.stderr_line().startswith("Stream closed")
+
+
+def test_a_crash_is_announced(served_one: DaemonHandle) -> None:
+    """A runner killed under the daemon: `crashed` with its pid and exit code."""
+    d = served_one
+    with follow(d) as f:
+        client(d).completions.create(model=A, prompt="x", max_tokens=1)
+        ready = f.next(lambda e: e["type"] == "runner" and e["state"] == "ready")
+        os.kill(ready["pid"], signal.SIGKILL)
+        crashed = f.next(lambda e: e["type"] == "runner" and e["state"] != "ready")
+    assert (crashed["state"], crashed["reason"]) == ("crashed", "crashed")
+    assert crashed["pid"] == ready["pid"]
+    assert crashed["exit_code"] == -signal.SIGKILL
