@@ -108,6 +108,23 @@ async def events(request: web.Request) -> web.StreamResponse:
     return await stream(request, bus.hub, sub, [hello, *replay])
 
 
+def metrics_text(state: ServerState) -> str:
+    """Prometheus lines for the streams: followers now, and those dropped for not reading."""
+    hubs = (state.events.hub, state.requests.hub)
+    lines = [
+        "# HELP modelrunner_stream_clients Clients following an SSE stream now.",
+        "# TYPE modelrunner_stream_clients gauge",
+        *(f'modelrunner_stream_clients{{stream="{h.name}"}} {h.subscribers}' for h in hubs),
+        "# HELP modelrunner_stream_clients_dropped_total Clients dropped for not keeping up.",
+        "# TYPE modelrunner_stream_clients_dropped_total counter",
+        *(
+            f'modelrunner_stream_clients_dropped_total{{stream="{h.name}"}} {h.dropped}'
+            for h in hubs
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
 async def _close_streams(app: web.Application) -> None:
     """On shutdown, before in-flight requests are drained: end every stream."""
     state = app[STATE]

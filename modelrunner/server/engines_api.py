@@ -24,6 +24,7 @@ from modelrunner import __version__
 from modelrunner.errors import BinaryNotFound, InvalidRequest, NotFound
 from modelrunner.runners.args import validate_runtime_flags
 from modelrunner.runners.model import MODES
+from modelrunner.server import activity_api
 from modelrunner.server.catalog import display_name
 from modelrunner.server.middleware import parse_json_object, read_body
 from modelrunner.server.openai_api import check_backend
@@ -285,6 +286,7 @@ async def metrics(request: web.Request) -> web.Response:
         raise NotFound("metrics are disabled (DISABLE_METRICS)")
     runners = await state.supervisor.status()
     text = state.metrics.render(state.supervisor.stats, runners)
+    text += activity_api.metrics_text(state)  # the SSE streams' followers and drops
     return web.Response(
         text=text,
         content_type="text/plain",

@@ -186,6 +186,8 @@ def test_a_client_that_never_reads_is_dropped(two_models: DaemonHandle) -> None:
     status, text = curl(d, "GET", "/engines/ps")
     assert status == 200
     assert json.loads(text)[0]["model_name"] == "test/a:latest"
+    status, text = curl(d, "GET", "/metrics")
+    assert 'modelrunner_stream_clients_dropped_total{stream="events"} 1' in text
 
 
 def test_ps_watch_prints_each_runner_change(served_one: DaemonHandle) -> None:
