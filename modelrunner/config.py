@@ -115,6 +115,10 @@ class ServerConfig:
     responses_max_count: int = 1000
     responses_max_bytes: int = 100 * 1024 * 1024
     responses_ttl_s: float = 30 * 24 * 3600  # OpenAI keeps them 30 days
+    request_log: bool = True  # GET /engines/requests keeps the last requests per model
+    request_log_records: int = 10  # per model (Docker's 10)
+    request_log_body_bytes: int = 256 * 1024  # of each request and answer kept; the rest is cut
+    events_queue: int = 256  # events a GET /engines/events client may fall behind, then dropped
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -356,6 +360,9 @@ _POSITIVE = {
     "max_pending_header_connections": 1,
     "responses_max_count": 1,
     "responses_max_bytes": 1,
+    "request_log_records": 1,
+    "request_log_body_bytes": 1024,
+    "events_queue": 1,
 }
 
 

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,13 +91,16 @@ async def wait_http(
 
 
 @contextlib.asynccontextmanager
-async def daemon(home: Path, gguf: Path, binary: Path) -> AsyncIterator[tuple[Path, int, int]]:
-    """The real daemon on a temp home with the model packaged; (socket, port, pid)."""
+async def daemon(
+    home: Path, gguf: Path, binary: Path, server: dict[str, Any] | None = None
+) -> AsyncIterator[tuple[Path, int, int]]:
+    """The real daemon on a temp home with the model packaged; (socket, port, pid).
+    *server*: extra ``server:`` keys (bench_request_log turns the log off)."""
     await asyncio.to_thread(home.mkdir, parents=True, exist_ok=True)
     sock = home / "run" / "model-runner.sock"
     port = free_port()
     cfg = {
-        "server": {"socket": str(sock), "port": port},
+        "server": {"socket": str(sock), "port": port, **(server or {})},
         "runners": {
             "llama_server_path": str(binary),
             "max_in_flight": CONCURRENCY,  # the default (4) would answer 429 to 12 of the 16
@@ -312,6 +315,7 @@ medians."""
 
 
 def write_section(body: str, title: str = "Proxy") -> None:
+    """Replace (or append) the ``## <title>`` section of docs/benchmarks.md."""
     path = ROOT / "docs" / "benchmarks.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     section = f"## {title}\n\n{body.strip()}\n"
@@ -393,16 +397,27 @@ async def run(args: argparse.Namespace) -> str:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cli(
+    run: Callable[[argparse.Namespace], Awaitable[str]],
+    doc: str,
+    *,
+    rounds: int,
+    title: str,
+) -> None:
+    """The flags of this benchmark and of its siblings (bench_request_log): run, print, --write."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
     body = asyncio.run(run(args))
     print(body)
     if args.write:
-        write_section(body)
+        write_section(body, title)
+
+
+def main() -> None:
+    cli(run, __doc__ or "", rounds=5, title="Proxy")
 
 
 if __name__ == "__main__":

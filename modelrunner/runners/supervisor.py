@@ -33,6 +33,7 @@ from modelrunner.errors import (
 )
 from modelrunner.runners import live, policy
 from modelrunner.runners.args import build_argv, context_size, validate_llama_args
+from modelrunner.runners.events import RunnerEvent, RunnerObserver, Transition, notify, stop_reason
 from modelrunner.runners.kvcache import KVCache
 from modelrunner.runners.locate import BinaryInfo, locate
 from modelrunner.runners.memory import estimate_bytes, rss_bytes, total_memory_bytes
@@ -92,6 +93,8 @@ class Supervisor:
         self._generation = itertools.count(1)
         self.stats = SupervisorStats()
         self.kv = KVCache(config.kv_cache, home=config.run_dir.parent)  # prompt caches
+        # Told of every runner transition (the server's event bus); see runners/events.py.
+        self.observers: list[RunnerObserver] = []
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -400,6 +403,7 @@ class Supervisor:
             argv, sink=sink, env=self._env, record_dir=self._record_dir, socket=runner.socket_path
         )
         log.info("runner.loading", model=runner.model.name, mode=runner.mode, pid=runner.pid)
+        self._emit("loading", runner)
         await runner.child.wait_ready(
             runner.socket_path,
             stall_timeout_s=cfg.load_timeout_s,
@@ -418,6 +422,7 @@ class Supervisor:
             pid=runner.pid,
             load_ms=round((time.monotonic() - started) * 1000, 1),
         )
+        self._emit("ready", runner)
         if not self._queued[runner.key]:
             self._arm_idle(runner)
 
@@ -431,6 +436,8 @@ class Supervisor:
         if runner.child is not None:
             await runner.child.terminate(grace_s=self._config.stop_grace_s)
         runner.move(Event.EXITED)
+        if runner.pid is not None:
+            self._emit("failed" if failed else "stopped", runner, "load_failed" if failed else None)
 
     def _load_failed(self, runner: Runner, error: ChildFailed) -> None:
         self.stats.load_failures += 1
@@ -517,6 +524,7 @@ class Supervisor:
             returncode=child.returncode,
             in_flight=runner.in_flight,
         )
+        self._emit("crashed", runner, "crashed", exit_code=child.returncode)
         await child.terminate(grace_s=0)  # reap the group, drop the pid record and socket
         runner.move(Event.EXITED)
         if runner.model.settings.pinned and not self._closed:
@@ -603,14 +611,17 @@ class Supervisor:
         if reason in ("idle", "lru", "memory", "unload", "keep_alive"):
             self._failures.pop(runner.key, None)  # it served and left cleanly
         self._stopping.add(runner)
-        task = asyncio.create_task(self._finish_stop(runner, save), name=f"stop {runner.pid}")
+        self._emit("stopping", runner, reason)
+        task = asyncio.create_task(
+            self._finish_stop(runner, reason, save=save), name=f"stop {runner.pid}"
+        )
         runner.stop_task = task
         self._stops.add(task)
         task.add_done_callback(self._stops.discard)
         self._changed.notify()
         return task
 
-    async def _finish_stop(self, runner: Runner, save: bool = False) -> None:
+    async def _finish_stop(self, runner: Runner, reason: str = "", *, save: bool = False) -> None:
         try:
             if save:
                 await self.kv.save(runner)  # bounded by runners.kv_cache.save_timeout_s
@@ -620,6 +631,7 @@ class Supervisor:
         finally:
             self._stopping.discard(runner)
             self._changed.notify()
+            self._emit("stopped", runner, reason or None)
 
     # --- explicit management -------------------------------------------------------------------
 
@@ -777,6 +789,27 @@ class Supervisor:
             return self._binary
 
     # --- helpers -------------------------------------------------------------------------------
+
+    def _emit(
+        self,
+        state: Transition,
+        runner: Runner,
+        detail: str | None = None,
+        *,
+        exit_code: int | None = None,
+    ) -> None:
+        if self.observers:
+            event = RunnerEvent(
+                state=state,
+                model=runner.model.name,
+                model_id=runner.model_id,
+                mode=runner.mode,
+                pid=runner.pid,
+                reason=stop_reason(detail) if detail is not None else None,
+                detail=detail,
+                exit_code=exit_code,
+            )
+            notify(self.observers, event)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -112,7 +112,10 @@ class AnthropicRelay:
         state.response, state.streaming = response, True
         parser = sse.SSEParser()
         counts: dict[str, int] = {}
+        tap = state.tap  # the request log sees the runner's stream, as on the OpenAI routes
         async for chunk in up.content.iter_any():
+            if tap is not None:
+                tap(chunk)
             for event in parser.feed(chunk):
                 self._note(event, counts, state)
             await sse.write(response, chunk)

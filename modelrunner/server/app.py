@@ -17,6 +17,7 @@ from aiohttp import web
 from modelrunner.config import Config
 from modelrunner.runners.supervisor import Supervisor
 from modelrunner.server import (
+    activity_api,
     anthropic_api,
     auth,
     drain,
@@ -64,6 +65,7 @@ def make_app(
         read_timeout_s=server.upstream_read_timeout_s,
     )
     state = ServerState(catalog=catalog, supervisor=supervisor, upstream=upstream)
+    activity_api.setup(state, server)
 
     def observe(request: web.Request, status: int, seconds: float) -> None:
         info = request.match_info.route.resource
@@ -101,4 +103,5 @@ def make_app(
     ui.add_routes(app)
     anthropic_api.add_routes(app)
     responses_api.add_routes(app)
+    activity_api.add_routes(app)
     return app

@@ -216,6 +216,7 @@ class Daemon:
         state.daemon_log = self.log_path
         state.reload = self.reload
         state.config_path = self.config_path or config.home / "config.yaml"
+        supervisor.observers.append(state.events.on_runner)  # GET /engines/events
         runner = GuardedAppRunner(
             app,
             header_timeout_s=config.server.header_timeout_s,

@@ -25,7 +25,7 @@ from modelrunner.errors import BinaryNotFound, InvalidRequest, ModelNotFound, No
 from modelrunner.runners.args import validate_runtime_flags
 from modelrunner.runners.memory import total_memory_bytes
 from modelrunner.runners.model import MODES
-from modelrunner.server import provenance
+from modelrunner.server import activity_api, provenance
 from modelrunner.server.catalog import display_name
 from modelrunner.server.middleware import parse_json_object, read_body
 from modelrunner.server.openai_api import check_backend
@@ -323,6 +323,7 @@ async def metrics(request: web.Request) -> web.Response:
         raise NotFound("metrics are disabled (DISABLE_METRICS)")
     runners = await state.supervisor.status()
     text = state.metrics.render(state.supervisor.stats, runners, state.supervisor.kv.stats)
+    text += activity_api.metrics_text(state)  # the SSE streams' followers and drops
     return web.Response(
         text=text,
         content_type="text/plain",

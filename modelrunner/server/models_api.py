@@ -99,7 +99,7 @@ async def create(request: web.Request) -> web.StreamResponse:
     if re.fullmatch(r"(sha256:)?[0-9a-fA-F]{12,64}", source.strip()):
         raise InvalidRequest(f"cannot pull {source!r}: pull takes a reference such as ai/smollm2")
     parse_reference(source)  # InvalidReference (400) before anything streams
-    stream = ProgressStream(request, "pull")
+    stream = ProgressStream(request, "pull", model=source)
 
     async def operation(progress: Any) -> Any:
         try:
@@ -116,7 +116,7 @@ async def push(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     model = await state.catalog.lookup(name)  # 404 before streaming
     del model
-    stream = ProgressStream(request, "push")
+    stream = ProgressStream(request, "push", model=name)
     return await stream.run(
         lambda progress: state.store.push(name, progress=progress),
         lambda _none: "Model pushed successfully",
@@ -149,7 +149,7 @@ async def load_archive(request: web.Request) -> web.StreamResponse:
                 return
             yield chunk
 
-    stream = ProgressStream(request, "pull")
+    stream = ProgressStream(request, "pull", model=tag)
 
     async def operation(progress: Any) -> Any:
         try:

@@ -130,7 +130,10 @@ class OllamaRelay:
         await response.prepare(request)
         state.response, state.streaming = response, True
         try:
+            tap = state.tap  # the request log sees the runner's stream, as on the OpenAI routes
             async for chunk in up.content.iter_any():
+                if tap is not None:
+                    tap(chunk)
                 await _write_lines(response, translator.feed(chunk))
             await _write_lines(response, translator.finish())
         except ConnectionResetError as e:

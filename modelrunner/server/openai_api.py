@@ -18,6 +18,7 @@ from aiohttp import web
 
 from modelrunner.errors import InvalidRequest, ModelRunnerError, UpstreamError
 from modelrunner.runners.model import Mode
+from modelrunner.server import activity
 from modelrunner.server.catalog import display_name
 from modelrunner.server.middleware import parse_json_object, read_body
 from modelrunner.server.proxy import ClientGone, Forwarded, Relay, write_stream_error
@@ -169,30 +170,37 @@ async def serve(
     event instead of a status."""
     forwarded = Forwarded()
     acquired = None
+    # The request log and live counters: one record per request, fed by the relay's tap.
+    recorded = activity.begin(state, request, model_id, name, body, preload=preload_only)
+    forwarded.tap = recorded.tap
     try:
         async with state.supervisor.acquire(model_id, mode, keep_alive_s) as runner:
             acquired = runner
             if preload_only:
-                return web.Response(status=200)
-            return await state.upstream.forward(
-                request,
-                runner.socket_path,
-                upstream_path,
-                body,
-                forwarded,
-                stream=stream,
-                relay=relay,
+                return recorded.answered(web.Response(status=200))
+            return recorded.answered(
+                await state.upstream.forward(
+                    request,
+                    runner.socket_path,
+                    upstream_path,
+                    body,
+                    forwarded,
+                    stream=stream,
+                    relay=relay,
+                )
             )
     except ClientGone as gone:
         return gone.response
     except (aiohttp.ClientError, TimeoutError) as e:
         error: ModelRunnerError = UpstreamError(f"runner for model {name!r} failed: {e!r}")
+        recorded.failed(request, error)
         if forwarded.response is None:
             raise error from e
         state.metrics.stream_errors += 1
         await write_stream_error(forwarded, error)
         return forwarded.response
     except ModelRunnerError as e:
+        recorded.failed(request, e)
         if forwarded.response is None:
             raise
         state.metrics.stream_errors += 1
@@ -213,6 +221,7 @@ async def serve(
             state.metrics.observe_usage(name, forwarded.usage)
             if acquired is not None:
                 state.supervisor.kv.note_usage(acquired, forwarded.usage)
+        recorded.finish(forwarded)
 
 
 def _openai_model(item: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import structlog
 from aiohttp import web
 
 from modelrunner.errors import ModelRunnerError
+from modelrunner.server.state import STATE
 
 log = structlog.get_logger(__name__)
 
@@ -52,9 +53,12 @@ def final_line(kind: str, message: str, mode: str) -> dict[str, Any]:
 class ProgressStream:
     """Runs one operation, relaying its progress events to the client as they come."""
 
-    def __init__(self, request: web.Request, mode: str) -> None:
+    def __init__(self, request: web.Request, mode: str, *, model: str | None = None) -> None:
         self.request = request
         self.mode = mode
+        self.model = model  # for the live events (GET /engines/events)
+        state = request.app.get(STATE)
+        self.events = state.events if state is not None else None
         self.json = "application/json" in request.headers.get("Accept", "")
         self.response: web.StreamResponse | None = None
         self.sent_final = False
@@ -80,6 +84,8 @@ class ProgressStream:
             text = go_html_escape(text)
         if line.get("type") in ("success", "error"):
             self.sent_final = True
+        if self.events is not None:
+            self.events.progress(self.mode, self.model, line)
         await response.write(text.encode())
 
     async def run(

@@ -83,6 +83,7 @@ class Forwarded:
     usage: dict[str, Any] | None = field(default=None)
     # How an error ends an answer already under way; None = an SSE error event (OpenAI's).
     error_line: Callable[[ModelRunnerError], bytes] | None = None
+    tap: Callable[[bytes], None] | None = None  # sees each streamed chunk (the request log)
 
 
 # A replacement for the pass-through relay (another API family's framing, e.g. Ollama's NDJSON):
@@ -227,7 +228,10 @@ class UpstreamPool:
         state.response = response
         state.streaming = True
         pending = b""  # the start of an SSE line cut across chunks (the usage line may be)
+        tap = state.tap
         async for chunk in up.content.iter_any():
+            if tap is not None:
+                tap(chunk)
             if pending or not chunk.endswith(b"\n") or b'"usage"' in chunk or b'"timings"' in chunk:
                 complete, _, pending = (pending + chunk).rpartition(b"\n")
                 if len(pending) > _MAX_PENDING:

@@ -16,7 +16,7 @@ it right after the stream finds it.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -123,7 +123,7 @@ class ResponsesRelay:
         state.response, state.streaming = response, True
         self.started = True
         await self._send(response, self.translator.start())
-        async for piece in self._chunks(up):
+        async for piece in self._chunks(up, state.tap):
             if isinstance(piece.get("error"), dict):
                 error = piece["error"]
                 message = str(error.get("message") or "the runner failed")
@@ -141,9 +141,13 @@ class ResponsesRelay:
         return response
 
     @staticmethod
-    async def _chunks(up: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+    async def _chunks(
+        up: aiohttp.ClientResponse, tap: Callable[[bytes], None] | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
         parser = sse.SSEParser()
         async for chunk in up.content.iter_any():
+            if tap is not None:
+                tap(chunk)  # the request log sees the runner's stream, as on the OpenAI routes
             for event in parser.feed(chunk):
                 value = event.json()
                 if isinstance(value, dict):

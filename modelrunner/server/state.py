@@ -18,8 +18,10 @@ from modelrunner.config import Config
 from modelrunner.runners.supervisor import Supervisor
 from modelrunner.server.catalog import Catalog
 from modelrunner.server.drain import Drain
+from modelrunner.server.events import EventBus
 from modelrunner.server.metrics import Metrics
 from modelrunner.server.proxy import UpstreamPool
+from modelrunner.server.request_log import RequestLog
 from modelrunner.server.settings import SettingsFile
 
 if TYPE_CHECKING:
@@ -41,6 +43,8 @@ class ServerState:
     daemon_log: Path | None = None
     config_path: Path | None = None  # the file a reload reads (None: <home>/config.yaml)
     drain: Drain = field(default_factory=Drain)  # SIGTERM: late requests, cut streams
+    events: EventBus = field(default_factory=EventBus)  # GET /engines/events
+    requests: RequestLog = field(default_factory=RequestLog)  # GET /engines/requests
 
     @property
     def config(self) -> Config:

@@ -17,12 +17,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from modelrunner.config import KVCacheConfig
+from modelrunner.config import Config, KVCacheConfig
 from modelrunner.runners.kvcache import KVCache
+from modelrunner.server.events import EventBus
 from modelrunner.server.metrics import Metrics
 from modelrunner.server.middleware import make_error_middleware
 from modelrunner.server.openai_api import serve
 from modelrunner.server.proxy import UpstreamPool
+from modelrunner.server.request_log import RequestLog
 
 
 class Upstream:
@@ -73,6 +75,19 @@ class FakeSupervisor:
         yield self.runner
 
 
+def make_state(sock: Path, pool: UpstreamPool) -> SimpleNamespace:
+    """What serve() reaches; the request log and event bus on, as in the daemon (the tap runs)."""
+    return SimpleNamespace(
+        supervisor=FakeSupervisor(sock),
+        upstream=pool,
+        metrics=Metrics(),
+        config=Config(),
+        settings=SimpleNamespace(get=lambda _model_id: None),
+        events=EventBus(),
+        requests=RequestLog(),
+    )
+
+
 @pytest.fixture
 async def upstream() -> AsyncIterator[tuple[Upstream, Path]]:
     tmp = Path(tempfile.mkdtemp(prefix="mr-", dir="/tmp"))
@@ -94,7 +109,7 @@ async def upstream() -> AsyncIterator[tuple[Upstream, Path]]:
 async def proxy(aiohttp_client: Any, upstream: tuple[Upstream, Path]) -> Any:
     _, sock = upstream
     pool = UpstreamPool(connect_timeout_s=2, read_timeout_s=10)
-    state = SimpleNamespace(supervisor=FakeSupervisor(sock), upstream=pool, metrics=Metrics())
+    state = make_state(sock, pool)
 
     async def handler(request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -224,7 +239,7 @@ async def test_connections_the_runner_dropped_are_retried(aiohttp_client: Any) -
     sock = tmp / "up.sock"
     await web.UnixSite(runner, str(sock)).start()
     pool = UpstreamPool(connect_timeout_s=2, read_timeout_s=10)
-    state = SimpleNamespace(supervisor=FakeSupervisor(sock), upstream=pool, metrics=Metrics())
+    state = make_state(sock, pool)
 
     async def handler(request: web.Request) -> web.StreamResponse:
         body = await request.read()

@@ -1,4 +1,9 @@
-"""`modelrunner ps`: the runners (llama-server processes) the daemon has loaded."""
+"""`modelrunner ps [-w]`: the runners (llama-server processes) the daemon has loaded.
+
+``-w`` (watch) follows ``GET /engines/events`` and prints the table again after each runner
+event (loading, ready, stopping, stopped, crashed, failed): on a terminal in place, elsewhere
+as a line saying what happened followed by the new table.
+"""
 
 from __future__ import annotations
 
@@ -40,12 +45,19 @@ def runner_rows(entries: list[Mapping[str, Any]], now: float) -> list[list[str]]
 class Ps(Command):
     name = "ps"
     help = "List the running models (runners)"
-    epilog = "example:\n  modelrunner ps"
+    epilog = "examples:\n  modelrunner ps\n  modelrunner ps -w"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--json", action="store_true", help="print the daemon's JSON")
+        parser.add_argument(
+            "-w", "--watch", action="store_true", help="print again whenever a runner changes"
+        )
 
     def run(self, args: argparse.Namespace) -> int:
+        if args.watch:
+            from modelrunner.cli.watch import watch_ps
+
+            return watch_ps(connect(args), json_rows=args.json, rows=runner_rows, headers=HEADERS)
         entries = connect(args).get_json("/engines/ps") or []
         if args.json:
             print(json.dumps(entries, indent=4, ensure_ascii=False))

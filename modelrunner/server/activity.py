@@ -1,0 +1,103 @@
+"""
+What ``openai_api.serve()`` — the one path every inference request takes to a runner — tells
+the request log and the live-event counters about each request.
+
+``begin`` opens a ``Recorded`` for one request; ``serve`` hands its ``tap`` to the relay (one
+list append per chunk), calls ``answered`` with a whole response, ``failed`` with an error, and
+``finish`` from its ``finally`` (which also runs when the client's disconnect cancels the
+handler).  Every method is synchronous and cheap: nothing here awaits or parses.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from modelrunner.errors import ModelRunnerError
+from modelrunner.server.middleware import error_body
+
+if TYPE_CHECKING:
+    from modelrunner.server.proxy import Forwarded
+    from modelrunner.server.request_log import Record
+    from modelrunner.server.state import ServerState
+
+CLIENT_GONE = 499  # nginx's "client closed request": no status was sent, or the answer was cut
+_STREAM_ENDS = (b"[DONE]", b"message_stop")
+
+
+class Recorded:
+    """One request on its way through ``serve``; a ``record`` of None when the log is off."""
+
+    def __init__(self, state: ServerState, name: str, record: Record | None) -> None:
+        self._state = state
+        self._name = name
+        self.record = record
+        self.tap = record.tap if record is not None else None
+        self._status: int | None = None
+        self._error = ""
+        state.events.request_started(name)
+
+    def answered(self, response: web.StreamResponse) -> web.StreamResponse:
+        """A whole (not streamed) answer: its status and body."""
+        self._status = response.status
+        if self.record is not None and isinstance(response, web.Response):
+            body = response.body
+            if isinstance(body, bytes | bytearray):
+                self.record.tap(bytes(body))
+        return response
+
+    def failed(self, request: web.Request, error: ModelRunnerError) -> None:
+        """An error this daemon answers (before the answer began) or appends to a stream."""
+        self._error = _json(error_body(request.path, error.status, error.message, error.code))
+        if self._status is None:
+            self._status = error.status
+
+    def finish(self, forwarded: Forwarded) -> None:
+        status = self._status
+        if forwarded.response is not None:
+            status = forwarded.response.status
+            record = self.record
+            last = record.last if record is not None else b""
+            sse = "event-stream" in forwarded.response.headers.get("Content-Type", "")
+            if not self._error and sse and not any(end in last for end in _STREAM_ENDS):
+                self._error = _json({"error": "the client disconnected before the answer ended"})
+        if status is None:
+            status = CLIENT_GONE
+            self._error = self._error or _json({"error": "the client disconnected"})
+        failed = status >= 400 or bool(self._error)
+        self._state.events.request_finished(self._name, failed=failed)
+        if self.record is not None:
+            self._state.requests.finish(self.record, status, self._error)
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def begin(
+    state: ServerState,
+    request: web.Request,
+    model_id: str,
+    name: str,
+    body: bytes,
+    *,
+    preload: bool = False,
+) -> Recorded:
+    """Start accounting for one inference request: counted always; recorded unless it only
+    preloads (as Docker) or ``server.request_log`` is off."""
+    record = None
+    if state.config.server.request_log and not preload:
+        log = state.requests
+        settings = state.settings.get(model_id)
+        log.config[model_id] = settings.to_wire() if settings is not None else {}
+        record = log.begin(
+            model_id=model_id,
+            model=name,
+            method=request.method,
+            url=request.path,
+            user_agent=request.headers.get("User-Agent", ""),
+            body=body,
+        )
+    return Recorded(state, name, record)
