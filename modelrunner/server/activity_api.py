@@ -125,11 +125,16 @@ def metrics_text(state: ServerState) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def _close_streams(app: web.Application) -> None:
-    """On shutdown, before in-flight requests are drained: end every stream."""
-    state = app[STATE]
+def close_streams(state: ServerState) -> None:
+    """End every follower's stream: they never finish by themselves, so the SIGTERM drain
+    (which waits for handlers in flight) must end them first, or it would wait out its bound
+    and then cut them."""
     state.events.hub.close()
     state.requests.hub.close()
+
+
+async def _close_streams(app: web.Application) -> None:
+    close_streams(app[STATE])
 
 
 def add_routes(app: web.Application) -> None:

@@ -34,7 +34,7 @@ from modelrunner.config import Config
 from modelrunner.errors import ConfigError, InvalidConfig, ModelRunnerError, Unavailable
 from modelrunner.runners import live
 from modelrunner.runners.supervisor import Supervisor
-from modelrunner.server import auth, provenance
+from modelrunner.server import activity_api, auth, provenance
 from modelrunner.server.app import make_app, settings_path
 from modelrunner.server.catalog import Catalog, display_name
 from modelrunner.server.drain import Drain
@@ -250,6 +250,7 @@ class Daemon:
             # kill the process mid-shutdown (runners would be left to the next start's sweep).
             # Drain first with the listeners open (late requests get a 503, server/drain.py),
             # then stop accepting, so `daemon.stopping` means "no new connections".
+            activity_api.close_streams(state)  # followers first: they never end by themselves
             await self._drain(state.drain)
             for site in list(runner.sites):
                 await site.stop()

@@ -107,6 +107,8 @@ def wait_for_models(sock: Path, make: subprocess.Popen[bytes], log: Path) -> str
 
 
 @pytest.mark.slow
+# A clone, `make run`'s setup and three real answers: minutes on a shared 2-core machine.
+@pytest.mark.timeout(300)
 def test_readme_from_a_clean_clone(root: Path) -> None:
     """`make run`; the README's curl and openai examples as written; Ctrl-C; nothing left."""
     for tool in ("git", "make", "curl"):
@@ -196,12 +198,16 @@ def test_readme_from_a_clean_clone(root: Path) -> None:
 
 
 def test_the_readme_config_example_is_a_valid_config(tmp_path: Path) -> None:
-    """Every key the README's YAML example shows exists and takes the value shown."""
+    """Every key the README's YAML examples show exists and takes the value shown: the
+    Configuration section's full example, and each smaller one (Security, ...) as a config."""
     from modelrunner.config import Config
 
-    (block,) = code_blocks((ROOT / "README.md").read_text(), "yaml")
+    first, *others = code_blocks((ROOT / "README.md").read_text(), "yaml")
     path = tmp_path / "config.yaml"
-    path.write_text(block)
+    for block in others:
+        path.write_text(block)
+        Config.load(path, env={"HOME": str(tmp_path)})
+    path.write_text(first)
     config = Config.load(path, env={"HOME": str(tmp_path)})
     assert config.runners.max_loaded == 2
     assert config.models[TAG].pinned is True
