@@ -490,9 +490,9 @@ class TestShutdownAndCleanup:
         await sup.aclose()
         await sup.aclose()  # idempotent
         assert all(dead(pid) for pid in pids)
-        assert not any(
-            "llama-server" in p.name() for p in psutil.Process().children(True)
-        ), "a llama-server (even a zombie: the supervisor reaps its children) outlived aclose"
+        assert not any("llama-server" in p.name() for p in psutil.Process().children(True)), (
+            "a llama-server (even a zombie: the supervisor reaps its children) outlived aclose"
+        )
         with pytest.raises(Unavailable, match="shutting down"):
             async with sup.acquire("m0"):
                 pass
