@@ -33,7 +33,12 @@ def mr_home() -> Iterator[Path]:
 
 
 def setup_default(home: Path, **env_vars: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODEL_RUNNER")}
+    # The engine cache stays: it is where `make test`'s `engine install` put llama-server.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("MODEL_RUNNER") or k == "MODEL_RUNNER_CACHE"
+    }
     env |= {"MODEL_RUNNER_HOME": str(home), **env_vars}
     return subprocess.run(
         [*CLI, "setup-default"],

@@ -125,7 +125,8 @@ def test_pinned_preloaded_model_comes_back_after_a_reload(
     """Issue 16.2: reconfigured by SIGHUP, a pinned preloaded model loads again by itself."""
     d = two(models={A: {"pinned": True, "preload": True}})
     d.restart()  # the model is in the store now: preload it at start
-    first = wait_pids(d, lambda p: A_KEY in p)[A_KEY]
+    # A pid, not only the key: a runner still spawning is listed with pid None.
+    first = wait_pids(d, lambda p: p.get(A_KEY) is not None)[A_KEY]
 
     rewrite(d, models={A: {"pinned": True, "preload": True, "context_size": 384}})
     reloaded = hup(d)
