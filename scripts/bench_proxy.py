@@ -329,7 +329,7 @@ directly on its Unix socket, and vs llama.cpp's router mode (`llama-server --mod
 processes of their own (`scripts/bench_client.py`, http.client, one kept-alive connection per
 target).  Warm: non-streamed chat, `max_tokens` 1, {requests} per target per round, interleaved
 request by request across targets in a fresh seeded random order; 256 KB body: the same with a
-long conversation, a quarter as many.  Proxy CPU: the kernel's accounting of the proxy's process
+long conversation, a tenth as many.  Proxy CPU: the kernel's accounting of the proxy's process
 (psutil `cpu_times`, user + system; the daemon's, or router mode's parent, not its child) across
 each target's requests run alone, divided by their count; per streamed token: across {streams}
 streams of 64 tokens (`ignore_eos`), divided by the tokens.  16 streams: 16 concurrent 64-token
@@ -407,7 +407,7 @@ async def one_round(rows: dict[str, Row], args: argparse.Namespace, i: int) -> N
     walls = await client({"mode": "warm", "n": args.requests, "seed": i, "targets": specs})
     for k, r in rows.items():
         r.warm_ms.append(ms(walls[k]))
-    big = args.requests // 4
+    big = max(args.requests // 10, 5)
     walls = await client(
         {"mode": "warm", "n": big, "seed": i, "targets": specs, "body_pad": BIG_BODY}
     )
