@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -130,7 +131,7 @@ async def daemon(
 
 
 @contextlib.asynccontextmanager
-async def router(models_dir: Path, binary: Path) -> AsyncIterator[int]:
+async def router(models_dir: Path, binary: Path) -> AsyncIterator[tuple[int, int]]:
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
         str(binary),
@@ -149,7 +150,7 @@ async def router(models_dir: Path, binary: Path) -> AsyncIterator[int]:
     )
     try:
         await wait_http(aiohttp.TCPConnector, f"http://127.0.0.1:{port}/health")
-        yield port
+        yield port, proc.pid
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -250,54 +251,72 @@ def ratio_spread(t: Target, base: Target) -> str:
     return f"{min(ratios):.2f} to {max(ratios):.2f}"
 
 
-def report(targets: dict[str, Target], args: argparse.Namespace) -> str:
-    direct = targets["direct"]
-    rows = [
-        "| target | warm median (ms) | warm p90 (ms) | adds vs direct (ms) | first token (ms) "
-        "| 16 streams (tok/s) | vs direct |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+def med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def span(values: list[float], fmt: str = ".2f") -> str:
+    return f"{min(values):{fmt}} to {max(values):{fmt}}"
+
+
+def adds(row: list[float], base: list[float]) -> list[float]:
+    return [a - b for a, b in zip(row, base, strict=True)]
+
+
+def report(rows: dict[str, Row], args: argparse.Namespace) -> str:
+    direct, unix, tcp, rt = rows["direct"], rows["daemon-unix"], rows["daemon-tcp"], rows["router"]
+    sane = med(direct.warm_ms) <= med(unix.warm_ms) and med(direct.warm_ms) <= med(tcp.warm_ms)
+    table = [
+        "| target | warm (ms) | adds vs direct (ms) | 256 KB body (ms) | one 64-token stream (ms) "
+        "| 16 streams (tok/s) | vs direct | proxy CPU / request (ms) | / 256 KB request (ms) "
+        "| / streamed token (µs) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for t in targets.values():
-        rows.append(
-            f"| {t.name} | {ms(t.warm_s):.2f} | {p90(t.warm_s):.2f} | "
-            f"{ms(t.warm_s) - ms(direct.warm_s):+.2f} | {ms(t.ttft_s):.2f} | "
-            f"{statistics.median(t.tps):.0f} | "
-            f"{statistics.median(t.tps) / statistics.median(direct.tps):.3f} |"
+    for r in rows.values():
+        cpu = (
+            "—|—|—"
+            if r.pid is None
+            else f"{med(r.cpu_req_ms):.3f} ({span(r.cpu_req_ms, '.3f')}) | "
+            f"{med(r.cpu_big_ms):.2f} ({span(r.cpu_big_ms)}) | "
+            f"{med(r.cpu_tok_us):.1f} ({span(r.cpu_tok_us, '.1f')})"
         )
-    d_unix, d_tcp, rt = targets["daemon-unix"], targets["daemon-tcp"], targets["router"]
+        added = adds(r.warm_ms, direct.warm_ms)
+        table.append(
+            f"| {r.name} | {med(r.warm_ms):.2f} | {med(added):+.2f} ({span(added)}) | "
+            f"{med(r.big_ms):.2f} | {med(r.stream_ms):.1f} | {med(r.tps):.0f} | "
+            f"{med([a / b for a, b in zip(r.tps, direct.tps, strict=True)]):.3f} | {cpu} |"
+        )
     checks = [
-        ("daemon adds <= 1 ms at the median (unix)", ms(d_unix.warm_s) - ms(direct.warm_s) <= 1),
-        ("daemon (tcp) no slower than router mode (tcp)", ms(d_tcp.warm_s) <= ms(rt.warm_s)),
-        ("first token within 2 ms of direct", ms(d_unix.ttft_s) - ms(direct.ttft_s) <= 2),
+        ("sanity: direct no slower than the daemon (else no figure here is believed)", sane),
+        ("daemon CPU per request <= 0.5 ms (tcp)", med(tcp.cpu_req_ms) <= 0.5),
+        ("daemon CPU per streamed token <= 35 µs (tcp)", med(tcp.cpu_tok_us) <= 35),
         (
-            f"{CONCURRENCY} streams >= 0.97 of direct tok/s",
-            statistics.median(d_unix.tps) >= 0.97 * statistics.median(direct.tps),
+            "daemon CPU per request and per token at most half of router mode's",
+            med(tcp.cpu_req_ms) <= med(rt.cpu_req_ms) / 2
+            and med(tcp.cpu_tok_us) <= med(rt.cpu_tok_us) / 2,
+        ),
+        (
+            "wall added <= 0.5 ms at the median (tcp, vs the runner's socket)",
+            med(adds(tcp.warm_ms, direct.warm_ms)) <= 0.5,
+        ),
+        (
+            f"{CONCURRENCY} streams >= 0.97 of direct tok/s (tcp)",
+            med(tcp.tps) >= 0.97 * med(direct.tps),
         ),
     ]
     lines = [
-        INTRO.format(requests=args.requests, rounds=args.rounds),
+        INTRO.format(requests=args.requests, rounds=args.rounds, streams=args.streams),
         "",
-        *rows,
+        *table,
         "",
         *(f"- {'met' if ok else 'NOT met'}: {what}" for what, ok in checks),
-        "- Round to round (the load of this shared machine moves): the daemon (unix) added "
-        f"{spread(d_unix, direct)} ms at the median, router mode {spread(rt, direct)} ms; "
-        f"16 streams through the daemon (unix) made {ratio_spread(d_unix, direct)} of direct's "
-        f"tokens/s (tcp: {ratio_spread(d_tcp, direct)}; router: {ratio_spread(rt, direct)}).",
-        "- What it took: runner output written to its log file in 50 ms batches (a thread hop "
-        "per llama-server log line, ~10 per request, was a large share of the overhead), lookups "
-        "cached for 2 s, and one warm upstream connection kept after each stream (llama-server "
-        "closes a streamed answer's connection while announcing keep-alive).",
-        f"- Machine: {args.machine}; client, daemon and llama-server share the cores.",
-        "- The router's child gets llama-server's defaults for this model (its own argv); the "
-        "daemon's runner gets Docker's argv. `runners.max_in_flight` is raised to 16 for the "
-        "concurrent case (the default 4 answers 429 beyond it).",
+        f"- Machine: {args.machine}; clients, daemon and llama-server share the cores.",
         "",
         "Command:",
         "",
         "```",
         f".venv/bin/python scripts/bench_proxy.py --requests {args.requests} "
-        f"--rounds {args.rounds} --write",
+        f"--rounds {args.rounds} --streams {args.streams} --write",
         "```",
     ]
     return "\n".join(lines)
@@ -306,12 +325,16 @@ def report(targets: dict[str, Target], args: argparse.Namespace) -> str:
 INTRO = """\
 The daemon's proxy on a warm model (tiny llama, 0.5 MB) vs the same llama-server process reached
 directly on its Unix socket, and vs llama.cpp's router mode (`llama-server --models-dir DIR
---models-max 1`, warm) as the peer.  Warm: non-streamed chat, `max_tokens` 1, {requests} requests
-per target per round, interleaved request by request across targets in a fresh random order
-(seeded) each time; first token: streamed chat,
-20 per target per round, interleaved likewise; 16 concurrent streams of 64 tokens (`ignore_eos`),
-3 times per target per round, targets in turn; {rounds} rounds rotating the streams' order;
-medians."""
+--models-max 1`, warm) as the peer, side by side in one run of {rounds} rounds.  The clients run in
+processes of their own (`scripts/bench_client.py`, http.client, one kept-alive connection per
+target).  Warm: non-streamed chat, `max_tokens` 1, {requests} per target per round, interleaved
+request by request across targets in a fresh seeded random order; 256 KB body: the same with a
+long conversation, a tenth as many.  Proxy CPU: the kernel's accounting of the proxy's process
+(psutil `cpu_times`, user + system; the daemon's, or router mode's parent, not its child) across
+each target's requests run alone, divided by their count; per streamed token: across {streams}
+streams of 64 tokens (`ignore_eos`), divided by the tokens.  16 streams: 16 concurrent 64-token
+streams, 3 times per target per round.  Figures are the median of the rounds' medians, (the
+rounds' spread) in brackets."""
 
 
 def write_section(body: str, title: str = "Proxy") -> None:
@@ -328,6 +351,85 @@ def write_section(body: str, title: str = "Proxy") -> None:
     path.write_text(text)
 
 
+CLIENT = ROOT / "scripts" / "bench_client.py"
+BIG_BODY = 256 * 1024
+
+
+async def client(job: dict[str, Any]) -> dict[str, Any]:
+    """One job in a client process of its own (scripts/bench_client.py)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(CLIENT),
+        json.dumps(job),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench client failed: {err.decode()[-2000:]}")
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+def cpu_s(pid: int) -> float:
+    """The kernel's CPU accounting of one process (user + system), its own threads only."""
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
+
+
+@dataclass
+class Row:
+    name: str
+    spec: dict[str, Any]
+    pid: int | None  # the proxy's process (None: direct, no proxy)
+    warm_ms: list[float] = field(default_factory=list)  # each round's median
+    big_ms: list[float] = field(default_factory=list)
+    stream_ms: list[float] = field(default_factory=list)
+    tps: list[float] = field(default_factory=list)
+    cpu_req_ms: list[float] = field(default_factory=list)
+    cpu_big_ms: list[float] = field(default_factory=list)
+    cpu_tok_us: list[float] = field(default_factory=list)
+
+
+async def measured(row: Row, job: dict[str, Any], key: str) -> tuple[list[Any], float]:
+    """A job on one target alone, and the CPU its proxy spent meanwhile (s)."""
+    before = cpu_s(row.pid) if row.pid else 0.0
+    out = await client({**job, "targets": {key: row.spec}})
+    spent = (cpu_s(row.pid) - before) if row.pid else 0.0
+    values: list[Any] = out[key]
+    return values, spent
+
+
+async def one_round(rows: dict[str, Row], args: argparse.Namespace, i: int) -> None:
+    specs = {k: r.spec for k, r in rows.items()}
+    walls = await client({"mode": "warm", "n": args.requests, "seed": i, "targets": specs})
+    for k, r in rows.items():
+        r.warm_ms.append(ms(walls[k]))
+    big = max(args.requests // 10, 5)
+    walls = await client(
+        {"mode": "warm", "n": big, "seed": i, "targets": specs, "body_pad": BIG_BODY}
+    )
+    for k, r in rows.items():
+        r.big_ms.append(ms(walls[k]))
+    order = list(rows)
+    random.Random(i).shuffle(order)  # noqa: S311 (an order, not a secret)
+    for k in order:
+        r = rows[k]
+        _, spent = await measured(r, {"mode": "warm", "n": args.requests}, k)
+        r.cpu_req_ms.append(spent / args.requests * 1000)
+        _, spent = await measured(r, {"mode": "warm", "n": big, "body_pad": BIG_BODY}, k)
+        r.cpu_big_ms.append(spent / big * 1000)
+        streams, spent = await measured(r, {"mode": "stream", "n": args.streams}, k)
+        tokens = sum(n for _, n in streams)
+        r.stream_ms.append(ms([w for w, _ in streams]))
+        r.cpu_tok_us.append(spent / tokens * 1e6)
+    tps = await client({"mode": "concurrent", "n": STREAM_REPEATS, "seed": i, "targets": specs})
+    for k, r in rows.items():
+        r.tps.append(statistics.median(tps[k]))
+
+
 async def run(args: argparse.Namespace) -> str:
     engine = await locate(None)
     binary = engine.path
@@ -338,61 +440,49 @@ async def run(args: argparse.Namespace) -> str:
         models.mkdir()
         gguf = build_tiny_gguf(models / "tiny.gguf")
         async with (
-            daemon(home / "d", gguf, binary) as (sock, port, _pid),
-            router(models, binary) as rport,
+            daemon(home / "d", gguf, binary) as (sock, port, dpid),
+            router(models, binary) as (rport, rpid),
         ):
-            targets = {
-                "direct": Target(
-                    "direct (runner socket)",
-                    "http://localhost",
-                    "x",
-                    lambda: aiohttp.UnixConnector(path=str(direct_sock)),
-                ),
-                "daemon-unix": Target(
-                    "daemon (unix socket)",
-                    "http://localhost/engines",
-                    MODEL,
-                    lambda: aiohttp.UnixConnector(path=str(sock)),
-                ),
-                "daemon-tcp": Target(
-                    "daemon (tcp)", f"http://127.0.0.1:{port}/engines", MODEL, aiohttp.TCPConnector
-                ),
-                "router": Target(
-                    "router mode (tcp)", f"http://127.0.0.1:{rport}", "tiny", aiohttp.TCPConnector
-                ),
-            }
-            sessions: dict[str, aiohttp.ClientSession] = {}
             # Load the model in both (and find the daemon's runner) before anything is timed.
             async with (
-                aiohttp.ClientSession(connector=targets["daemon-unix"].connector()) as s,
-                await chat(s, targets["daemon-unix"], max_tokens=1) as r,
+                aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as s,
+                s.post(
+                    "http://localhost/engines/v1/chat/completions",
+                    json={"model": MODEL, "messages": MESSAGES, "max_tokens": 1},
+                ) as r,
             ):
                 assert r.status == 200, await r.text()
             direct_sock = await runner_socket(sock)
-            try:
-                for key, t in targets.items():
-                    sessions[key] = aiohttp.ClientSession(connector=t.connector())
-                await interleaved(sessions, targets, warm_one, 5, 0)  # connections, caches
-                for t in targets.values():
-                    t.warm_s.clear()
-                order = list(targets)
-                for i in range(args.rounds):
-                    marks = {k: len(t.warm_s) for k, t in targets.items()}
-                    await interleaved(sessions, targets, warm_one, args.requests, i)
-                    for k, t in targets.items():
-                        t.round_warm_ms.append(ms(t.warm_s[marks[k] :]))
-                    await interleaved(sessions, targets, ttft_one, 20, i)
-                    tmarks = {k: len(t.tps) for k, t in targets.items()}
-                    for _ in range(STREAM_REPEATS):
-                        for key in order[i % len(order) :] + order[: i % len(order)]:
-                            await concurrent(sessions[key], targets[key])
-                    for k, t in targets.items():
-                        t.round_tps.append(statistics.median(t.tps[tmarks[k] :]))
-                    print(f"round {i + 1}/{args.rounds} done", file=sys.stderr)
-            finally:
-                for s in sessions.values():
-                    await s.close()
-        return report(targets, args)
+            rows = {
+                "direct": Row(
+                    "direct (runner socket)",
+                    {"unix": str(direct_sock), "prefix": "", "model": "x"},
+                    None,
+                ),
+                "daemon-unix": Row(
+                    "daemon (unix socket)",
+                    {"unix": str(sock), "prefix": "/engines", "model": MODEL},
+                    dpid,
+                ),
+                "daemon-tcp": Row(
+                    "daemon (tcp)",
+                    {"tcp": ["127.0.0.1", port], "prefix": "/engines", "model": MODEL},
+                    dpid,
+                ),
+                "router": Row(
+                    "router mode (tcp)",
+                    {"tcp": ["127.0.0.1", rport], "prefix": "", "model": "tiny"},
+                    rpid,
+                ),
+            }
+            # Warm-up: connections, caches, the router's child, the big body's prompt cache.
+            specs = {k: r.spec for k, r in rows.items()}
+            await client({"mode": "warm", "n": 5, "targets": specs})
+            await client({"mode": "warm", "n": 2, "targets": specs, "body_pad": BIG_BODY})
+            for i in range(args.rounds):
+                await one_round(rows, args, i)
+                print(f"round {i + 1}/{args.rounds} done", file=sys.stderr)
+        return report(rows, args)
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
@@ -408,6 +498,7 @@ def cli(
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--streams", type=int, default=20, help="64-token streams per round")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
     body = asyncio.run(run(args))

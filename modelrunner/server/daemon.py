@@ -34,7 +34,7 @@ from modelrunner.config import Config
 from modelrunner.errors import ConfigError, InvalidConfig, ModelRunnerError, Unavailable
 from modelrunner.runners import live
 from modelrunner.runners.supervisor import Supervisor
-from modelrunner.server import activity_api, auth, provenance
+from modelrunner.server import activity_api, auth, eventloop, provenance
 from modelrunner.server.app import make_app, settings_path
 from modelrunner.server.catalog import Catalog, display_name
 from modelrunner.server.drain import Drain
@@ -468,6 +468,6 @@ def run(
         json_logs=json_logs,
     )
     try:
-        return asyncio.run(daemon.run())
+        return eventloop.run(daemon.run())
     finally:
         log_file.close()
