@@ -2,7 +2,7 @@
 
 uvloop's libuv loop takes less CPU per socket read/write and per timer than asyncio's selector
 loop; on a 2-core machine every cycle the daemon spends relaying is taken from llama-server, so
-the proxy's hot path runs on it (docs/benchmarks.md, Proxy).  ``MODELRUNNER_EVENT_LOOP=asyncio``
+the proxy's hot path runs on it (docs/benchmarks.md, Proxy).  ``MODEL_RUNNER_EVENT_LOOP=asyncio``
 keeps asyncio's loop (a comparison, or a platform where uvloop misbehaves).
 """
 
@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-ENV = "MODELRUNNER_EVENT_LOOP"
+ENV = "MODEL_RUNNER_EVENT_LOOP"
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
