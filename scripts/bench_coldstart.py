@@ -36,6 +36,7 @@ from modelrunner.runners.args import build_argv  # noqa: E402
 from modelrunner.runners.locate import locate  # noqa: E402
 from modelrunner.runners.model import ModelFiles  # noqa: E402
 from modelrunner.runners.supervisor import Supervisor  # noqa: E402
+from scripts.benchdoc import write_section  # noqa: E402
 from scripts.machine import machine_line  # noqa: E402
 from scripts.make_tiny_gguf import build as build_tiny_gguf  # noqa: E402
 
@@ -196,20 +197,6 @@ def table(rows: list[dict[str, float]]) -> str:
     return "\n".join(out)
 
 
-def write_section(body: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    section = f"## Cold start\n\n{body.strip()}\n"
-    start = text.find("## Cold start")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + ("" if end == -1 else text[end:])
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-
-
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15)
@@ -269,7 +256,7 @@ async def main() -> int:
                 "```",
             ]
         )
-        write_section(body)
+        write_section("Cold start", body)
     return 0
 
 

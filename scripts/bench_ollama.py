@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from modelrunner.runners.locate import locate  # noqa: E402
-from scripts.bench_proxy import MODEL, daemon, write_section  # noqa: E402
+from scripts.bench_proxy import MODEL, daemon  # noqa: E402
+from scripts.benchdoc import write_section  # noqa: E402
 from scripts.machine import machine_line  # noqa: E402
 from scripts.make_tiny_gguf import build as build_tiny_gguf  # noqa: E402
 
@@ -143,7 +144,7 @@ def main() -> None:
         command = (
             "Command:\n\n```\n.venv/bin/python scripts/bench_ollama.py --requests 200 --write\n```"
         )
-        write_section(f"{body.strip()}\n\n{command}", title="Ollama API")
+        write_section("Ollama API", f"{body.strip()}\n\n{command}")
 
 
 if __name__ == "__main__":

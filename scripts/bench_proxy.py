@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from modelrunner.config import Config  # noqa: E402
 from modelrunner.distribution.store import Store  # noqa: E402
 from modelrunner.runners.locate import locate  # noqa: E402
+from scripts.benchdoc import write_section  # noqa: E402
 from scripts.machine import machine_line  # noqa: E402
 from scripts.make_tiny_gguf import build as build_tiny_gguf  # noqa: E402
 
@@ -337,20 +338,6 @@ streams, 3 times per target per round.  Figures are the median of the rounds' me
 rounds' spread) in brackets."""
 
 
-def write_section(body: str, title: str = "Proxy") -> None:
-    """Replace (or append) the ``## <title>`` section of docs/benchmarks.md."""
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"## {title}\n\n{body.strip()}\n"
-    start = text.find(f"## {title}\n")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + ("" if end == -1 else text[end:])
-    path.write_text(text)
-
-
 CLIENT = ROOT / "scripts" / "bench_client.py"
 BIG_BODY = 256 * 1024
 
@@ -504,7 +491,7 @@ def cli(
     body = asyncio.run(run(args))
     print(body)
     if args.write:
-        write_section(body, title)
+        write_section(title, body)
 
 
 def main() -> None:

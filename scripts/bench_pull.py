@@ -46,6 +46,7 @@ from modelrunner.distribution.registry import (  # noqa: E402
     MEDIA_OCI_MANIFEST,
     RegistryClient,
 )
+from scripts.benchdoc import write_section  # noqa: E402
 
 CONFIG_MEDIA = "application/vnd.docker.ai.model.config.v0.1+json"
 GGUF_MEDIA = "application/vnd.docker.ai.gguf.v3"
@@ -451,19 +452,6 @@ def report(r: dict[str, Any]) -> str:
     return "\n".join([textwrap.fill(intro, 100), "", *table, "", *notes])
 
 
-def write_section(body: str, command: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    section = f"## Pull\n\n{body.strip()}\n\nCommand:\n\n```\n{command}\n```\n"
-    start = text.find("## Pull\n")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + ("" if end == -1 else text[end:])
-    path.write_text(text, encoding="utf-8")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
@@ -489,7 +477,7 @@ def main() -> int:
         command = f".venv/bin/python scripts/bench_pull.py --size-mib {args.size_mib}"
         command += f" --runs {args.runs}"
         command += f" --mode {args.mode}" if args.mode != "both" else ""
-        write_section(body, command + " --write")
+        write_section("Pull", f"{body.strip()}\n\nCommand:\n\n```\n{command} --write\n```")
     return 0
 
 

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import os
 import platform
-import re
 import signal
 import socket
 import statistics
@@ -36,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from modelrunner.runners.engine.cpu import read_flags  # noqa: E402
+from scripts.benchdoc import write_section  # noqa: E402
 
 HALF = b"GET /models HTTP/1.1\r\nHost: x"
 SCENARIOS: dict[str, dict[str, Any]] = {
@@ -165,18 +165,6 @@ def render(rows: dict[str, dict[str, float]], count: int, hold_s: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    doc = path.read_text()
-    section = "## Slow headers\n\n" + text
-    pattern = re.compile(r"^## Slow headers\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(doc):
-        doc = pattern.sub(section + "\n", doc)
-    else:
-        doc = doc.rstrip() + "\n\n" + section
-    path.write_text(doc)
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1500)
@@ -190,7 +178,7 @@ async def main() -> None:
     text = render(rows, args.count, args.hold)
     print(text)
     if args.write:
-        write_section(text)
+        write_section("Slow headers", text)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ def write_section(title: str, body: str, path: Path = BENCHMARKS) -> None:
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
     heading = f"## {title}"
     section = f"{heading}\n\n{body.strip()}\n"
-    start = text.find(heading)
+    start = text.find(heading + "\n")
     if start == -1:
         text = text.rstrip("\n") + "\n\n" + section
     else:
