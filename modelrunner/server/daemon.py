@@ -289,29 +289,33 @@ class Daemon:
         await self._listen_ollama(runner)
         if not server.port:
             return None
-        tcp = web.TCPSite(runner, server.host, server.port, reuse_address=True)
+        await self._listen_tcp(
+            runner, server.port, "", "is another daemon running? (choose another with --port)"
+        )
+        return server.port
+
+    async def _listen_tcp(self, runner: web.AppRunner, port: int, key: str, hint: str) -> None:
+        """A TCP site on ``server.host``; a port in use is one ConfigError naming *hint*."""
+        host = self.config.server.host
+        site = web.TCPSite(runner, host, port, reuse_address=True)
         try:
-            await tcp.start()
+            await site.start()
         except OSError as e:
             raise ConfigError(
-                f"cannot listen on {server.host}:{server.port}: {e.strerror or e}; "
-                "is another daemon running? (choose another with --port)"
+                f"cannot listen on {host}:{port}{key}: {e.strerror or e}; {hint}"
             ) from None
-        return server.port
 
     async def _listen_ollama(self, runner: web.AppRunner) -> None:
         """``server.ollama_port``: the same app on a second port (Ollama's 11434), if set."""
         server = self.config.server
         if not server.ollama_port or server.ollama_port == server.port:
             return
-        site = web.TCPSite(runner, server.host, server.ollama_port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as e:
-            raise ConfigError(
-                f"cannot listen on {server.host}:{server.ollama_port} (server.ollama_port): "
-                f"{e.strerror or e}; is Ollama itself running? (set server.ollama_port: 0)"
-            ) from None
+        await self._listen_tcp(
+            runner,
+            server.ollama_port,
+            " (server.ollama_port)",
+            "is Ollama itself running? (set server.ollama_port: 0)",
+        )
         log.info("daemon.ollama_listener", host=server.host, port=server.ollama_port)
 
     def _on_stop(self, sig: signal.Signals) -> None:
