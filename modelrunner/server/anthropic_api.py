@@ -25,7 +25,7 @@ from modelrunner.server import sse
 from modelrunner.server.catalog import display_name
 from modelrunner.server.middleware import anthropic_shape, parse_json_object, read_body
 from modelrunner.server.openai_api import check_backend, serve
-from modelrunner.server.proxy import Forwarded, relay_headers
+from modelrunner.server.proxy import Forwarded, relay_headers, runner_chunks
 from modelrunner.server.state import STATE
 
 PREFIXES = ("/engines/{backend}", "/engines", "/anthropic", "")
@@ -112,10 +112,7 @@ class AnthropicRelay:
         state.response, state.streaming = response, True
         parser = sse.SSEParser()
         counts: dict[str, int] = {}
-        tap = state.tap  # the request log sees the runner's stream, as on the OpenAI routes
-        async for chunk in up.content.iter_any():
-            if tap is not None:
-                tap(chunk)
+        async for chunk in runner_chunks(up, state):
             for event in parser.feed(chunk):
                 self._note(event, counts, state)
             await sse.write(response, chunk)

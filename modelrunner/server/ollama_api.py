@@ -32,7 +32,7 @@ from modelrunner.server.catalog import display_name
 from modelrunner.server.middleware import parse_json_object, read_body
 from modelrunner.server.openai_api import _keep_alive, check_client_errors, serve
 from modelrunner.server.progress import ProgressStream
-from modelrunner.server.proxy import ClientGone, Forwarded
+from modelrunner.server.proxy import ClientGone, Forwarded, runner_chunks
 from modelrunner.server.state import STATE, ServerState
 
 if TYPE_CHECKING:
@@ -130,10 +130,7 @@ class OllamaRelay:
         await response.prepare(request)
         state.response, state.streaming = response, True
         try:
-            tap = state.tap  # the request log sees the runner's stream, as on the OpenAI routes
-            async for chunk in up.content.iter_any():
-                if tap is not None:
-                    tap(chunk)
+            async for chunk in runner_chunks(up, state):
                 await _write_lines(response, translator.feed(chunk))
             await _write_lines(response, translator.finish())
         except ConnectionResetError as e:

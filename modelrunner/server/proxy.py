@@ -16,7 +16,7 @@ import collections
 import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,16 @@ class Forwarded:
 # A replacement for the pass-through relay (another API family's framing, e.g. Ollama's NDJSON):
 # given the client request, the runner's response and the Forwarded record, answer the client.
 Relay = Callable[[web.Request, aiohttp.ClientResponse, Forwarded], Awaitable[web.StreamResponse]]
+
+
+async def runner_chunks(up: aiohttp.ClientResponse, state: Forwarded) -> AsyncIterator[bytes]:
+    """The runner's answer as it arrives, each chunk shown to the request log's tap first: what
+    the other API families' relays read, so their streams are logged as the pass-through's are."""
+    tap = state.tap
+    async for chunk in up.content.iter_any():
+        if tap is not None:
+            tap(chunk)
+        yield chunk
 
 
 class UpstreamPool:

@@ -16,7 +16,7 @@ it right after the stream finds it.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -29,7 +29,7 @@ from modelrunner.server import sse
 from modelrunner.server.catalog import display_name
 from modelrunner.server.middleware import error_body, parse_json_object, read_body
 from modelrunner.server.openai_api import check_backend, serve
-from modelrunner.server.proxy import Forwarded, relay_headers
+from modelrunner.server.proxy import Forwarded, relay_headers, runner_chunks
 from modelrunner.server.responses_store import ResponseStore
 from modelrunner.server.responses_stream import Event, StreamTranslator
 from modelrunner.server.state import STATE
@@ -123,7 +123,7 @@ class ResponsesRelay:
         state.response, state.streaming = response, True
         self.started = True
         await self._send(response, self.translator.start())
-        async for piece in self._chunks(up, state.tap):
+        async for piece in self._chunks(up, state):
             if isinstance(piece.get("error"), dict):
                 error = piece["error"]
                 message = str(error.get("message") or "the runner failed")
@@ -142,12 +142,10 @@ class ResponsesRelay:
 
     @staticmethod
     async def _chunks(
-        up: aiohttp.ClientResponse, tap: Callable[[bytes], None] | None = None
+        up: aiohttp.ClientResponse, state: Forwarded
     ) -> AsyncIterator[dict[str, Any]]:
         parser = sse.SSEParser()
-        async for chunk in up.content.iter_any():
-            if tap is not None:
-                tap(chunk)  # the request log sees the runner's stream, as on the OpenAI routes
+        async for chunk in runner_chunks(up, state):
             for event in parser.feed(chunk):
                 value = event.json()
                 if isinstance(value, dict):
