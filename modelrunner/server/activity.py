@@ -1,10 +1,10 @@
 """
-What ``openai_api.serve()`` — the one path every inference request takes to a runner — tells
-the request log and the live-event counters about each request.
+What ``inference.pass_through()`` — the one path every inference request takes to a runner —
+tells the request log and the live-event counters about each request.
 
-``begin`` opens a ``Recorded`` for one request; ``serve`` hands its ``tap`` to the relay (one
-list append per chunk), calls ``answered`` with a whole response, ``failed`` with an error, and
-``finish`` from its ``finally`` (which also runs when the client's disconnect cancels the
+``begin`` opens a ``Recorded`` for one request; ``pass_through`` hands its ``tap`` to the relay
+(one list append per chunk), calls ``answered`` once the answer is relayed, ``failed`` with an
+error, and ``finish`` from its ``finally`` (which also runs when the client's disconnect cancels the
 handler).  Every method is synchronous and cheap: nothing here awaits or parses.
 """
 
@@ -13,12 +13,11 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
 from modelrunner.errors import ModelRunnerError
 from modelrunner.server.middleware import error_body
 
 if TYPE_CHECKING:
+    from modelrunner.server.inference import RequestInfo
     from modelrunner.server.proxy import Forwarded
     from modelrunner.server.request_log import Record
     from modelrunner.server.state import ServerState
@@ -39,29 +38,30 @@ class Recorded:
         self._error = ""
         state.events.request_started(name)
 
-    def answered(self, response: web.StreamResponse) -> web.StreamResponse:
-        """A whole (not streamed) answer: its status and body."""
-        self._status = response.status
-        if self.record is not None and isinstance(response, web.Response):
-            body = response.body
-            if isinstance(body, bytes | bytearray):
-                self.record.tap(bytes(body))
-        return response
+    def answered(self, forwarded: Forwarded) -> None:
+        """The runner's answer was relayed; a whole (not streamed) one: its status and body."""
+        if forwarded.answer is not None:
+            self._status, body = forwarded.answer
+            if self.record is not None:
+                self.record.tap(body)
 
-    def failed(self, request: web.Request, error: ModelRunnerError) -> None:
+    def status(self, status: int) -> None:
+        """An answer this daemon gave without the runner (a preload's 200)."""
+        self._status = status
+
+    def failed(self, path: str, error: ModelRunnerError) -> None:
         """An error this daemon answers (before the answer began) or appends to a stream."""
-        self._error = _json(error_body(request.path, error.status, error.message, error.code))
+        self._error = _json(error_body(path, error.status, error.message, error.code))
         if self._status is None:
             self._status = error.status
 
     def finish(self, forwarded: Forwarded) -> None:
         status = self._status
-        if forwarded.response is not None:
-            status = forwarded.response.status
+        if forwarded.status is not None:
+            status = forwarded.status
             record = self.record
             last = record.last if record is not None else b""
-            sse = "event-stream" in forwarded.response.headers.get("Content-Type", "")
-            if not self._error and sse and not any(end in last for end in _STREAM_ENDS):
+            if not self._error and forwarded.sse and not any(end in last for end in _STREAM_ENDS):
                 self._error = _json({"error": "the client disconnected before the answer ended"})
         if status is None:
             status = CLIENT_GONE
@@ -78,7 +78,7 @@ def _json(value: object) -> str:
 
 def begin(
     state: ServerState,
-    request: web.Request,
+    request: RequestInfo,
     model_id: str,
     name: str,
     body: bytes,

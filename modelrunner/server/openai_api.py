@@ -10,20 +10,22 @@ came.  ``GET .../v1/models[/{name}]`` answers from the store, one entry per mode
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
 
-from modelrunner.errors import InvalidRequest, ModelRunnerError, UpstreamError
+from modelrunner.errors import InvalidRequest, ModelRunnerError
 from modelrunner.runners.model import Mode
-from modelrunner.server import activity
+from modelrunner.server import inference
 from modelrunner.server.catalog import display_name
 from modelrunner.server.middleware import parse_json_object, read_body
 from modelrunner.server.proxy import ClientGone, Forwarded, Relay, write_stream_error
 from modelrunner.server.settings import parse_keep_alive
 from modelrunner.server.state import STATE, ServerState
+
+if TYPE_CHECKING:
+    from modelrunner.runners.supervisor import Runner
 
 BACKENDS = ("llama.cpp",)
 PREFIXES = ("/engines/{backend}", "/engines", "")
@@ -151,6 +153,62 @@ def inference_handler(mode: Mode, upstream_path: str) -> Any:
     return handler
 
 
+class AiohttpLane:
+    """``inference.pass_through``'s lane for an aiohttp request: the runner reached through
+    the aiohttp upstream pool, the answer passed through or translated by *relay*."""
+
+    upstream_errors: tuple[type[BaseException], ...] = (
+        aiohttp.ClientError,
+        TimeoutError,
+        ClientGone,
+    )
+
+    def __init__(
+        self,
+        state: ServerState,
+        request: web.Request,
+        upstream_path: str,
+        body: bytes,
+        stream: bool,
+        relay: Relay | None,
+    ) -> None:
+        self._state = state
+        self._request = request
+        self._path = upstream_path
+        self._body = body
+        self._stream = stream
+        self._relay = relay
+        self._forwarded: Forwarded | None = None
+
+    def started(self) -> bool:
+        return self._forwarded is not None and self._forwarded.response is not None
+
+    async def forward(self, runner: Runner, forwarded: Forwarded) -> web.StreamResponse:
+        self._forwarded = forwarded
+        response = await self._state.upstream.forward(
+            self._request,
+            runner.socket_path,
+            self._path,
+            self._body,
+            forwarded,
+            stream=self._stream,
+            relay=self._relay,
+        )
+        if isinstance(response, web.Response) and isinstance(response.body, bytes | bytearray):
+            forwarded.answer = (response.status, bytes(response.body))
+        return response
+
+    def preloaded(self) -> web.StreamResponse:
+        return web.Response(status=200)
+
+    def gone(self, error: BaseException) -> web.StreamResponse | None:
+        return error.response if isinstance(error, ClientGone) else None
+
+    async def end_with(self, forwarded: Forwarded, error: ModelRunnerError) -> web.StreamResponse:
+        await write_stream_error(forwarded, error)
+        return forwarded.response or web.Response(status=500)  # started: never None
+
+
 async def serve(
     state: ServerState,
     request: web.Request,
@@ -165,63 +223,21 @@ async def serve(
     stream: bool = False,
     relay: Relay | None = None,
 ) -> web.StreamResponse:
-    """Acquire the model's runner and pass the request through (or through *relay*, another
-    API family's translation); errors after the answer began end the stream with an error
-    event instead of a status."""
-    forwarded = Forwarded()
-    acquired = None
-    # The request log and live counters: one record per request, fed by the relay's tap.
-    recorded = activity.begin(state, request, model_id, name, body, preload=preload_only)
-    forwarded.tap = recorded.tap
-    try:
-        async with state.supervisor.acquire(model_id, mode, keep_alive_s) as runner:
-            acquired = runner
-            if preload_only:
-                return recorded.answered(web.Response(status=200))
-            return recorded.answered(
-                await state.upstream.forward(
-                    request,
-                    runner.socket_path,
-                    upstream_path,
-                    body,
-                    forwarded,
-                    stream=stream,
-                    relay=relay,
-                )
-            )
-    except ClientGone as gone:
-        return gone.response
-    except (aiohttp.ClientError, TimeoutError) as e:
-        error: ModelRunnerError = UpstreamError(f"runner for model {name!r} failed: {e!r}")
-        recorded.failed(request, error)
-        if forwarded.response is None:
-            raise error from e
-        state.metrics.stream_errors += 1
-        await write_stream_error(forwarded, error)
-        return forwarded.response
-    except ModelRunnerError as e:
-        recorded.failed(request, e)
-        if forwarded.response is None:
-            raise
-        state.metrics.stream_errors += 1
-        await write_stream_error(forwarded, e)
-        return forwarded.response
-    except asyncio.CancelledError:
-        # Cut by SIGTERM's drain bound: the stream says why before it ends (server/drain.py).
-        if forwarded.response is None or not state.drain.was_cut():
-            raise
-        state.metrics.stream_errors += 1
-        await write_stream_error(forwarded, state.drain.cut_error())
-        return forwarded.response
-    finally:
-        # Here, not only after a clean end: the openai package drops the connection once it has
-        # read `[DONE]`, which cancels this handler (handler_cancellation) before it returns;
-        # the tokens were generated all the same.
-        if forwarded.usage is not None:
-            state.metrics.observe_usage(name, forwarded.usage)
-            if acquired is not None:
-                state.supervisor.kv.note_usage(acquired, forwarded.usage)
-        recorded.finish(forwarded)
+    """Pass an aiohttp request through to the model's runner (or through *relay*, another
+    API family's translation): ``inference.pass_through`` on aiohttp's lane."""
+    lane = AiohttpLane(state, request, upstream_path, body, stream, relay)
+    return await inference.pass_through(
+        state,
+        request,
+        model_id,
+        name,
+        mode,
+        body,
+        keep_alive_s,
+        lane,
+        Forwarded(),
+        preload_only=preload_only,
+    )
 
 
 def _openai_model(item: dict[str, Any]) -> dict[str, Any]:

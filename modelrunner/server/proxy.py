@@ -84,6 +84,23 @@ class Forwarded:
     # How an error ends an answer already under way; None = an SSE error event (OpenAI's).
     error_line: Callable[[ModelRunnerError], bytes] | None = None
     tap: Callable[[bytes], None] | None = None  # sees each streamed chunk (the request log)
+    answer: tuple[int, bytes] | None = None  # a whole (not streamed) answer: status and body
+    # A lane without an aiohttp response (the fast lane) says here that its answer began.
+    started_status: int | None = None
+    started_type: str = ""
+
+    @property
+    def status(self) -> int | None:
+        """The status of an answer that began streaming; None before (or for a whole one)."""
+        if self.response is not None:
+            return self.response.status
+        return self.started_status
+
+    @property
+    def sse(self) -> bool:
+        if self.response is not None:
+            return "event-stream" in self.response.headers.get("Content-Type", "")
+        return "event-stream" in self.started_type
 
 
 # A replacement for the pass-through relay (another API family's framing, e.g. Ollama's NDJSON):

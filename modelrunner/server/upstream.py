@@ -1,0 +1,318 @@
+"""
+A minimal HTTP/1.1 client for llama-server's Unix socket: the fast lane's way to a runner.
+
+aiohttp's client costs about as much CPU per request as the whole budget of the hot path
+(request and response objects, a stream reader, a timer and a task wake-up per chunk), so the
+fast lane (``server/fastlane.py``) talks to runners through this protocol instead: one write per
+request, and the answer parsed in ``data_received`` and handed to a synchronous ``Sink`` piece
+by piece, with no task switch per token.  It understands exactly what llama-server sends:
+``Content-Length`` bodies, ``Transfer-Encoding: chunked`` (its SSE) and bodies that end with the
+connection.  Idle keep-alive connections are pooled per socket.  Knows nothing of aiohttp's
+server, models or routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+STALE_RETRIES = 3
+MAX_IDLE_PER_SOCKET = 8
+IDLE_S = 60.0  # an idle pooled connection older than this is closed, not reused
+MAX_HEAD = 64 * 1024
+
+
+class UpstreamClosed(ConnectionError):
+    """The runner closed the connection (or it broke) before its answer was complete."""
+
+
+class Sink(Protocol):
+    """Where one answer goes, as it is parsed (all called on the loop, none may block)."""
+
+    def head(self, status: int, headers: list[tuple[str, str]], chunked: bool) -> None: ...
+
+    def body(self, data: bytes) -> None: ...
+
+    def end(self) -> None: ...
+
+    def lost(self, exc: BaseException) -> None: ...
+
+
+_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILER, _UNTIL_CLOSE, _DONE = range(8)
+
+
+class RunnerConnection(asyncio.Protocol):
+    """One connection to a runner, one exchange at a time; parses the answer into its sink."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.sink: Sink | None = None
+        self.closed = False
+        self.reusable = False  # set once an answer ended cleanly with keep-alive
+        self.received = 0  # bytes of the current answer so far (0: a stale connection)
+        self.last_rx = 0.0
+        self.idle_since = 0.0
+        self._state = _DONE
+        self._buf = b""
+        self._left = 0
+        self._keep_alive = True
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a Unix stream: a Transport
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.closed = True
+        self.reusable = False
+        if self._state == _UNTIL_CLOSE:
+            self._finish()
+            return
+        sink, self.sink = self.sink, None
+        if sink is not None and self._state != _DONE:
+            sink.lost(exc or UpstreamClosed("the runner closed the connection"))
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        self.last_rx = time.monotonic()
+        if self._buf:
+            data = self._buf + data
+            self._buf = b""
+        state = self._state
+        if state == _HEAD:
+            self._head(data)
+        elif state == _LENGTH:
+            self._length(data)
+        elif state == _UNTIL_CLOSE:
+            if self.sink is not None:
+                self.sink.body(data)
+        elif state != _DONE:
+            self._chunks(data)
+
+    # -- the exchange
+
+    def send(self, request: bytes, sink: Sink) -> None:
+        """Write one whole request; its answer goes to *sink*."""
+        self.sink = sink
+        self.reusable = False
+        self.received = 0
+        self.last_rx = time.monotonic()
+        self._state = _HEAD
+        self._buf = b""
+        if self.transport is None or self.closed:
+            sink.lost(UpstreamClosed("the runner closed the connection"))
+            return
+        self.transport.write(request)
+
+    def close(self) -> None:
+        """Drop the connection now (a client that left: llama-server stops generating)."""
+        self.sink = None
+        self._state = _DONE
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pause(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    # -- parsing
+
+    def _head(self, data: bytes) -> None:
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            if len(data) > MAX_HEAD:
+                self._fail("the runner sent an answer head over 64 KiB")
+                return
+            self._buf = data
+            return
+        lines = data[:end].decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            self._fail(f"the runner sent no HTTP status line: {lines[0][:80]!r}")
+            return
+        status = int(parts[1])
+        headers: list[tuple[str, str]] = []
+        length: int | None = None
+        chunked = False
+        self._keep_alive = parts[0] == "HTTP/1.1"
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            name = name.strip()
+            value = value.strip()
+            lower = name.lower()
+            if lower == "content-length" and value.isdigit():
+                length = int(value)
+            elif lower == "transfer-encoding":
+                chunked = "chunked" in value.lower()
+            elif lower == "connection":
+                self._keep_alive = "close" not in value.lower()
+            headers.append((name, value))
+        sink = self.sink
+        if sink is None:
+            return
+        sink.head(status, headers, chunked or length is None)
+        rest = data[end + 4 :]
+        if chunked:
+            self._state = _CHUNK_SIZE
+            self._chunks(rest)
+        elif length is not None:
+            self._state = _LENGTH
+            self._left = length
+            self._length(rest)
+        else:
+            self._state = _UNTIL_CLOSE
+            self._keep_alive = False
+            if rest:
+                sink.body(rest)
+
+    def _length(self, data: bytes) -> None:
+        sink = self.sink
+        if sink is None:
+            return
+        if len(data) >= self._left:
+            piece, self._left = data[: self._left], 0
+            if piece:
+                sink.body(piece)
+            self._finish()
+        else:
+            self._left -= len(data)
+            if data:
+                sink.body(data)
+
+    def _chunks(self, data: bytes) -> None:
+        """Chunked framing: each chunk's payload to the sink, the zero chunk ends the answer."""
+        pos = 0
+        size = len(data)
+        while pos < size and self.sink is not None:
+            state = self._state
+            if state == _CHUNK_SIZE:
+                eol = data.find(b"\r\n", pos)
+                if eol < 0:
+                    self._buf = data[pos:]
+                    return
+                try:
+                    self._left = int(data[pos:eol].split(b";", 1)[0], 16)
+                except ValueError:
+                    self._fail("the runner sent a malformed chunk size")
+                    return
+                pos = eol + 2
+                self._state = _CHUNK_DATA if self._left else _TRAILER
+            elif state == _CHUNK_DATA:
+                take = min(self._left, size - pos)
+                self.sink.body(data[pos : pos + take])
+                pos += take
+                self._left -= take
+                if not self._left:
+                    self._state = _CHUNK_CRLF
+            elif state == _CHUNK_CRLF:
+                if size - pos < 2:
+                    self._buf = data[pos:]
+                    return
+                pos += 2
+                self._state = _CHUNK_SIZE
+            elif state == _TRAILER:
+                eol = data.find(b"\r\n", pos)
+                if eol < 0:
+                    self._buf = data[pos:]
+                    return
+                if eol == pos:  # the blank line after the (usually absent) trailers
+                    self._finish()
+                    return
+                pos = eol + 2
+            else:
+                return
+
+    def _finish(self) -> None:
+        self._state = _DONE
+        self.reusable = self._keep_alive and not self.closed
+        self.idle_since = time.monotonic()
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            sink.end()
+
+    def _fail(self, message: str) -> None:
+        sink, self.sink = self.sink, None
+        self._state = _DONE
+        if self.transport is not None:
+            self.transport.abort()
+        if sink is not None:
+            sink.lost(UpstreamClosed(message))
+
+
+class RunnerPool:
+    """Idle keep-alive connections per runner socket; a runner that is gone leaves none."""
+
+    def __init__(self, *, connect_timeout_s: float) -> None:
+        self.connect_timeout_s = connect_timeout_s
+        self._idle: dict[Path, list[RunnerConnection]] = {}
+        self._warming: dict[Path, asyncio.Task[None]] = {}
+
+    def take_idle(self, socket_path: Path) -> RunnerConnection | None:
+        """A pooled connection still open and not too old, else None."""
+        idle = self._idle.get(socket_path)
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and now - conn.idle_since < IDLE_S:
+                return conn
+            conn.close()
+        self._idle.pop(socket_path, None)  # a runner that stopped leaves no entry behind
+        return None
+
+    async def connect(self, socket_path: Path) -> RunnerConnection:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self.connect_timeout_s or None):
+            _, conn = await loop.create_unix_connection(RunnerConnection, str(socket_path))
+        return conn
+
+    def connections(self, socket_path: Path) -> Iterator[RunnerConnection | None]:
+        """Pooled connections first (each may turn out stale), then None = connect anew."""
+        for _ in range(STALE_RETRIES):
+            yield self.take_idle(socket_path)
+        yield None
+
+    def release(self, socket_path: Path, conn: RunnerConnection) -> None:
+        """Back to the pool if its answer ended with keep-alive, else closed."""
+        if not conn.reusable or conn.closed:
+            conn.close()
+            self.warm(socket_path)
+            return
+        idle = self._idle.setdefault(socket_path, [])
+        if len(idle) >= MAX_IDLE_PER_SOCKET:
+            conn.close()
+            return
+        idle.append(conn)
+
+    def warm(self, socket_path: Path) -> None:
+        """Open one idle connection ahead of the next request, when none is pooled (after a
+        stream, which llama-server ends by closing), so no request waits for a connect."""
+        if self._idle.get(socket_path) or socket_path in self._warming:
+            return
+
+        async def open_one() -> None:
+            with contextlib.suppress(OSError, TimeoutError):
+                conn = await self.connect(socket_path)
+                conn.reusable = True
+                conn.idle_since = time.monotonic()
+                self._idle.setdefault(socket_path, []).append(conn)
+
+        task = asyncio.get_running_loop().create_task(open_one())
+        self._warming[socket_path] = task
+        task.add_done_callback(lambda _: self._warming.pop(socket_path, None))
+
+    async def close(self) -> None:
+        for task in list(self._warming.values()):
+            task.cancel()
+        await asyncio.gather(*self._warming.values(), return_exceptions=True)
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
