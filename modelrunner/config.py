@@ -119,6 +119,11 @@ class ServerConfig:
     request_log_records: int = 10  # per model (Docker's 10)
     request_log_body_bytes: int = 256 * 1024  # of each request and answer kept; the rest is cut
     events_queue: int = 256  # events a GET /engines/events client may fall behind, then dropped
+    # OpenAI inference requests served off the socket, without aiohttp (server/fastlane.py).
+    fast_lane: bool = True
+    # A stream whose tokens come faster than this is read at most once per this many ms, so
+    # several tokens share a read and a write (0: each as it comes).  Slower ones never wait.
+    stream_coalesce_ms: float = 2.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

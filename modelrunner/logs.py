@@ -6,13 +6,23 @@ Nothing happens at import time; ``configure()`` is called once by the CLI entry 
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import json as _json
 import logging
 import sys
-from typing import TextIO
+from datetime import UTC, datetime
+from typing import Any, TextIO
 
 import structlog
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40}
+_INFO = 20
+_dumps = _json.dumps
+_FAST: dict[str, Any] = {}  # what configure() chose, for info_line()
+_PENDING: list[str] = []
+LINES_FLUSH_S = 0.1
+LINES_MAX = 256
 
 
 def configure(
@@ -32,6 +42,10 @@ def configure(
         processors += [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
     else:
         processors += [structlog.dev.ConsoleRenderer(colors=stream.isatty())]
+    flush_lines()
+    if not _FAST:
+        atexit.register(flush_lines)
+    _FAST.update(stream=stream, json=json, level=_LEVELS.get(level.lower(), 20))
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level.lower(), 20)),
@@ -40,3 +54,37 @@ def configure(
     )
     # Libraries that use stdlib logging (aiohttp) stay quiet unless something is wrong.
     logging.basicConfig(level=logging.WARNING, stream=stream)
+
+
+def info_line(event: str, **fields: Any) -> None:
+    """``log.info(event, **fields)`` for a line logged once per request (the access log).
+
+    Writes the same JSON line the processors above would (fields, event, level, timestamp), in
+    about a fifth of the CPU: structlog's chain cost ~35 µs a line, a tenth of the fast lane's
+    whole budget per request.  On a terminal (or before ``configure``) it is structlog's."""
+    if not _FAST.get("json"):
+        structlog.get_logger("modelrunner").info(event, **fields)
+        return
+    if _FAST["level"] > _INFO:
+        return
+    fields["event"] = event
+    fields["level"] = "info"
+    fields["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    _PENDING.append(_dumps(fields) + "\n")
+    if len(_PENDING) == 1:
+        # Written in batches LINES_FLUSH_S apart: a write (two, with the daemon's log file)
+        # per request was a tenth of the fast lane's CPU.  Each line keeps its own timestamp.
+        try:
+            asyncio.get_running_loop().call_later(LINES_FLUSH_S, flush_lines)
+        except RuntimeError:
+            flush_lines()
+    elif len(_PENDING) >= LINES_MAX:
+        flush_lines()
+
+
+def flush_lines() -> None:
+    """Write the batched ``info_line`` lines now (and at exit)."""
+    if _PENDING:
+        text = "".join(_PENDING)
+        _PENDING.clear()
+        _FAST["stream"].write(text)

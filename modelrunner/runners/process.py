@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -33,6 +34,7 @@ log = structlog.get_logger(__name__)
 QUOTED_LINES = 15  # log lines quoted in an error
 QUOTED_CHARS = 4000
 LOG_FLUSH_S = 0.05  # runner output is written to its log file in batches this far apart
+PIPE_BYTES = 1 << 20
 
 
 class ChildFailed(Exception):
@@ -111,6 +113,24 @@ class LogSink:
         """The last lines; with *complete*, only those already ended by a newline."""
         lines = list(self._tail) + ([self._partial] if self._partial and not complete else [])
         return lines if n is None else lines[-n:]
+
+
+async def _read_end(fd: int) -> tuple[asyncio.StreamReader, asyncio.ReadTransport]:
+    """A stream reader on the read end of a child's output pipe, and its pausable transport."""
+    if hasattr(fcntl, "F_SETPIPE_SZ"):  # Linux: room for a batch of output while paused
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(loop=loop)
+    pipe = os.fdopen(fd, "rb", buffering=0)
+    try:
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader, loop=loop), pipe
+        )
+    except BaseException:
+        pipe.close()
+        raise
+    return reader, transport
 
 
 def quote_tail(lines: Sequence[str]) -> str:
@@ -255,8 +275,18 @@ class ChildProcess:
         sink: LogSink,
         record: Path | None,
         socket: Path | None,
+        output: tuple[asyncio.StreamReader, asyncio.ReadTransport] | None = None,
     ) -> None:
         self.proc = proc
+        self._stdout: asyncio.StreamReader | None = proc.stdout
+        self._pipe: asyncio.ReadTransport | None = None
+        if output is not None:
+            self._stdout, self._pipe = output
+        # Once the runner is ready its output is read in batches (LOG_FLUSH_S apart), not line
+        # by line: llama-server logs ~10 lines a request, and each read woke the event loop
+        # (about a quarter of the daemon's CPU per request).  Loading reads every line at once,
+        # since new output is what makes wait_ready poll again.
+        self.batch_output = False
         self.pid = proc.pid
         self.argv = list(argv)
         self.sink = sink
@@ -285,19 +315,25 @@ class ChildProcess:
             raise ChildFailed(f"cannot open the runner log {sink.path}: {e}") from e
         if socket is not None:
             await asyncio.to_thread(socket.unlink, missing_ok=True)  # a stale one breaks the bind
+        # Our own pipe rather than asyncio's, so that its reading can be paused (see _drain).
+        read_fd, write_fd = os.pipe()
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
+                stdout=write_fd,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,  # own process group, so killpg reaches grandchildren
                 env=dict(os.environ if env is None else env),
             )
         except OSError as e:
+            os.close(read_fd)
             await asyncio.to_thread(sink.close)
             raise ChildFailed(f"cannot start {argv[0]}: {e}") from e
-        child = cls(proc, argv, sink, None, socket)
+        finally:
+            os.close(write_fd)
+        output = await _read_end(read_fd)
+        child = cls(proc, argv, sink, None, socket, output)
         log.info("runner.spawned", pid=proc.pid, argv=list(argv))
         if record_dir is not None:
             try:
@@ -329,7 +365,7 @@ class ChildProcess:
                 waiter.cancel()
 
     async def _drain_output(self) -> None:
-        stream = self.proc.stdout
+        stream = self._stdout
         if stream is None:  # spawned without a pipe: nothing to drain
             return
         pending = bytearray()
@@ -354,6 +390,11 @@ class ChildProcess:
                     if flusher is not None:
                         flusher.result()  # a write error (OSError) surfaces here
                     flusher = asyncio.create_task(flush())
+                if self.batch_output and self._pipe is not None:
+                    # The kernel's pipe buffer holds what comes meanwhile (1 MiB on Linux).
+                    self._pipe.pause_reading()
+                    await asyncio.sleep(LOG_FLUSH_S)
+                    self._pipe.resume_reading()
         except OSError as e:
             log.warning("runner.log_write_failed", pid=self.pid, error=str(e))
         finally:
@@ -385,6 +426,7 @@ class ChildProcess:
                 self._output.clear()
                 status = await self._poll(session)
                 if status == "200":
+                    self.batch_output = True
                     return
                 if status != seen_status or self.output_bytes != seen_bytes:
                     seen_status, seen_bytes = status, self.output_bytes

@@ -65,6 +65,7 @@ def make_app(
         read_timeout_s=server.upstream_read_timeout_s,
     )
     state = ServerState(catalog=catalog, supervisor=supervisor, upstream=upstream)
+    keys = state.api_keys  # filled by key_ring_loader before the first request
     activity_api.setup(state, server)
 
     def observe(request: web.Request, status: int, seconds: float) -> None:
@@ -72,7 +73,6 @@ def make_app(
         route = info.canonical if info is not None else "unmatched"
         state.metrics.observe_request(request.method, route, status, seconds)
 
-    keys = auth.KeyRing()  # filled by key_ring_loader before the first request
     app = web.Application(
         middlewares=[
             make_error_middleware(observe),

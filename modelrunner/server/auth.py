@@ -21,7 +21,7 @@ import hmac
 import ipaddress
 import re
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -158,11 +158,16 @@ def over_unix_socket(request: web.BaseRequest) -> bool:
 
 def presented_key(request: web.BaseRequest) -> str | None:
     """The key the client sent: ``Authorization: Bearer KEY`` first, else ``x-api-key``."""
-    authorization = request.headers.get("Authorization", "")
+    return key_in(request.headers)
+
+
+def key_in(headers: Mapping[str, str]) -> str | None:
+    """``presented_key`` from the headers alone (the fast lane has no aiohttp request)."""
+    authorization = headers.get("Authorization", "")
     scheme, _, credentials = authorization.strip().partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
-    key = request.headers.get("x-api-key", "").strip()
+    key = headers.get("x-api-key", "").strip()
     return key or None
 
 

@@ -38,6 +38,7 @@ from modelrunner.server import activity_api, auth, eventloop, provenance
 from modelrunner.server.app import make_app, settings_path
 from modelrunner.server.catalog import Catalog, display_name
 from modelrunner.server.drain import Drain
+from modelrunner.server.fastlane import FastAppRunner
 from modelrunner.server.header_guard import GuardedAppRunner
 from modelrunner.server.kvcache_hooks import retain_stored, runners_config
 from modelrunner.server.state import STATE
@@ -206,6 +207,7 @@ class Daemon:
             await store.close()
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(socket_path.unlink, missing_ok=True)
+        logs.flush_lines()  # the last access lines before the last line
         log.info("daemon.stopped")
         return 0
 
@@ -217,7 +219,8 @@ class Daemon:
         state.reload = self.reload
         state.config_path = self.config_path or config.home / "config.yaml"
         supervisor.observers.append(state.events.on_runner)  # GET /engines/events
-        runner = GuardedAppRunner(
+        runner_class = FastAppRunner if config.server.fast_lane else GuardedAppRunner
+        runner = runner_class(
             app,
             header_timeout_s=config.server.header_timeout_s,
             max_pending=config.server.max_pending_header_connections,

@@ -98,6 +98,16 @@ class Drain:
         response.force_close()  # a keep-alive client must reconnect to the next daemon
         return response
 
+    def enter(self, task: asyncio.Task[Any]) -> None:
+        """*task* serves a request: the drain waits for it (and cuts it at the bound)."""
+        self._tasks.add(task)
+        self._idle.clear()
+
+    def leave(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not self._tasks:
+            self._idle.set()
+
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self.draining:
@@ -105,8 +115,7 @@ class Drain:
         task = asyncio.current_task()
         if task is None:
             return await handler(request)
-        self._tasks.add(task)
-        self._idle.clear()
+        self.enter(task)
         try:
             return await handler(request)
         except asyncio.CancelledError:
@@ -115,6 +124,4 @@ class Drain:
                 raise
             return self._refuse(request, self.cut_error())
         finally:
-            self._tasks.discard(task)
-            if not self._tasks:
-                self._idle.set()
+            self.leave(task)

@@ -100,4 +100,7 @@ class EventBus:
         self._counters(model, c)
 
     def _counters(self, model: str, c: Counters) -> None:
+        if not self.hub.subscribers:  # twice a request: no event to build when nobody follows
+            self.last_seq = next(self._seq)
+            return
         self.publish("requests", model=model, in_flight=c.in_flight, total=c.total, errors=c.errors)

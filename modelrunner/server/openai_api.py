@@ -10,6 +10,8 @@ came.  ``GET .../v1/models[/{name}]`` answers from the store, one entry per mode
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -25,6 +27,7 @@ from modelrunner.server.settings import parse_keep_alive
 from modelrunner.server.state import STATE, ServerState
 
 if TYPE_CHECKING:
+    from modelrunner.distribution.model import Model
     from modelrunner.runners.supervisor import Runner
 
 BACKENDS = ("llama.cpp",)
@@ -125,29 +128,52 @@ def check_client_errors(payload: dict[str, Any], mode: Mode, has_projector: bool
                 )
 
 
+@dataclass(frozen=True, slots=True)
+class Inference:
+    """What the pass-through reads of an OpenAI inference request."""
+
+    model: Model
+    name: str
+    keep_alive_s: float | None
+    stream: bool
+    preload_only: bool
+
+
+async def read_inference(
+    state: ServerState, body: bytes, mode: Mode, headers: Mapping[str, str]
+) -> Inference:
+    """The request's model (looked up), its client errors refused, and its few options."""
+    payload = parse_json_object(body)
+    if "model" not in payload:
+        raise InvalidRequest("request body has no 'model' field")
+    model = await state.catalog.lookup(payload["model"])
+    check_client_errors(payload, mode, has_projector=model.mmproj_path is not None)
+    return Inference(
+        model,
+        display_name(model),
+        _keep_alive(payload.get("keep_alive")),
+        payload.get("stream") is True,
+        headers.get("X-Preload-Only", "").lower() == "true",
+    )
+
+
 def inference_handler(mode: Mode, upstream_path: str) -> Any:
     async def handler(request: web.Request) -> web.StreamResponse:
         check_backend(request)
         state = request.app[STATE]
         body = await read_body(request, state.config.server.max_body_bytes)
-        payload = parse_json_object(body)
-        if "model" not in payload:
-            raise InvalidRequest("request body has no 'model' field")
-        model = await state.catalog.lookup(payload["model"])
-        check_client_errors(payload, mode, has_projector=model.mmproj_path is not None)
-        keep_alive_s = _keep_alive(payload.get("keep_alive"))
-        preload_only = request.headers.get("X-Preload-Only", "").lower() == "true"
+        got = await read_inference(state, body, mode, request.headers)
         return await serve(
             state,
             request,
-            model.id,
-            display_name(model),
+            got.model.id,
+            got.name,
             mode,
             upstream_path,
             body,
-            keep_alive_s,
-            preload_only,
-            stream=payload.get("stream") is True,
+            got.keep_alive_s,
+            got.preload_only,
+            stream=got.stream,
         )
 
     return handler

@@ -244,8 +244,7 @@ class UpstreamPool:
         if "text/event-stream" not in ctype and up.content_length is not None:
             # A plain JSON answer of known length: one read, one write (and usage for metrics).
             data = await up.read()
-            if up.status == 200 and b'"usage"' in data:
-                state.usage = _usage(data)
+            usage_of_whole(state, up.status, data)
             return web.Response(status=up.status, body=data, headers=out_headers)
         if "text/event-stream" in ctype:
             out_headers["X-Accel-Buffering"] = "no"
@@ -254,25 +253,47 @@ class UpstreamPool:
         await response.prepare(request)
         state.response = response
         state.streaming = True
-        pending = b""  # the start of an SSE line cut across chunks (the usage line may be)
+        scan = UsageScan(state)
         tap = state.tap
         async for chunk in up.content.iter_any():
             if tap is not None:
                 tap(chunk)
-            if pending or not chunk.endswith(b"\n") or b'"usage"' in chunk or b'"timings"' in chunk:
-                complete, _, pending = (pending + chunk).rpartition(b"\n")
-                if len(pending) > _MAX_PENDING:
-                    pending = b""
-                _take_usage(state, complete)
+            scan.feed(chunk)
             try:
                 await response.write(chunk)
             except ConnectionResetError as e:
                 # The client left before the handler was cancelled: stop the upstream request
                 # now (not an upstream failure, so the supervisor does not wait for a crash).
                 raise ClientGone(response) from e
-        _take_usage(state, pending)
+        scan.close()
         await response.write_eof()
         return response
+
+
+class UsageScan:
+    """Token usage read off an SSE answer as it streams: only the lines that may hold it are
+    parsed, so a token's chunk costs two substring searches."""
+
+    def __init__(self, state: Forwarded) -> None:
+        self._state = state
+        self._pending = b""  # the start of an SSE line cut across chunks (the usage line may be)
+
+    def feed(self, chunk: bytes) -> None:
+        pending = self._pending
+        if pending or not chunk.endswith(b"\n") or b'"usage"' in chunk or b'"timings"' in chunk:
+            complete, _, pending = (pending + chunk).rpartition(b"\n")
+            self._pending = b"" if len(pending) > _MAX_PENDING else pending
+            _take_usage(self._state, complete)
+
+    def close(self) -> None:
+        _take_usage(self._state, self._pending)
+        self._pending = b""
+
+
+def usage_of_whole(state: Forwarded, status: int, data: bytes) -> None:
+    """Token usage of a whole (not streamed) JSON answer."""
+    if status == 200 and b'"usage"' in data:
+        state.usage = _usage(data)
 
 
 def relay_headers(up: aiohttp.ClientResponse) -> CIMultiDict[str]:
@@ -287,9 +308,35 @@ def _take_usage(state: Forwarded, lines: bytes) -> None:
             state.usage = usage
 
 
+_DECODER = json.JSONDecoder()
+
+
+def _member(data: bytes, key: bytes) -> Any:
+    """The value of the last ``"key":`` member in *data*, parsed alone (not the whole answer:
+    a long answer's text is most of its bytes); None if it is not there as a member."""
+    at = data.rfind(key)
+    if at <= 0 or data[at - 1 : at] == b"\\":
+        return None
+    colon = data.find(b":", at + len(key))
+    if colon < 0 or data[at + len(key) : colon].strip():
+        return None
+    try:
+        text = data[colon + 1 :].decode("utf-8").lstrip()
+        value, _ = _DECODER.raw_decode(text)
+    except ValueError:
+        return None
+    return value
+
+
 def _usage(data: bytes) -> dict[str, Any] | None:
     """Token counts of one answer: OpenAI's ``usage``, else llama-server's ``timings`` (streamed
     answers carry only those unless the client asked for ``stream_options.include_usage``)."""
+    usage = _member(data, b'"usage"')
+    if isinstance(usage, dict):
+        return {**usage, "usage": True}
+    timings = _member(data, b'"timings"')
+    if isinstance(timings, dict):
+        return _from_timings(timings)
     try:
         value = json.loads(data)
     except ValueError:
@@ -300,14 +347,16 @@ def _usage(data: bytes) -> dict[str, Any] | None:
     if isinstance(usage, dict):
         return {**usage, "usage": True}
     timings = value.get("timings")
-    if isinstance(timings, dict):
-        prompt = (timings.get("cache_n") or 0) + (timings.get("prompt_n") or 0)
-        return {
-            "prompt_tokens": prompt,
-            "completion_tokens": timings.get("predicted_n") or 0,
-            "cached_tokens": timings.get("cache_n") or 0,
-        }
-    return None
+    return _from_timings(timings) if isinstance(timings, dict) else None
+
+
+def _from_timings(timings: dict[str, Any]) -> dict[str, Any]:
+    prompt = (timings.get("cache_n") or 0) + (timings.get("prompt_n") or 0)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": timings.get("predicted_n") or 0,
+        "cached_tokens": timings.get("cache_n") or 0,
+    }
 
 
 def _usage_from_sse(chunk: bytes) -> dict[str, Any] | None:
@@ -320,14 +369,21 @@ def _usage_from_sse(chunk: bytes) -> dict[str, Any] | None:
     return found
 
 
+def error_event(state: Forwarded, error: ModelRunnerError) -> bytes:
+    """What ends an answer under way with *error*: an SSE error event (OpenAI's), or the API
+    family's own line (``state.error_line``)."""
+    if state.error_line is not None:
+        return state.error_line(error)
+    payload = {"error": {"message": error.message, "type": "server_error", "code": error.code}}
+    return f"data: {json.dumps(payload)}\n\n".encode()
+
+
 async def write_stream_error(state: Forwarded, error: ModelRunnerError) -> None:
     """End an already-started answer with an error event (SSE) or a JSON line; never raises."""
     response = state.response
     if response is None:
         return
-    payload = {"error": {"message": error.message, "type": "server_error", "code": error.code}}
-    line = json.dumps(payload)
-    data = state.error_line(error) if state.error_line else f"data: {line}\n\n".encode()
+    data = error_event(state, error)
     try:
         await response.write(data)
         await response.write_eof()

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from modelrunner.config import Config
 from modelrunner.runners.supervisor import Supervisor
+from modelrunner.server.auth import KeyRing
 from modelrunner.server.catalog import Catalog
 from modelrunner.server.drain import Drain
 from modelrunner.server.events import EventBus
@@ -45,6 +46,7 @@ class ServerState:
     drain: Drain = field(default_factory=Drain)  # SIGTERM: late requests, cut streams
     events: EventBus = field(default_factory=EventBus)  # GET /engines/events
     requests: RequestLog = field(default_factory=RequestLog)  # GET /engines/requests
+    api_keys: KeyRing = field(default_factory=KeyRing)  # filled before the first request
 
     @property
     def config(self) -> Config:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ STALE_RETRIES = 3
 MAX_IDLE_PER_SOCKET = 8
 IDLE_S = 60.0  # an idle pooled connection older than this is closed, not reused
 MAX_HEAD = 64 * 1024
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
 class UpstreamClosed(ConnectionError):
@@ -35,7 +37,17 @@ class Sink(Protocol):
 
     def head(self, status: int, headers: list[tuple[str, str]], chunked: bool) -> None: ...
 
-    def body(self, data: bytes) -> None: ...
+    def body(self, data: bytes) -> None:
+        """Bytes of the answer's body (a chunked one's payload), as they are parsed."""
+        ...
+
+    def frames(self, data: bytes) -> None:
+        """A chunked answer's body as chunks to relay: complete ones as the runner framed them."""
+        ...
+
+    def flush(self) -> None:
+        """The end of what one read brought: relay what ``body`` collected."""
+        ...
 
     def end(self) -> None: ...
 
@@ -60,6 +72,10 @@ class RunnerConnection(asyncio.Protocol):
         self._buf = b""
         self._left = 0
         self._keep_alive = True
+        self.hold_s = 0.0  # see data_received; 0: every read is relayed at once
+        self._held = False  # reading paused for hold_s
+        self._was_held = False
+        self._blocked = False  # reading paused by the client's back-pressure
 
     # -- asyncio.Protocol
 
@@ -78,7 +94,10 @@ class RunnerConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received += len(data)
-        self.last_rx = time.monotonic()
+        now = time.monotonic()
+        quick = self._was_held or now - self.last_rx < self.hold_s
+        self._was_held = False
+        self.last_rx = now
         if self._buf:
             data = self._buf + data
             self._buf = b""
@@ -89,9 +108,26 @@ class RunnerConnection(asyncio.Protocol):
             self._length(data)
         elif state == _UNTIL_CLOSE:
             if self.sink is not None:
-                self.sink.body(data)
+                _piece(self.sink, data)
         elif state != _DONE:
             self._chunks(data)
+        sink = self.sink
+        if sink is not None:
+            sink.flush()
+            if quick and not self._held and self.transport is not None:
+                # Tokens are coming faster than hold_s apart: let the next ones gather in the
+                # socket for hold_s, to be read and written on in one go (a read and a write
+                # per token were most of a streamed token's cost).  A slower stream (a real
+                # model's tokens, tens of ms apart) is never held.
+                self._held = True
+                self.transport.pause_reading()
+                asyncio.get_running_loop().call_later(self.hold_s, self._release)
+
+    def _release(self) -> None:
+        self._held = False
+        self._was_held = True  # what comes next came while held: still a quick stream
+        if not self._blocked and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
 
     # -- the exchange
 
@@ -100,9 +136,11 @@ class RunnerConnection(asyncio.Protocol):
         self.sink = sink
         self.reusable = False
         self.received = 0
-        self.last_rx = time.monotonic()
+        self.last_rx = 0.0
         self._state = _HEAD
         self._buf = b""
+        if self._blocked:  # the last client's back-pressure is not this one's
+            self.resume()
         if self.transport is None or self.closed:
             sink.lost(UpstreamClosed("the runner closed the connection"))
             return
@@ -116,11 +154,14 @@ class RunnerConnection(asyncio.Protocol):
             self.transport.abort()
 
     def pause(self) -> None:
+        """The client reads slowly: stop reading the runner until ``resume``."""
+        self._blocked = True
         if self.transport is not None and not self.closed:
             self.transport.pause_reading()
 
     def resume(self) -> None:
-        if self.transport is not None and not self.closed:
+        self._blocked = False
+        if not self._held and self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
     # -- parsing
@@ -171,7 +212,7 @@ class RunnerConnection(asyncio.Protocol):
             self._state = _UNTIL_CLOSE
             self._keep_alive = False
             if rest:
-                sink.body(rest)
+                _piece(sink, rest)
 
     def _length(self, data: bytes) -> None:
         sink = self.sink
@@ -187,9 +228,33 @@ class RunnerConnection(asyncio.Protocol):
             if data:
                 sink.body(data)
 
+    def _whole_chunks(self, data: bytes) -> int:
+        """The common case, fast: complete chunks, each payload to ``body`` and their framing
+        relayed as it came (``frames``).  Returns where it stopped (a partial chunk, the last
+        chunk, or anything unusual: ``_chunks`` takes over from there)."""
+        sink = self.sink
+        if sink is None:
+            return 0
+        find = data.find
+        pos = start = 0
+        end = len(data)
+        while True:
+            eol = find(b"\r\n", pos)
+            if eol < 0 or not _HEX.fullmatch(data, pos, eol):
+                break
+            size = int(data[pos:eol], 16)
+            stop = eol + 2 + size
+            if size == 0 or stop + 2 > end or data[stop : stop + 2] != b"\r\n":
+                break
+            sink.body(data[eol + 2 : stop])
+            pos = stop + 2
+        if pos > start:
+            sink.frames(data[start:pos])
+        return pos
+
     def _chunks(self, data: bytes) -> None:
         """Chunked framing: each chunk's payload to the sink, the zero chunk ends the answer."""
-        pos = 0
+        pos = self._whole_chunks(data) if self._state == _CHUNK_SIZE else 0
         size = len(data)
         while pos < size and self.sink is not None:
             state = self._state
@@ -198,16 +263,16 @@ class RunnerConnection(asyncio.Protocol):
                 if eol < 0:
                     self._buf = data[pos:]
                     return
-                try:
-                    self._left = int(data[pos:eol].split(b";", 1)[0], 16)
-                except ValueError:
+                digits = data[pos:eol].split(b";", 1)[0].strip()
+                if not _HEX.fullmatch(digits):
                     self._fail("the runner sent a malformed chunk size")
                     return
+                self._left = int(digits, 16)
                 pos = eol + 2
                 self._state = _CHUNK_DATA if self._left else _TRAILER
             elif state == _CHUNK_DATA:
                 take = min(self._left, size - pos)
-                self.sink.body(data[pos : pos + take])
+                _piece(self.sink, data[pos : pos + take])
                 pos += take
                 self._left -= take
                 if not self._left:
@@ -245,6 +310,13 @@ class RunnerConnection(asyncio.Protocol):
             self.transport.abort()
         if sink is not None:
             sink.lost(UpstreamClosed(message))
+
+
+def _piece(sink: Sink, data: bytes) -> None:
+    """Part of a body that is relayed as a chunk of its own (a partial chunk, or an answer
+    that ends with the connection)."""
+    sink.body(data)
+    sink.frames(b"%x\r\n%b\r\n" % (len(data), data))
 
 
 class RunnerPool:

@@ -1,0 +1,188 @@
+"""
+The fast lane's HTTP/1.1, sans I/O: which request heads it may serve, and the answer heads.
+
+``parse_head`` accepts only the plainest requests, the ones API clients send to the inference
+routes: ``POST`` of a known path without a query, HTTP/1.1, one ``Content-Length``, header lines
+of visible ASCII, and none of ``Transfer-Encoding``, ``Expect``, ``Upgrade`` or ``Origin``.
+Anything else (and every malformed head) is left to aiohttp, whose parser and middleware answer
+it as they always did: this module never has to produce a 400 of its own, and a request that
+could smuggle another past a proxy never takes this path.  Pure: no sockets, no loop.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
+
+from aiohttp import http as aiohttp_http
+
+MAX_HEAD = 16 * 1024  # longer heads go to aiohttp (its limit answers them)
+
+# Header lines: a token, a colon, visible ASCII (and tabs) only, each ending in CRLF.
+_BLOCK = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e]*\r\n)*")
+# Headers that send a request to aiohttp: framing it alone handles, and CORS (the middleware).
+_REFUSED = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"origin", b"content-encoding"))
+# Request headers that describe this hop, not the request; never forwarded to the runner.
+HOP = frozenset(
+    (
+        b"host",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"content-length",
+        b"accept-encoding",
+    )
+)
+# Answer headers of the runner's that are this hop's (or this daemon's) to set.
+RESPONSE_SKIP = frozenset(
+    (
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "content-length",
+        "content-encoding",
+        "access-control-allow-origin",
+        "server",
+        "date",
+    )
+)
+SERVER = aiohttp_http.SERVER_SOFTWARE  # the same Server header as aiohttp's answers
+
+
+class Headers(Mapping[str, str]):
+    """A request's headers, looked up case-insensitively; decoded only when read."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: dict[bytes, bytes]) -> None:
+        self._raw = raw  # lower-cased name -> value (the last one, if repeated)
+
+    def __getitem__(self, name: str) -> str:
+        return self._raw[name.lower().encode("latin-1")].decode("latin-1")
+
+    def __iter__(self) -> Iterator[str]:
+        return (name.decode("latin-1") for name in self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+
+@dataclass(slots=True)
+class Head:
+    """A request head the fast lane may serve."""
+
+    path: str
+    length: int
+    close: bool  # the client sent ``Connection: close``
+    headers: Headers
+    forward: bytes  # the header lines that go on to the runner, each ending in CRLF
+    method: str = "POST"
+
+
+def parse_head(raw: bytes) -> Head | None:
+    """*raw* (without its final blank line) as a Head, or None: aiohttp's to answer."""
+    first, _, block = raw.partition(b"\r\n")
+    if not first.startswith(b"POST /") or not first.endswith(b" HTTP/1.1"):
+        return None
+    path = first[5:-9]
+    if b" " in path or b"?" in path or b"%" in path or b"#" in path:
+        return None
+    block += b"\r\n"
+    if _BLOCK.fullmatch(block) is None:
+        return None
+    fields: dict[bytes, bytes] = {}
+    forward = []
+    for line in block.split(b"\r\n")[:-1]:
+        name, _, value = line.partition(b":")
+        lower = name.lower()
+        if lower in HOP:
+            if lower == b"content-length" and lower in fields:
+                return None  # two lengths: a smuggling attempt, aiohttp refuses it
+        elif lower in _REFUSED:
+            return None
+        else:
+            forward.append(line)
+        fields[lower] = value.strip(b" \t")
+    raw_length = fields.get(b"content-length")
+    if raw_length is None or not raw_length.isdigit():
+        return None
+    tokens = fields.get(b"connection", b"").lower()
+    if b"upgrade" in tokens:
+        return None
+    forward.append(b"")
+    return Head(
+        path.decode("ascii"),
+        int(raw_length),
+        b"close" in tokens,
+        Headers(fields),
+        b"\r\n".join(forward),
+    )
+
+
+def runner_request(upstream_path: str, head: Head, body: bytes, *, stream: bool) -> bytes:
+    """The whole request to send to llama-server, in one buffer.  A stream asks to close:
+    llama-server ends a streamed answer by closing even when it announced keep-alive."""
+    close = b"Connection: close\r\n" if stream else b""
+    return b"".join(
+        (
+            b"POST %s HTTP/1.1\r\nHost: localhost\r\n" % upstream_path.encode("ascii"),
+            head.forward,
+            b"Content-Length: %d\r\n" % len(body),
+            close,
+            b"\r\n",
+            body,
+        )
+    )
+
+
+_date: tuple[int, bytes] = (0, b"")
+
+
+def date_header() -> bytes:
+    """``Date`` for this second (formatted once a second, not once an answer)."""
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, formatdate(now, usegmt=True).encode("ascii"))
+    return _date[1]
+
+
+_REASONS = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+
+
+def answer_head(
+    status: int,
+    headers: list[tuple[str, str]],
+    *,
+    length: int | None,
+    close: bool,
+) -> bytes:
+    """An answer's head: *headers* as given, then the framing (``Content-Length`` *length*, or
+    chunked when None), ``Date``, ``Server`` and ``Connection: close`` when *close*."""
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
+    for name, value in headers:
+        parts.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
+    if length is None:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    else:
+        parts.append(b"Content-Length: %d\r\n" % length)
+    parts.append(b"Date: %s\r\nServer: %s\r\n" % (date_header(), SERVER.encode("ascii")))
+    if close:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked answer."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"

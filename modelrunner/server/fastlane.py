@@ -1,0 +1,579 @@
+"""
+The fast lane: OpenAI inference requests served straight off the listening socket.
+
+Every connection starts on ``FrontConnection``, a plain ``asyncio.Protocol``.  When a request
+head is complete it decides: a plain ``POST`` to an inference route (``fasthttp.parse_head``)
+while the daemon is not draining, with a valid key where keys are asked for, is served here;
+anything else hands the connection, bytes and all, to aiohttp's protocol
+(``transport.set_protocol``), where the middleware, the routes and every other API family answer
+as before, for the rest of that connection.  The inference route's work is the same as on
+aiohttp's side (``openai_api.read_inference`` and ``inference.pass_through``); only the framing
+differs.  The runner's answer goes from ``upstream.RunnerConnection``'s ``data_received`` straight
+to the client's transport: a streamed token costs a read and a write, with no task switch, no
+stream reader and no response object.  Back-pressure: a client that reads slowly pauses the
+runner's connection.  What this saves is measured in ``docs/benchmarks.md`` (Proxy).
+
+Owns the front connections and their request tasks (cancelled when a client leaves, which
+closes the runner's connection and stops generation) and the runner connection pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import structlog
+from aiohttp.web_server import Server
+
+from modelrunner.errors import ModelRunnerError
+from modelrunner.logs import info_line
+from modelrunner.runners.model import Mode
+from modelrunner.server import fasthttp, inference
+from modelrunner.server.auth import key_in
+from modelrunner.server.header_guard import (
+    REFUSE_LINGER_S,
+    GuardedAppRunner,
+    GuardedServer,
+    HeaderGuard,
+    refusal,
+)
+from modelrunner.server.middleware import RequestTimeout, error_body
+from modelrunner.server.openai_api import BACKENDS, INFERENCE, PREFIXES, read_inference
+from modelrunner.server.proxy import Forwarded, UsageScan, error_event, usage_of_whole
+from modelrunner.server.state import STATE
+from modelrunner.server.upstream import RunnerConnection, RunnerPool, UpstreamClosed
+
+if TYPE_CHECKING:
+    from modelrunner.runners.supervisor import Runner
+    from modelrunner.server.state import ServerState
+
+log = structlog.get_logger(__name__)
+
+KEEPALIVE_S = 75.0  # an idle keep-alive connection is closed after this (aiohttp's default)
+SWEEP_S = 5.0  # how often idle connections are looked for
+MAX_BUFFERED = 1 << 20  # bytes read ahead of the request being served (pipelining)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    mode: Mode
+    upstream_path: str
+    canonical: str  # the route's name in the metrics, as aiohttp's router names it
+
+
+def routes() -> dict[str, Route]:
+    """Every concrete path of the OpenAI inference routes, to what serves it."""
+    table: dict[str, Route] = {}
+    for prefix in PREFIXES:
+        for suffix, mode, upstream in INFERENCE:
+            route = Route(mode, upstream, prefix + suffix)
+            for backend in BACKENDS if "{backend}" in prefix else ("",):
+                table[prefix.replace("{backend}", backend) + suffix] = route
+    return table
+
+
+class FastLane:
+    """The daemon's fast lane: its state, routes, runner pool and open front connections."""
+
+    def __init__(self, state: ServerState, guard: HeaderGuard) -> None:
+        server = state.config.server
+        self.state = state
+        self.guard = guard
+        self.routes = routes()
+        self.pool = RunnerPool(connect_timeout_s=server.upstream_connect_timeout_s)
+        self.hold_s = server.stream_coalesce_ms / 1000  # upstream.RunnerConnection.hold_s
+        self.connections: set[FrontConnection] = set()
+        self._sweep: asyncio.TimerHandle | None = None
+
+    def add(self, conn: FrontConnection) -> None:
+        self.connections.add(conn)
+        if self._sweep is None:
+            self._sweep = asyncio.get_running_loop().call_later(SWEEP_S, self._close_idle)
+
+    def _close_idle(self) -> None:
+        """Close the keep-alive connections idle for KEEPALIVE_S (one timer for them all,
+        rather than one set and cancelled per request)."""
+        self._sweep = None
+        deadline = time.monotonic() - KEEPALIVE_S
+        for conn in list(self.connections):
+            if conn.idle_before(deadline):
+                conn.close()
+        if self.connections:
+            self._sweep = asyncio.get_running_loop().call_later(SWEEP_S, self._close_idle)
+
+    def serves(self, head: fasthttp.Head, unix: bool) -> Route | None:
+        """The route of a request the fast lane takes, else None (aiohttp's)."""
+        state = self.state
+        server = state.config.server
+        route = self.routes.get(head.path)
+        if route is None or state.drain.draining or head.length > server.max_body_bytes:
+            return None
+        keys = state.api_keys
+        if keys and not unix:
+            presented = key_in(head.headers)
+            if presented is None or not keys.accepts(presented):
+                return None  # aiohttp answers the 401
+        return route
+
+    async def close(self) -> None:
+        """Close every front connection (after the drain) and the runner pool."""
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        for conn in list(self.connections):
+            conn.close()
+        await self.pool.close()
+
+    async def serve(self, conn: FrontConnection, head: fasthttp.Head, route: Route) -> None:
+        """One request, from its body to the access log line."""
+        started = time.perf_counter()
+        state = self.state
+        exchange = Exchange(self, conn, head, route)
+        status = 500
+        task = asyncio.current_task()
+        if task is not None:
+            state.drain.enter(task)
+        try:
+            body = await conn.body(head.length, state.config.server.body_timeout_s)
+            got = await read_inference(state, body, route.mode, head.headers)
+            exchange.stream = got.stream
+            exchange.request_body = body
+            status = await inference.pass_through(
+                state,
+                head,
+                got.model.id,
+                got.name,
+                route.mode,
+                body,
+                got.keep_alive_s,
+                exchange,
+                Forwarded(),
+                preload_only=got.preload_only,
+            )
+        except ModelRunnerError as e:
+            status = e.status
+            exchange.refuse(e)
+        except asyncio.CancelledError:
+            status = 499  # the client went away (or the drain's cut, below)
+            if exchange.started() or task is None or not state.drain.was_cut():
+                raise
+            status = 503
+            exchange.refuse(state.drain.cut_error(), close=True)
+        except Exception as e:  # noqa: BLE001 - the last line of defence, as the middleware's
+            request_id = uuid.uuid4().hex[:12]
+            log.error(  # noqa: TRY400 - as the middleware's: no source lines read on the loop
+                "http.unhandled", method="POST", path=head.path, id=request_id, error=repr(e)
+            )
+            exchange.refuse_raw(500, f"internal error (request id {request_id})", "internal_error")
+            exchange.close_cut()
+        finally:
+            if task is not None:
+                state.drain.leave(task)
+            elapsed = time.perf_counter() - started
+            state.metrics.observe_request("POST", route.canonical, status, elapsed)
+            info_line(  # the access log: its cheap renderer
+                "http.request",
+                method="POST",
+                path=head.path,
+                status=status,
+                duration_ms=round(elapsed * 1000, 2),
+            )
+
+
+class Exchange:
+    """One request's lane (``inference.Lane``) and the runner answer's sink (``upstream.Sink``).
+
+    The answer is relayed as it is parsed: a whole one in one write once complete, a chunked
+    one chunk by chunk as each arrives."""
+
+    upstream_errors: tuple[type[BaseException], ...] = (OSError, TimeoutError)
+
+    def __init__(self, lane: FastLane, conn: FrontConnection, head: fasthttp.Head, route: Route):
+        self._lane = lane
+        self._conn = conn
+        self._head = head
+        self._route = route
+        self.stream = False
+        self.request_body = b""
+        self._started = False
+        self._forwarded = Forwarded()
+        self._whole: list[bytes] | None = None
+        self._status = 0
+        self._headers: list[tuple[str, str]] = []
+        self._scan: UsageScan | None = None
+        self._out: list[bytes] = []  # chunks of one read, written on in one go (flush)
+        self._done: asyncio.Future[None] | None = None
+        self._watch: asyncio.TimerHandle | None = None
+        self._ended = False
+
+    # -- inference.Lane
+
+    def started(self) -> bool:
+        return self._started
+
+    async def forward(self, runner: Runner, forwarded: Forwarded) -> int:
+        self._forwarded = forwarded
+        self._scan = UsageScan(forwarded)
+        pool = self._lane.pool
+        socket_path = runner.socket_path
+        request = fasthttp.runner_request(
+            self._route.upstream_path, self._head, self.request_body, stream=self.stream
+        )
+        for pooled in pool.connections(socket_path):
+            up = pooled or await pool.connect(socket_path)
+            try:
+                await self._exchange(up, request)
+            except UpstreamClosed:
+                if pooled is not None and up.received == 0:
+                    continue  # a keep-alive connection the runner had closed: the next one
+                raise
+            finally:
+                self._conn.upstream = None
+                if not self._ended:
+                    up.close()  # the client left, or the answer broke: generation stops
+            pool.release(socket_path, up)
+            return self._status
+        raise UpstreamClosed("no connection to the runner")  # not reached: the last is fresh
+
+    def preloaded(self) -> int:
+        self._conn.write_whole(fasthttp.answer_head(200, [], length=0, close=self._head.close))
+        return 200
+
+    def gone(self, error: BaseException) -> int | None:
+        return None  # a client that leaves cancels the task instead
+
+    async def end_with(self, forwarded: Forwarded, error: ModelRunnerError) -> int:
+        if not self._ended:
+            self._ended = True
+            self.flush()
+            self._conn.end_answer(
+                fasthttp.chunk(error_event(forwarded, error)) + fasthttp.LAST_CHUNK
+            )
+        return self._status
+
+    # -- the runner's answer (upstream.Sink)
+
+    async def _exchange(self, up: RunnerConnection, request: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        self._done = done = loop.create_future()
+        self._conn.upstream = up
+        up.hold_s = self._lane.hold_s if self.stream else 0.0
+        up.send(request, self)
+        timeout_s = self._lane.state.config.server.upstream_read_timeout_s
+        if timeout_s:
+            self._watch = loop.call_later(timeout_s, self._silence, up, timeout_s)
+        try:
+            await done
+        finally:
+            if self._watch is not None:
+                self._watch.cancel()
+                self._watch = None
+
+    def _silence(self, up: RunnerConnection, timeout_s: float) -> None:
+        """The read timeout counts silence, not length: re-armed while bytes keep coming."""
+        quiet = time.monotonic() - up.last_rx
+        if quiet < timeout_s:
+            loop = asyncio.get_running_loop()
+            self._watch = loop.call_later(timeout_s - quiet, self._silence, up, timeout_s)
+            return
+        self.lost(TimeoutError(f"the runner sent nothing for {timeout_s:g}s"))
+
+    def head(self, status: int, headers: list[tuple[str, str]], chunked: bool) -> None:
+        self._status = status
+        out = [(k, v) for k, v in headers if k.lower() not in fasthttp.RESPONSE_SKIP]
+        if not chunked:
+            self._headers = out
+            self._whole = []
+            return
+        ctype = next((v for k, v in headers if k.lower() == "content-type"), "")
+        if "text/event-stream" in ctype:
+            out += [("X-Accel-Buffering", "no"), ("Cache-Control", "no-cache")]
+        self._started = True
+        forwarded = self._forwarded
+        forwarded.started_status = status
+        forwarded.started_type = ctype
+        forwarded.streaming = True
+        self._conn.write(fasthttp.answer_head(status, out, length=None, close=self._head.close))
+
+    def body(self, data: bytes) -> None:
+        whole = self._whole
+        if whole is not None:
+            whole.append(data)
+            return
+        tap = self._forwarded.tap
+        if tap is not None:
+            tap(data)
+        if self._scan is not None:
+            self._scan.feed(data)
+
+    def frames(self, data: bytes) -> None:
+        self._out.append(data)
+
+    def flush(self) -> None:
+        out = self._out
+        if out:
+            self._conn.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    def end(self) -> None:
+        self._ended = True
+        whole = self._whole
+        if whole is not None:
+            data = b"".join(whole)
+            usage_of_whole(self._forwarded, self._status, data)
+            self._forwarded.answer = (self._status, data)
+            head = fasthttp.answer_head(
+                self._status, self._headers, length=len(data), close=self._head.close
+            )
+            self._conn.write_whole(head + data)
+        else:
+            if self._scan is not None:
+                self._scan.close()
+            self._out.append(fasthttp.LAST_CHUNK)
+            self._conn.end_answer(b"".join(self._out))
+            self._out.clear()
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    def lost(self, exc: BaseException) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_exception(exc)
+
+    # -- answers of this daemon's own
+
+    def refuse(self, error: ModelRunnerError, *, close: bool = False) -> None:
+        """An error before the answer began, in the route's shape (OpenAI's)."""
+        if self._started:
+            return
+        extra: list[tuple[str, str]] = []
+        retry_after = getattr(error, "retry_after_s", None)
+        if retry_after is not None:
+            extra.append(("Retry-After", str(retry_after)))
+        self.refuse_raw(error.status, error.message, error.code, extra, close=close)
+
+    def close_cut(self) -> None:
+        """An answer that broke off mid-way cannot be mended: the connection closes after it."""
+        if self._started and not self._ended:
+            self._conn.close()
+
+    def refuse_raw(
+        self,
+        status: int,
+        message: str,
+        code: str,
+        extra: list[tuple[str, str]] | None = None,
+        *,
+        close: bool = False,
+    ) -> None:
+        if self._started:
+            return
+        body = json.dumps(error_body(self._head.path, status, message, code)).encode()
+        headers = [("Content-Type", "application/json; charset=utf-8"), *(extra or [])]
+        close = close or self._head.close
+        head = fasthttp.answer_head(status, headers, length=len(body), close=close)
+        self._conn.write_whole(head + body, close=close)
+
+
+class FrontConnection(asyncio.Protocol):
+    """A client connection: fast-lane requests one at a time, or handed over to aiohttp."""
+
+    def __init__(self, lane: FastLane, fallback: Callable[[], asyncio.Protocol]) -> None:
+        self._lane = lane
+        self._fallback = fallback
+        self.transport: asyncio.Transport | None = None
+        self.upstream: RunnerConnection | None = None  # paused while the client reads slowly
+        self._unix = False
+        self._buf = b""
+        self._task: asyncio.Task[None] | None = None
+        self._body_wait: asyncio.Future[None] | None = None
+        self._need = 0
+        self._complete = True  # the last answer was written whole
+        self._close_after = False
+        self._paused = False
+        self._idle_since: float | None = None  # between requests, since when
+        self._linger: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a stream socket's transport
+        sock = transport.get_extra_info("socket")
+        self._unix = sock is not None and sock.family == socket.AF_UNIX
+        self._lane.add(self)
+        self._lane.guard.arm(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._linger is not None:
+            return  # refused: drained and dropped
+        if self._task is not None:
+            self._buf += data
+            if self._need and len(self._buf) >= self._need and self._body_wait is not None:
+                if not self._body_wait.done():
+                    self._body_wait.set_result(None)
+            elif not self._need and len(self._buf) > MAX_BUFFERED and self.transport:
+                self.transport.pause_reading()  # a client pipelining far ahead waits
+            return
+        self._idle_since = None
+        self._buf += data
+        self._next()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._lane.connections.discard(self)
+        self._lane.guard.disarm(self)
+        if self._linger is not None:
+            self._linger.cancel()
+        self.transport = None
+        if self._task is not None:
+            self._task.cancel()  # handler cancellation: the runner's connection closes
+
+    def pause_writing(self) -> None:
+        self._paused = True
+        if self.upstream is not None:
+            self.upstream.pause()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self.upstream is not None:
+            self.upstream.resume()
+
+    # -- header guard (header_guard.Pending)
+
+    def refuse(self, message: str) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing() or self._linger is not None:
+            self.close()
+            return
+        transport.write(refusal(message))
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._linger = asyncio.get_running_loop().call_later(REFUSE_LINGER_S, self.close)
+
+    # -- requests
+
+    def _next(self) -> None:
+        """Serve the buffered request if its head is complete, or hand the connection over."""
+        buf = self._buf
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > fasthttp.MAX_HEAD:
+                self._hand_over()
+            else:
+                # Only a head that did not come whole gets a deadline: most do, in one read.
+                self._lane.guard.arm(self)
+            return
+        head = fasthttp.parse_head(buf[:end])
+        route = self._lane.serves(head, self._unix) if head is not None else None
+        if head is None or route is None:
+            self._hand_over()
+            return
+        self._lane.guard.disarm(self)
+        self._buf = buf[end + 4 :]
+        self._complete = False
+        self._close_after = head.close
+        self._task = task = asyncio.get_running_loop().create_task(
+            self._lane.serve(self, head, route)
+        )
+        task.add_done_callback(self._served)
+
+    async def body(self, length: int, timeout_s: float) -> bytes:
+        """The request's body of *length* bytes, within *timeout_s* (0: no limit)."""
+        if len(self._buf) < length:
+            self._need = length
+            self._body_wait = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(timeout_s or None):
+                    await self._body_wait
+            except TimeoutError:
+                self._close_after = True
+                raise RequestTimeout(
+                    f"request body not received within {timeout_s:g}s (server.body_timeout_s)"
+                ) from None
+            finally:
+                self._need = 0
+                self._body_wait = None
+        body, self._buf = self._buf[:length], self._buf[length:]
+        return body
+
+    def _served(self, task: asyncio.Task[None]) -> None:
+        self._task = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("fastlane.request_failed", error=repr(task.exception()))
+        transport = self.transport
+        if transport is None:
+            return
+        if not self._complete or self._close_after:
+            transport.close()  # an answer cut short cannot be followed by another
+            return
+        transport.resume_reading()
+        if self._buf:
+            self._next()
+        else:
+            self._idle_since = time.monotonic()  # closed by the lane's sweep after KEEPALIVE_S
+
+    def _hand_over(self) -> None:
+        """aiohttp's from here on: its protocol gets the transport and the bytes read so far."""
+        transport = self.transport
+        self._lane.connections.discard(self)
+        self._lane.guard.disarm(self)
+        if transport is None:
+            return
+        protocol = self._fallback()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if self._paused:
+            protocol.pause_writing()
+        data, self._buf = self._buf, b""
+        transport.resume_reading()
+        protocol.data_received(data)
+
+    # -- writing the answer
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def end_answer(self, data: bytes) -> None:
+        self._complete = True
+        self.write(data)
+
+    def write_whole(self, data: bytes, *, close: bool = False) -> None:
+        self._complete = True
+        self._close_after = self._close_after or close
+        self.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def idle_before(self, deadline: float) -> bool:
+        """Between requests since before *deadline* (monotonic)."""
+        return self._task is None and self._idle_since is not None and self._idle_since < deadline
+
+
+class FastServer(GuardedServer):
+    """aiohttp's server whose connections start on the fast lane (``FrontConnection``)."""
+
+    lane: FastLane
+
+    def __call__(self) -> FrontConnection:  # type: ignore[override]
+        return FrontConnection(self.lane, super().__call__)
+
+    async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - aiohttp's
+        await super().shutdown(timeout)
+        await self.lane.close()
+
+
+class FastAppRunner(GuardedAppRunner):
+    """The daemon's runner with the fast lane in front of aiohttp (``server.fast_lane``)."""
+
+    async def _make_server(self) -> Server:
+        server = await super()._make_server()
+        server.__class__ = FastServer
+        server.lane = FastLane(self.app[STATE], self.header_guard)  # type: ignore[attr-defined]
+        return server
