@@ -105,9 +105,11 @@ class LogSink:
     def feed(self, chunk: bytes) -> None:
         """Keep the last lines of output in memory (decoded leniently)."""
         text = self._partial + chunk.decode("utf-8", errors="replace")
+        if "\r" in text:
+            text = text.replace("\r\n", "\n")
         lines = text.split("\n")
         self._partial = lines.pop()
-        self._tail.extend(line.rstrip("\r") for line in lines)
+        self._tail.extend(lines)
 
     def tail(self, n: int | None = None, *, complete: bool = False) -> list[str]:
         """The last lines; with *complete*, only those already ended by a newline."""

@@ -102,13 +102,20 @@ class Changed:
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self._waiting = 0
 
     def notify(self) -> None:
+        if not self._waiting:  # every release notifies: nothing to do when nobody waits
+            return
         self._event.set()
         self._event = asyncio.Event()
 
     async def wait(self) -> None:
-        await self._event.wait()
+        self._waiting += 1
+        try:
+            await self._event.wait()
+        finally:
+            self._waiting -= 1
 
 
 def slug(model_id: str) -> str:

@@ -16,7 +16,7 @@ import hashlib
 import itertools
 import os
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,9 +100,13 @@ class Supervisor:
 
     async def start(self) -> None:
         """Make the directories and kill runners a crashed daemon left; starts nothing else."""
+        if self._started:  # every request comes through here: no lock once started
+            return
         async with self._start_lock:
-            if self._started:
-                return
+            await self._start_once()
+
+    async def _start_once(self) -> None:
+        if not self._started:
             cfg = self._config
             self._socket_dir = await asyncio.to_thread(prepare_dirs, cfg.run_dir, cfg.log_dir)
             killed = await asyncio.to_thread(
@@ -140,27 +144,16 @@ class Supervisor:
 
     # --- requests ------------------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def acquire(
+    def acquire(
         self, model_id: str, mode: Mode = "completion", keep_alive_s: float | None = None
-    ) -> AsyncIterator[Runner]:
-        """Yield a ready runner, counted in flight until the block exits.
+    ) -> Acquired:
+        """``async with``: a ready runner, counted in flight until the block exits.
 
         Raises TooManyRequests (the model's in-flight limit), Unavailable (queue full, queue
         timeout, shutting down) or RunnerFailed (the load failed, or the runner died under the
         block: an error inside the block becomes RunnerFailed with the runner's log tail).
         """
-        runner = await self._admit((model_id, mode))
-        runner.keep_alive_s = keep_alive_s  # Ollama: each request's keep_alive (or none) wins
-        try:
-            yield runner
-        except Exception as e:
-            failure = await self._crash_error(runner, e)
-            if failure is not None:
-                raise failure from e
-            raise
-        finally:
-            self._release(runner)
+        return Acquired(self, (model_id, mode), keep_alive_s)
 
     async def _admit(self, key: Key) -> Runner:
         self._check_open()
@@ -826,3 +819,34 @@ class Supervisor:
 
         task.add_done_callback(done)
         return task
+
+
+class Acquired:
+    """``Supervisor.acquire``'s block, as a class: once per request, and an async generator's
+    context manager costs several calls more on the proxy's hot path."""
+
+    __slots__ = ("_keep_alive_s", "_key", "_runner", "_supervisor")
+
+    def __init__(self, supervisor: Supervisor, key: Key, keep_alive_s: float | None) -> None:
+        self._supervisor = supervisor
+        self._key = key
+        self._keep_alive_s = keep_alive_s
+        self._runner: Runner | None = None
+
+    async def __aenter__(self) -> Runner:
+        runner = await self._supervisor._admit(self._key)
+        runner.keep_alive_s = self._keep_alive_s  # Ollama: each request's keep_alive wins
+        self._runner = runner
+        return runner
+
+    async def __aexit__(self, kind: object, error: BaseException | None, tb: object) -> None:
+        runner = self._runner
+        if runner is None:
+            return
+        try:
+            if isinstance(error, Exception):
+                failure = await self._supervisor._crash_error(runner, error)
+                if failure is not None:
+                    raise failure from error
+        finally:
+            self._supervisor._release(runner)

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import Any
 
 from aiohttp import http as aiohttp_http
 
@@ -67,6 +68,11 @@ class Headers(Mapping[str, str]):
     def __getitem__(self, name: str) -> str:
         return self._raw[name.lower().encode("latin-1")].decode("latin-1")
 
+    def get(self, name: str, default: Any = None) -> Any:
+        """Without Mapping.get's KeyError: most headers looked up are absent."""
+        value = self._raw.get(name.lower().encode("latin-1"))
+        return default if value is None else value.decode("latin-1")
+
     def __iter__(self) -> Iterator[str]:
         return (name.decode("latin-1") for name in self._raw)
 
@@ -86,8 +92,35 @@ class Head:
     method: str = "POST"
 
 
+_LENGTH = b"\r\nContent-Length: "
+_PARSED: dict[bytes, Head] = {}  # by the head without its Content-Length value
+PARSED_MAX = 256
+
+
 def parse_head(raw: bytes) -> Head | None:
-    """*raw* (without its final blank line) as a Head, or None: aiohttp's to answer."""
+    """*raw* (without its final blank line) as a Head, or None: aiohttp's to answer.
+
+    A client sends the same head again and again but for ``Content-Length``: a head parsed
+    once is looked up by the rest of its bytes (the same bytes, so the same answer)."""
+    at = raw.find(_LENGTH)
+    if at < 0:
+        return _parse_head(raw)
+    end = raw.find(b"\r\n", at + 2)
+    end = len(raw) if end < 0 else end
+    digits = raw[at + len(_LENGTH) : end]
+    key = raw[:at] + raw[end:]
+    known = _PARSED.get(key)
+    if known is not None and digits.isdigit():
+        return Head(known.path, int(digits), known.close, known.headers, known.forward)
+    head = _parse_head(raw)
+    if head is not None:
+        if len(_PARSED) >= PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[key] = head
+    return head
+
+
+def _parse_head(raw: bytes) -> Head | None:
     first, _, block = raw.partition(b"\r\n")
     if not first.startswith(b"POST /") or not first.endswith(b" HTTP/1.1"):
         return None
@@ -157,27 +190,26 @@ def date_header() -> bytes:
 _REASONS = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
 
 
-def answer_head(
-    status: int,
-    headers: list[tuple[str, str]],
-    *,
-    length: int | None,
-    close: bool,
-) -> bytes:
-    """An answer's head: *headers* as given, then the framing (``Content-Length`` *length*, or
-    chunked when None), ``Date``, ``Server`` and ``Connection: close`` when *close*."""
+def head_start(status: int, headers: Sequence[tuple[str, str]]) -> bytes:
+    """An answer's status line and *headers*: the part of its head that repeats."""
     parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
     for name, value in headers:
         parts.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
-    if length is None:
-        parts.append(b"Transfer-Encoding: chunked\r\n")
-    else:
-        parts.append(b"Content-Length: %d\r\n" % length)
-    parts.append(b"Date: %s\r\nServer: %s\r\n" % (date_header(), SERVER.encode("ascii")))
-    if close:
-        parts.append(b"Connection: close\r\n")
-    parts.append(b"\r\n")
     return b"".join(parts)
+
+
+_SERVER = b"Server: %s\r\n" % SERVER.encode("ascii")
+
+
+def answer_head(start: bytes, *, length: int | None, close: bool) -> bytes:
+    """An answer's head: *start* (``head_start``), then the framing (``Content-Length``
+    *length*, or chunked when None), ``Date``, ``Server`` and ``Connection: close`` when
+    *close*."""
+    framing = (
+        b"Transfer-Encoding: chunked\r\n" if length is None else b"Content-Length: %d\r\n" % length
+    )
+    closing = b"Connection: close\r\n\r\n" if close else b"\r\n"
+    return b"%b%bDate: %b\r\n%b%b" % (start, framing, date_header(), _SERVER, closing)
 
 
 def chunk(data: bytes) -> bytes:

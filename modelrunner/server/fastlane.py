@@ -186,6 +186,30 @@ class FastLane:
             )
 
 
+_STARTS: dict[tuple[int, tuple[tuple[str, str], ...], bool], tuple[bytes, str]] = {}
+STARTS_MAX = 64
+
+
+def answer_start(
+    status: int, headers: tuple[tuple[str, str], ...], chunked: bool
+) -> tuple[bytes, str]:
+    """The start of the client's answer head for a runner's answer (its headers less this
+    hop's; SSE told not to be buffered or cached), and the answer's content type.  Once per
+    distinct runner head: they repeat."""
+    key = (status, headers, chunked)
+    known = _STARTS.get(key)
+    if known is not None:
+        return known
+    out = [(k, v) for k, v in headers if k.lower() not in fasthttp.RESPONSE_SKIP]
+    ctype = next((v for k, v in headers if k.lower() == "content-type"), "")
+    if chunked and "text/event-stream" in ctype:
+        out += [("X-Accel-Buffering", "no"), ("Cache-Control", "no-cache")]
+    if len(_STARTS) >= STARTS_MAX:
+        _STARTS.clear()
+    _STARTS[key] = known = (fasthttp.head_start(status, out), ctype)
+    return known
+
+
 class Exchange:
     """One request's lane (``inference.Lane``) and the runner answer's sink (``upstream.Sink``).
 
@@ -205,7 +229,7 @@ class Exchange:
         self._forwarded = Forwarded()
         self._whole: list[bytes] | None = None
         self._status = 0
-        self._headers: list[tuple[str, str]] = []
+        self._start = b""  # the client's answer head but its framing (fasthttp.head_start)
         self._scan: UsageScan | None = None
         self._out: list[bytes] = []  # chunks of one read, written on in one go (flush)
         self._done: asyncio.Future[None] | None = None
@@ -242,7 +266,8 @@ class Exchange:
         raise UpstreamClosed("no connection to the runner")  # not reached: the last is fresh
 
     def preloaded(self) -> int:
-        self._conn.write_whole(fasthttp.answer_head(200, [], length=0, close=self._head.close))
+        start = fasthttp.head_start(200, ())
+        self._conn.write_whole(fasthttp.answer_head(start, length=0, close=self._head.close))
         return 200
 
     def gone(self, error: BaseException) -> int | None:
@@ -284,22 +309,18 @@ class Exchange:
             return
         self.lost(TimeoutError(f"the runner sent nothing for {timeout_s:g}s"))
 
-    def head(self, status: int, headers: list[tuple[str, str]], chunked: bool) -> None:
+    def head(self, status: int, headers: tuple[tuple[str, str], ...], chunked: bool) -> None:
         self._status = status
-        out = [(k, v) for k, v in headers if k.lower() not in fasthttp.RESPONSE_SKIP]
+        self._start, ctype = answer_start(status, headers, chunked)
         if not chunked:
-            self._headers = out
             self._whole = []
             return
-        ctype = next((v for k, v in headers if k.lower() == "content-type"), "")
-        if "text/event-stream" in ctype:
-            out += [("X-Accel-Buffering", "no"), ("Cache-Control", "no-cache")]
         self._started = True
         forwarded = self._forwarded
         forwarded.started_status = status
         forwarded.started_type = ctype
         forwarded.streaming = True
-        self._conn.write(fasthttp.answer_head(status, out, length=None, close=self._head.close))
+        self._conn.write(fasthttp.answer_head(self._start, length=None, close=self._head.close))
 
     def body(self, data: bytes) -> None:
         whole = self._whole
@@ -328,9 +349,7 @@ class Exchange:
             data = b"".join(whole)
             usage_of_whole(self._forwarded, self._status, data)
             self._forwarded.answer = (self._status, data)
-            head = fasthttp.answer_head(
-                self._status, self._headers, length=len(data), close=self._head.close
-            )
+            head = fasthttp.answer_head(self._start, length=len(data), close=self._head.close)
             self._conn.write_whole(head + data)
         else:
             if self._scan is not None:
@@ -376,7 +395,9 @@ class Exchange:
         body = json.dumps(error_body(self._head.path, status, message, code)).encode()
         headers = [("Content-Type", "application/json; charset=utf-8"), *(extra or [])]
         close = close or self._head.close
-        head = fasthttp.answer_head(status, headers, length=len(body), close=close)
+        head = fasthttp.answer_head(
+            fasthttp.head_start(status, headers), length=len(body), close=close
+        )
         self._conn.write_whole(head + body, close=close)
 
 

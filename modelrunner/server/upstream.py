@@ -35,7 +35,10 @@ class UpstreamClosed(ConnectionError):
 class Sink(Protocol):
     """Where one answer goes, as it is parsed (all called on the loop, none may block)."""
 
-    def head(self, status: int, headers: list[tuple[str, str]], chunked: bool) -> None: ...
+    def head(self, status: int, headers: tuple[tuple[str, str], ...], chunked: bool) -> None:
+        """The answer's status and headers (not Content-Length: the framing is the relay's);
+        *chunked*: its body comes piece by piece (``frames``), else whole (``body``)."""
+        ...
 
     def body(self, data: bytes) -> None:
         """Bytes of the answer's body (a chunked one's payload), as they are parsed."""
@@ -174,28 +177,11 @@ class RunnerConnection(asyncio.Protocol):
                 return
             self._buf = data
             return
-        lines = data[:end].decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            self._fail(f"the runner sent no HTTP status line: {lines[0][:80]!r}")
+        head = answer_head(data[:end])
+        if isinstance(head, str):
+            self._fail(head)
             return
-        status = int(parts[1])
-        headers: list[tuple[str, str]] = []
-        length: int | None = None
-        chunked = False
-        self._keep_alive = parts[0] == "HTTP/1.1"
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            name = name.strip()
-            value = value.strip()
-            lower = name.lower()
-            if lower == "content-length" and value.isdigit():
-                length = int(value)
-            elif lower == "transfer-encoding":
-                chunked = "chunked" in value.lower()
-            elif lower == "connection":
-                self._keep_alive = "close" not in value.lower()
-            headers.append((name, value))
+        status, headers, length, chunked, self._keep_alive = head
         sink = self.sink
         if sink is None:
             return
@@ -317,6 +303,61 @@ def _piece(sink: Sink, data: bytes) -> None:
     that ends with the connection)."""
     sink.body(data)
     sink.frames(b"%x\r\n%b\r\n" % (len(data), data))
+
+
+Parsed = tuple[int, tuple[tuple[str, str], ...], int | None, bool, bool]
+_CONTENT_LENGTH = b"\r\nContent-Length: "
+_PARSED: dict[bytes, Parsed] = {}  # by the head without its Content-Length value
+PARSED_MAX = 64
+
+
+def answer_head(raw: bytes) -> Parsed | str:
+    """An answer's head as (status, headers but Content-Length, length, chunked, keep-alive),
+    or what is wrong with it.  llama-server's heads differ only in their length: each is
+    parsed once, then looked up by the rest of its bytes."""
+    at = raw.find(_CONTENT_LENGTH)
+    if at < 0:
+        return _answer_head(raw)
+    end = raw.find(b"\r\n", at + 2)
+    end = len(raw) if end < 0 else end
+    digits = raw[at + len(_CONTENT_LENGTH) : end]
+    key = raw[:at] + raw[end:]
+    known = _PARSED.get(key)
+    if known is not None and digits.isdigit():
+        return (known[0], known[1], int(digits), known[3], known[4])
+    parsed = _answer_head(raw)
+    if not isinstance(parsed, str):
+        if len(_PARSED) >= PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[key] = parsed
+    return parsed
+
+
+def _answer_head(raw: bytes) -> Parsed | str:
+    lines = raw.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        return f"the runner sent no HTTP status line: {lines[0][:80]!r}"
+    headers: list[tuple[str, str]] = []
+    length: int | None = None
+    chunked = False
+    keep_alive = parts[0] == "HTTP/1.1"
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        name = name.strip()
+        value = value.strip()
+        lower = name.lower()
+        if lower == "content-length":
+            if not value.isdigit() or length is not None:
+                return "the runner sent a malformed Content-Length"
+            length = int(value)
+            continue
+        if lower == "transfer-encoding":
+            chunked = "chunked" in value.lower()
+        elif lower == "connection":
+            keep_alive = "close" not in value.lower()
+        headers.append((name, value))
+    return (int(parts[1]), tuple(headers), length, chunked, keep_alive)
 
 
 class RunnerPool:
