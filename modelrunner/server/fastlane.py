@@ -394,7 +394,7 @@ class Exchange:
             return
         body = json.dumps(error_body(self._head.path, status, message, code)).encode()
         headers = [("Content-Type", "application/json; charset=utf-8"), *(extra or [])]
-        close = close or self._head.close
+        close = close or self._conn.closing
         head = fasthttp.answer_head(
             fasthttp.head_start(status, headers), length=len(body), close=close
         )
@@ -571,6 +571,12 @@ class FrontConnection(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    @property
+    def closing(self) -> bool:
+        """This connection closes after its current answer (the client asked, or its body
+        could not be read whole)."""
+        return self._close_after
 
     def idle_before(self, deadline: float) -> bool:
         """Between requests since before *deadline* (monotonic)."""

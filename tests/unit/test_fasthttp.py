@@ -1,0 +1,199 @@
+"""The fast lane's HTTP/1.1, sans I/O: which request heads it takes (the rest are aiohttp's),
+the runner answer parser fed in every possible split, and the answer heads it writes."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelrunner.server import fasthttp, upstream
+from modelrunner.server.fastlane import routes
+
+HEAD = (
+    b"POST /engines/v1/chat/completions HTTP/1.1\r\nHost: localhost:12434\r\n"
+    b"Accept-Encoding: gzip\r\nConnection: keep-alive\r\nContent-Type: application/json\r\n"
+    b"User-Agent: OpenAI/Python 1.50.0\r\nAuthorization: Bearer sk-1\r\nContent-Length: 120"
+)
+
+
+def test_a_plain_head_is_taken_with_what_the_runner_needs() -> None:
+    head = fasthttp.parse_head(HEAD)
+    assert head is not None
+    assert (head.path, head.length, head.close) == ("/engines/v1/chat/completions", 120, False)
+    assert head.headers.get("user-agent") == "OpenAI/Python 1.50.0"
+    assert head.headers.get("X-Preload-Only", "") == ""
+    # This hop's headers stay here; the request's own go on.
+    assert b"Host:" not in head.forward
+    assert b"Content-Length" not in head.forward
+    assert b"Accept-Encoding" not in head.forward
+    assert head.forward.endswith(b"Authorization: Bearer sk-1\r\n")
+    sent = fasthttp.runner_request("/v1/chat/completions", head, b"{}", stream=True)
+    assert sent.startswith(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n")
+    assert sent.endswith(b"Content-Length: 2\r\nConnection: close\r\n\r\n{}")
+
+
+def test_a_known_head_with_another_length_is_looked_up_not_reparsed() -> None:
+    first = fasthttp.parse_head(HEAD)
+    again = fasthttp.parse_head(HEAD.replace(b"Content-Length: 120", b"Content-Length: 7"))
+    assert first is not None
+    assert again is not None
+    assert (first.length, again.length) == (120, 7)
+    assert again.headers is first.headers  # the same parse, reused
+    assert fasthttp.parse_head(HEAD.replace(b"Content-Length: 120", b"Content-Length: x")) is None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        (b"POST /engines", b"GET /engines"),
+        (b"HTTP/1.1", b"HTTP/1.0"),
+        (b"/completions HTTP", b"/completions?x=1 HTTP"),
+        (b"/completions HTTP", b"/completions%20 HTTP"),
+        (b"Content-Length: 120", b"Content-Length: 120\r\nContent-Length: 5"),
+        (b"Content-Length: 120", b"Transfer-Encoding: chunked"),
+        (b"Content-Length: 120", b"Content-Length: -1"),
+        (b"Content-Length: 120", b"Content-Length: 120\r\nExpect: 100-continue"),
+        (b"Content-Length: 120", b"Content-Length: 120\r\nOrigin: http://evil.example"),
+        (b"Connection: keep-alive", b"Connection: Upgrade"),
+        (b"User-Agent", b"User Agent"),
+        (b"OpenAI/Python", b"Op\x00enAI"),
+        (b"OpenAI/Python", "Caf\u00e9".encode()),
+        (b"Content-Length: 120", b"X: y"),  # no length: aiohttp decides what the body is
+    ],
+)
+def test_anything_unusual_is_left_to_aiohttp(change: tuple[bytes, bytes]) -> None:
+    assert fasthttp.parse_head(HEAD.replace(*change)) is None
+
+
+def test_connection_close_is_seen() -> None:
+    head = fasthttp.parse_head(HEAD.replace(b"keep-alive", b"close"))
+    assert head is not None
+    assert head.close
+
+
+def test_routes_cover_every_prefix_and_backend() -> None:
+    table = routes()
+    assert table["/engines/llama.cpp/v1/chat/completions"].canonical == (
+        "/engines/{backend}/v1/chat/completions"
+    )
+    assert table["/v1/embeddings"].upstream_path == "/v1/embeddings"
+    assert table["/engines/rerank"].upstream_path == "/v1/rerank"
+    assert "/engines/vllm/v1/chat/completions" not in table  # aiohttp answers the 400
+
+
+def test_answer_heads_frame_and_close() -> None:
+    start = fasthttp.head_start(200, [("Content-Type", "application/json")])
+    whole = fasthttp.answer_head(start, length=5, close=False)
+    assert whole.startswith(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+    assert b"Content-Length: 5\r\n" in whole
+    assert b"\r\nDate: " in whole
+    assert whole.endswith(b"\r\n\r\n")
+    assert b"Connection: close" not in whole
+    chunked = fasthttp.answer_head(start, length=None, close=True)
+    assert b"Transfer-Encoding: chunked\r\n" in chunked
+    assert chunked.endswith(b"Connection: close\r\n\r\n")
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.status = 0
+        self.headers: tuple[tuple[str, str], ...] = ()
+        self.chunked = False
+        self.body_parts: list[bytes] = []
+        self.framed = b""
+        self.ended = False
+        self.error: BaseException | None = None
+
+    def head(self, status: int, headers: tuple[tuple[str, str], ...], chunked: bool) -> None:
+        self.status, self.headers, self.chunked = status, headers, chunked
+
+    def body(self, data: bytes) -> None:
+        self.body_parts.append(data)
+
+    def frames(self, data: bytes) -> None:
+        self.framed += data
+
+    def flush(self) -> None:
+        pass
+
+    def end(self) -> None:
+        self.ended = True
+
+    def lost(self, exc: BaseException) -> None:
+        self.error = exc
+
+
+def unchunk(data: bytes) -> bytes:
+    out = b""
+    while data:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        out, data = out + data[:size], data[size + 2 :]
+    return out
+
+
+def feed(answer: bytes, step: int) -> Sink:
+    conn = upstream.RunnerConnection()
+    sink = Sink()
+    conn.sink = sink
+    conn._state = upstream._HEAD
+    for i in range(0, len(answer), step):
+        conn.data_received(answer[i : i + step])
+    return sink
+
+
+SSE = [b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n', b"data: [DONE]\n\n"]
+CHUNKED = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
+    b"Keep-Alive: timeout=5\r\n\r\n"
+    + b"".join(b"%x\r\n%b\r\n" % (len(e), e) for e in SSE)
+    + b"0\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 7, 64, 10_000])
+def test_a_chunked_answer_parses_the_same_in_any_split(step: int) -> None:
+    sink = feed(CHUNKED, step)
+    assert sink.ended
+    assert sink.error is None
+    assert (sink.status, sink.chunked) == (200, True)
+    assert b"".join(sink.body_parts) == b"".join(SSE)
+    assert unchunk(sink.framed) == b"".join(SSE)  # what the client gets is valid chunking
+
+
+@pytest.mark.parametrize("step", [1, 5, 10_000])
+def test_a_whole_answer_and_its_length(step: int) -> None:
+    body = b'{"usage": {"prompt_tokens": 3}}'
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+    sink = feed(answer % (len(body), body), step)
+    assert sink.ended
+    assert not sink.chunked
+    assert b"".join(sink.body_parts) == body
+    assert all(name.lower() != "content-length" for name, _ in sink.headers)
+
+
+@pytest.mark.parametrize("size", [b"zz", b"-5", b"+5", b"1_0"])
+def test_a_malformed_chunk_size_fails_the_answer(size: bytes) -> None:
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + size + b"\r\nhello\r\n"
+    sink = feed(answer, 10_000)
+    assert isinstance(sink.error, upstream.UpstreamClosed)
+    assert not sink.ended
+
+
+def test_no_status_line_fails() -> None:
+    sink = feed(b"garbage\r\n\r\n", 10_000)
+    assert isinstance(sink.error, upstream.UpstreamClosed)
+    assert "no HTTP status line" in str(sink.error)
+
+
+def test_a_body_that_ends_with_the_connection() -> None:
+    conn = upstream.RunnerConnection()
+    sink = Sink()
+    conn.sink = sink
+    conn._state = upstream._HEAD
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nabc")
+    conn.data_received(b"def")
+    conn.connection_lost(None)
+    assert sink.ended
+    assert sink.error is None
+    assert b"".join(sink.body_parts) == b"abcdef"
+    assert unchunk(sink.framed) == b"abcdef"
