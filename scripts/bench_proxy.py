@@ -326,7 +326,9 @@ def report(rows: dict[str, Row], args: argparse.Namespace) -> str:
 INTRO = """\
 The daemon's proxy on a warm model (tiny llama, 0.5 MB) vs the same llama-server process reached
 directly on its Unix socket, and vs llama.cpp's router mode (`llama-server --models-dir DIR
---models-max 1`, warm) as the peer, side by side in one run of {rounds} rounds.  The clients run in
+--models-max 1`, warm) as the peer, side by side in one run of {rounds} rounds; "fast lane off" is
+a second daemon with `server.fast_lane: false` (every request through aiohttp, as before the fast
+lane), with a runner of its own on the same model.  The clients run in
 processes of their own (`scripts/bench_client.py`, http.client, one kept-alive connection per
 target).  Warm: non-streamed chat, `max_tokens` 1, {requests} per target per round, interleaved
 request by request across targets in a fresh seeded random order; 256 KB body: the same with a
@@ -428,17 +430,20 @@ async def run(args: argparse.Namespace) -> str:
         gguf = build_tiny_gguf(models / "tiny.gguf")
         async with (
             daemon(home / "d", gguf, binary) as (sock, port, dpid),
+            daemon(home / "a", gguf, binary, {"fast_lane": False}) as (asock, aport, apid),
             router(models, binary) as (rport, rpid),
         ):
-            # Load the model in both (and find the daemon's runner) before anything is timed.
-            async with (
-                aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as s,
-                s.post(
-                    "http://localhost/engines/v1/chat/completions",
-                    json={"model": MODEL, "messages": MESSAGES, "max_tokens": 1},
-                ) as r,
-            ):
-                assert r.status == 200, await r.text()
+            # Load the model in both daemons (and find the first one's runner) before anything
+            # is timed.
+            for where in (sock, asock):
+                async with (
+                    aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(where))) as s,
+                    s.post(
+                        "http://localhost/engines/v1/chat/completions",
+                        json={"model": MODEL, "messages": MESSAGES, "max_tokens": 1},
+                    ) as r,
+                ):
+                    assert r.status == 200, await r.text()
             direct_sock = await runner_socket(sock)
             rows = {
                 "direct": Row(
@@ -455,6 +460,11 @@ async def run(args: argparse.Namespace) -> str:
                     "daemon (tcp)",
                     {"tcp": ["127.0.0.1", port], "prefix": "/engines", "model": MODEL},
                     dpid,
+                ),
+                "daemon-aiohttp": Row(
+                    "daemon (tcp), fast lane off",
+                    {"tcp": ["127.0.0.1", aport], "prefix": "/engines", "model": MODEL},
+                    apid,
                 ),
                 "router": Row(
                     "router mode (tcp)",

@@ -407,6 +407,10 @@ class ChildProcess:
                     await asyncio.to_thread(self.sink.write, bytes(pending))
             except OSError as e:
                 log.warning("runner.log_write_failed", pid=self.pid, error=str(e))
+            if self._pipe is not None:
+                # uvloop leaves a read pipe open at EOF (asyncio closes it): closed here, once
+                # the output is all read, or each runner that ever ran would keep its fd.
+                self._pipe.close()
             await asyncio.to_thread(self.sink.close)
 
     async def wait_ready(self, socket: Path, *, stall_timeout_s: float, interval_s: float) -> None:

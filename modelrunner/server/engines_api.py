@@ -22,6 +22,7 @@ from aiohttp import web
 
 from modelrunner import __version__
 from modelrunner.errors import BinaryNotFound, InvalidRequest, ModelNotFound, NotFound
+from modelrunner.logs import flush_lines
 from modelrunner.runners.args import validate_runtime_flags
 from modelrunner.runners.memory import total_memory_bytes
 from modelrunner.runners.model import MODES
@@ -294,6 +295,7 @@ async def logs(request: web.Request) -> web.Response:
     if model_ref is None:
         if state.daemon_log is None:
             raise NotFound("this daemon writes no log file")
+        flush_lines()  # the access lines still batched belong in the log as of now
         return web.Response(
             body=await _tail(state.daemon_log, LOG_MAX_BYTES),
             content_type="text/plain",

@@ -89,23 +89,34 @@ class FastLane:
         self.pool = RunnerPool(connect_timeout_s=server.upstream_connect_timeout_s)
         self.hold_s = server.stream_coalesce_ms / 1000  # upstream.RunnerConnection.hold_s
         self.connections: set[FrontConnection] = set()
+        self.waiting: set[Exchange] = set()  # for the runner's answer (see _sweep_now)
+        self.loop = asyncio.get_running_loop()  # once: each lookup is a getpid() syscall
         self._sweep: asyncio.TimerHandle | None = None
 
     def add(self, conn: FrontConnection) -> None:
         self.connections.add(conn)
         if self._sweep is None:
-            self._sweep = asyncio.get_running_loop().call_later(SWEEP_S, self._close_idle)
+            self._sweep = self.loop.call_later(self._sweep_s(), self._sweep_now)
 
-    def _close_idle(self) -> None:
-        """Close the keep-alive connections idle for KEEPALIVE_S (one timer for them all,
-        rather than one set and cancelled per request)."""
+    def _sweep_s(self) -> float:
+        read_timeout_s = self.state.config.server.upstream_read_timeout_s
+        return min(SWEEP_S, read_timeout_s / 4) if read_timeout_s else SWEEP_S
+
+    def _sweep_now(self) -> None:
+        """One timer for every connection, rather than timers set and cancelled per request:
+        close the keep-alive connections idle for KEEPALIVE_S, and fail the requests whose
+        runner has sent nothing for ``server.upstream_read_timeout_s`` (silence, not length)."""
         self._sweep = None
-        deadline = time.monotonic() - KEEPALIVE_S
+        now = time.monotonic()
         for conn in list(self.connections):
-            if conn.idle_before(deadline):
+            if conn.idle_before(now - KEEPALIVE_S):
                 conn.close()
+        read_timeout_s = self.state.config.server.upstream_read_timeout_s
+        if read_timeout_s:
+            for exchange in list(self.waiting):
+                exchange.check_silence(now, read_timeout_s)
         if self.connections:
-            self._sweep = asyncio.get_running_loop().call_later(SWEEP_S, self._close_idle)
+            self._sweep = self.loop.call_later(self._sweep_s(), self._sweep_now)
 
     def serves(self, head: fasthttp.Head, unix: bool) -> Route | None:
         """The route of a request the fast lane takes, else None (aiohttp's)."""
@@ -136,7 +147,7 @@ class FastLane:
         state = self.state
         exchange = Exchange(self, conn, head, route)
         status = 500
-        task = asyncio.current_task()
+        task = asyncio.current_task(self.loop)
         if task is not None:
             state.drain.enter(task)
         try:
@@ -233,7 +244,8 @@ class Exchange:
         self._scan: UsageScan | None = None
         self._out: list[bytes] = []  # chunks of one read, written on in one go (flush)
         self._done: asyncio.Future[None] | None = None
-        self._watch: asyncio.TimerHandle | None = None
+        self._up: RunnerConnection | None = None
+        self._sent_at = 0.0
         self._ended = False
 
     # -- inference.Lane
@@ -285,29 +297,24 @@ class Exchange:
     # -- the runner's answer (upstream.Sink)
 
     async def _exchange(self, up: RunnerConnection, request: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        self._done = done = loop.create_future()
+        lane = self._lane
+        self._done = done = lane.loop.create_future()
         self._conn.upstream = up
-        up.hold_s = self._lane.hold_s if self.stream else 0.0
+        self._up = up
+        up.hold_s = lane.hold_s if self.stream else 0.0
+        self._sent_at = time.monotonic()
         up.send(request, self)
-        timeout_s = self._lane.state.config.server.upstream_read_timeout_s
-        if timeout_s:
-            self._watch = loop.call_later(timeout_s, self._silence, up, timeout_s)
+        lane.waiting.add(self)
         try:
             await done
         finally:
-            if self._watch is not None:
-                self._watch.cancel()
-                self._watch = None
+            lane.waiting.discard(self)
 
-    def _silence(self, up: RunnerConnection, timeout_s: float) -> None:
-        """The read timeout counts silence, not length: re-armed while bytes keep coming."""
-        quiet = time.monotonic() - up.last_rx
-        if quiet < timeout_s:
-            loop = asyncio.get_running_loop()
-            self._watch = loop.call_later(timeout_s - quiet, self._silence, up, timeout_s)
-            return
-        self.lost(TimeoutError(f"the runner sent nothing for {timeout_s:g}s"))
+    def check_silence(self, now: float, timeout_s: float) -> None:
+        """Fail the request if the runner has sent nothing for *timeout_s*."""
+        up = self._up
+        if up is not None and now - max(up.last_rx, self._sent_at) >= timeout_s:
+            self.lost(TimeoutError(f"the runner sent nothing for {timeout_s:g}s"))
 
     def head(self, status: int, headers: tuple[tuple[str, str], ...], chunked: bool) -> None:
         self._status = status
@@ -473,7 +480,7 @@ class FrontConnection(asyncio.Protocol):
         transport.write(refusal(message))
         if transport.can_write_eof():
             transport.write_eof()
-        self._linger = asyncio.get_running_loop().call_later(REFUSE_LINGER_S, self.close)
+        self._linger = self._lane.loop.call_later(REFUSE_LINGER_S, self.close)
 
     # -- requests
 
@@ -497,16 +504,14 @@ class FrontConnection(asyncio.Protocol):
         self._buf = buf[end + 4 :]
         self._complete = False
         self._close_after = head.close
-        self._task = task = asyncio.get_running_loop().create_task(
-            self._lane.serve(self, head, route)
-        )
+        self._task = task = self._lane.loop.create_task(self._lane.serve(self, head, route))
         task.add_done_callback(self._served)
 
     async def body(self, length: int, timeout_s: float) -> bytes:
         """The request's body of *length* bytes, within *timeout_s* (0: no limit)."""
         if len(self._buf) < length:
             self._need = length
-            self._body_wait = asyncio.get_running_loop().create_future()
+            self._body_wait = self._lane.loop.create_future()
             try:
                 async with asyncio.timeout(timeout_s or None):
                     await self._body_wait

@@ -78,12 +78,14 @@ class RunnerConnection(asyncio.Protocol):
         self.hold_s = 0.0  # see data_received; 0: every read is relayed at once
         self._held = False  # reading paused for hold_s
         self._was_held = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by connection_made
         self._blocked = False  # reading paused by the client's back-pressure
 
     # -- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a Unix stream: a Transport
+        self._loop = asyncio.get_running_loop()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
@@ -117,14 +119,14 @@ class RunnerConnection(asyncio.Protocol):
         sink = self.sink
         if sink is not None:
             sink.flush()
-            if quick and not self._held and self.transport is not None:
+            if quick and not self._held and self.transport is not None and self._loop:
                 # Tokens are coming faster than hold_s apart: let the next ones gather in the
                 # socket for hold_s, to be read and written on in one go (a read and a write
                 # per token were most of a streamed token's cost).  A slower stream (a real
                 # model's tokens, tens of ms apart) is never held.
                 self._held = True
                 self.transport.pause_reading()
-                asyncio.get_running_loop().call_later(self.hold_s, self._release)
+                self._loop.call_later(self.hold_s, self._release)
 
     def _release(self) -> None:
         self._held = False
