@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from aiohttp import http as aiohttp_http
 
+T = TypeVar("T")
 MAX_HEAD = 16 * 1024  # longer heads go to aiohttp (its limit answers them)
 
 # Header lines: a token, a colon, visible ASCII (and tabs) only, each ending in CRLF.
@@ -92,32 +93,46 @@ class Head:
     method: str = "POST"
 
 
-_LENGTH = b"\r\nContent-Length: "
-_PARSED: dict[bytes, Head] = {}  # by the head without its Content-Length value
-PARSED_MAX = 256
+class ByRestOfHead(Generic[T]):
+    """Heads parsed once, then looked up by their bytes without the ``Content-Length`` value:
+    a client sends the same head again and again but for its length, and so does
+    llama-server (the same bytes, so the same parse).  Bounded; a full cache starts over."""
+
+    _MARK = b"\r\nContent-Length: "
+
+    def __init__(
+        self,
+        parse: Callable[[bytes], T | None],
+        with_length: Callable[[T, int], T],
+        limit: int = 256,
+    ) -> None:
+        self._parse = parse
+        self._with_length = with_length
+        self._limit = limit
+        self._known: dict[bytes, T] = {}
+
+    def __call__(self, raw: bytes) -> T | None:
+        at = raw.find(self._MARK)
+        if at < 0:
+            return self._parse(raw)
+        end = raw.find(b"\r\n", at + 2)
+        end = len(raw) if end < 0 else end
+        digits = raw[at + len(self._MARK) : end]
+        key = raw[:at] + raw[end:]
+        known = self._known.get(key)
+        if known is not None and digits.isdigit():
+            return self._with_length(known, int(digits))
+        parsed = self._parse(raw)
+        if parsed is not None:
+            if len(self._known) >= self._limit:
+                self._known.clear()
+            self._known[key] = parsed
+        return parsed
 
 
 def parse_head(raw: bytes) -> Head | None:
-    """*raw* (without its final blank line) as a Head, or None: aiohttp's to answer.
-
-    A client sends the same head again and again but for ``Content-Length``: a head parsed
-    once is looked up by the rest of its bytes (the same bytes, so the same answer)."""
-    at = raw.find(_LENGTH)
-    if at < 0:
-        return _parse_head(raw)
-    end = raw.find(b"\r\n", at + 2)
-    end = len(raw) if end < 0 else end
-    digits = raw[at + len(_LENGTH) : end]
-    key = raw[:at] + raw[end:]
-    known = _PARSED.get(key)
-    if known is not None and digits.isdigit():
-        return Head(known.path, int(digits), known.close, known.headers, known.forward)
-    head = _parse_head(raw)
-    if head is not None:
-        if len(_PARSED) >= PARSED_MAX:
-            _PARSED.clear()
-        _PARSED[key] = head
-    return head
+    """*raw* (without its final blank line) as a Head, or None: aiohttp's to answer."""
+    return _heads(raw)
 
 
 def _parse_head(raw: bytes) -> Head | None:
@@ -218,3 +233,6 @@ def chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+_heads = ByRestOfHead(_parse_head, lambda h, n: Head(h.path, n, h.close, h.headers, h.forward))

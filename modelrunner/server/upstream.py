@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
+from modelrunner.server.fasthttp import ByRestOfHead
+
 STALE_RETRIES = 3
 MAX_IDLE_PER_SOCKET = 8
 IDLE_S = 60.0  # an idle pooled connection older than this is closed, not reused
@@ -308,31 +310,13 @@ def _piece(sink: Sink, data: bytes) -> None:
 
 
 Parsed = tuple[int, tuple[tuple[str, str], ...], int | None, bool, bool]
-_CONTENT_LENGTH = b"\r\nContent-Length: "
-_PARSED: dict[bytes, Parsed] = {}  # by the head without its Content-Length value
-PARSED_MAX = 64
 
 
 def answer_head(raw: bytes) -> Parsed | str:
     """An answer's head as (status, headers but Content-Length, length, chunked, keep-alive),
-    or what is wrong with it.  llama-server's heads differ only in their length: each is
-    parsed once, then looked up by the rest of its bytes."""
-    at = raw.find(_CONTENT_LENGTH)
-    if at < 0:
-        return _answer_head(raw)
-    end = raw.find(b"\r\n", at + 2)
-    end = len(raw) if end < 0 else end
-    digits = raw[at + len(_CONTENT_LENGTH) : end]
-    key = raw[:at] + raw[end:]
-    known = _PARSED.get(key)
-    if known is not None and digits.isdigit():
-        return (known[0], known[1], int(digits), known[3], known[4])
-    parsed = _answer_head(raw)
-    if not isinstance(parsed, str):
-        if len(_PARSED) >= PARSED_MAX:
-            _PARSED.clear()
-        _PARSED[key] = parsed
-    return parsed
+    or what is wrong with it; each distinct head is parsed once (``ByRestOfHead``)."""
+    parsed = _heads(raw)
+    return parsed if parsed is not None else _answer_head(raw)
 
 
 def _answer_head(raw: bytes) -> Parsed | str:
@@ -431,3 +415,10 @@ class RunnerPool:
             for conn in idle:
                 conn.close()
         self._idle.clear()
+
+
+_heads: ByRestOfHead[Parsed] = ByRestOfHead(
+    lambda raw: h if not isinstance(h := _answer_head(raw), str) else None,
+    lambda p, n: (p[0], p[1], n, p[3], p[4]),
+    limit=64,
+)
