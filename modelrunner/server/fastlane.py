@@ -23,7 +23,6 @@ import asyncio
 import json
 import socket
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -37,13 +36,12 @@ from modelrunner.runners.model import Mode
 from modelrunner.server import fasthttp, inference
 from modelrunner.server.auth import key_in
 from modelrunner.server.header_guard import (
-    REFUSE_LINGER_S,
     GuardedAppRunner,
     GuardedServer,
     HeaderGuard,
-    refusal,
+    refuse_on,
 )
-from modelrunner.server.middleware import RequestTimeout, error_body
+from modelrunner.server.middleware import RequestTimeout, error_body, retry_headers, unhandled
 from modelrunner.server.openai_api import BACKENDS, INFERENCE, PREFIXES, read_inference
 from modelrunner.server.proxy import Forwarded, UsageScan, error_event, usage_of_whole
 from modelrunner.server.state import STATE
@@ -177,11 +175,7 @@ class FastLane:
             status = 503
             exchange.refuse(state.drain.cut_error(), close=True)
         except Exception as e:  # noqa: BLE001 - the last line of defence, as the middleware's
-            request_id = uuid.uuid4().hex[:12]
-            log.error(  # noqa: TRY400 - as the middleware's: no source lines read on the loop
-                "http.unhandled", method="POST", path=head.path, id=request_id, error=repr(e)
-            )
-            exchange.refuse_raw(500, f"internal error (request id {request_id})", "internal_error")
+            exchange.refuse_raw(500, unhandled("POST", head.path, e), "internal_error")
             exchange.close_cut()
         finally:
             if task is not None:
@@ -377,10 +371,7 @@ class Exchange:
         """An error before the answer began, in the route's shape (OpenAI's)."""
         if self._started:
             return
-        extra: list[tuple[str, str]] = []
-        retry_after = getattr(error, "retry_after_s", None)
-        if retry_after is not None:
-            extra.append(("Retry-After", str(retry_after)))
+        extra = list((retry_headers(error) or {}).items())
         self.refuse_raw(error.status, error.message, error.code, extra, close=close)
 
     def close_cut(self) -> None:
@@ -473,14 +464,10 @@ class FrontConnection(asyncio.Protocol):
     # -- header guard (header_guard.Pending)
 
     def refuse(self, message: str) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing() or self._linger is not None:
+        if self._linger is None:
+            self._linger = refuse_on(self.transport, message, self.close)
+        else:
             self.close()
-            return
-        transport.write(refusal(message))
-        if transport.can_write_eof():
-            transport.write_eof()
-        self._linger = self._lane.loop.call_later(REFUSE_LINGER_S, self.close)
 
     # -- requests
 

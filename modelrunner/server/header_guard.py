@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import structlog
@@ -109,6 +110,20 @@ def refusal(message: str) -> bytes:
     return head.encode("ascii") + body
 
 
+def refuse_on(
+    transport: asyncio.Transport | None, message: str, close: Callable[[], None]
+) -> asyncio.TimerHandle | None:
+    """Write the 408 and half-close; *close* runs after ``REFUSE_LINGER_S`` (the timer
+    returned), or at once (None) when the transport is already gone or closing."""
+    if transport is None or transport.is_closing():  # (uvloop's are no asyncio subclasses)
+        close()
+        return None
+    transport.write(refusal(message))
+    if transport.can_write_eof():
+        transport.write_eof()
+    return asyncio.get_running_loop().call_later(REFUSE_LINGER_S, close)
+
+
 class GuardedRequestHandler(JSONErrorRequestHandler):
     """aiohttp's protocol (with JSON errors) that reports its header progress to a guard."""
 
@@ -163,14 +178,10 @@ class GuardedRequestHandler(JSONErrorRequestHandler):
         Closing a socket whose received bytes are unread makes the kernel send RST, which
         discards the 408 on its way; so the bytes are read (and dropped) until the client
         closes or ``REFUSE_LINGER_S`` passes."""
-        transport = self.transport
-        if self._linger is not None or transport is None or transport.is_closing():
+        if self._linger is None:
+            self._linger = refuse_on(self.transport, message, self.force_close)
+        else:
             self.force_close()
-            return
-        transport.write(refusal(message))
-        if transport.can_write_eof():
-            transport.write_eof()
-        self._linger = self._loop.call_later(REFUSE_LINGER_S, self.force_close)
 
 
 class GuardedServer(JSONErrorServer):

@@ -139,6 +139,28 @@ def _frames(e: BaseException) -> list[str]:
     ]
 
 
+def retry_headers(error: ModelRunnerError) -> dict[str, str] | None:
+    """``Retry-After`` for an error that knows when (TooManyRequests, some Unavailable)."""
+    retry_after = getattr(error, "retry_after_s", None)
+    return None if retry_after is None else {"Retry-After": str(retry_after)}
+
+
+def unhandled(method: str, path: str, error: Exception) -> str:
+    """Log an unexpected error with where it came from; the message the client gets (a
+    request id to find the log line by, never the error itself)."""
+    request_id = uuid.uuid4().hex[:12]
+    # Frames without source lines (not log.exception): no file reads on the loop.
+    log.error(
+        "http.unhandled",
+        method=method,
+        path=path,
+        id=request_id,
+        error=repr(error),
+        frames=_frames(error),
+    )
+    return f"internal error (request id {request_id})"
+
+
 def make_error_middleware(observe: Observer | None = None) -> Any:
     """Render every failure as JSON and log one ``http.request`` line per request."""
 
@@ -152,11 +174,7 @@ def make_error_middleware(observe: Observer | None = None) -> Any:
             return response
         except ModelRunnerError as e:
             status = e.status
-            headers = None
-            retry_after = getattr(e, "retry_after_s", None)
-            if retry_after is not None:  # TooManyRequests, and an Unavailable that knows
-                headers = {"Retry-After": str(retry_after)}
-            return error_response(request, e.status, e.message, e.code, headers)
+            return error_response(request, e.status, e.message, e.code, retry_headers(e))
         except web.HTTPException as e:
             status = e.status
             if e.status < 400:
@@ -175,18 +193,8 @@ def make_error_middleware(observe: Observer | None = None) -> Any:
             log.info("http.client_gone", path=request.path, error=repr(e))
             raise
         except Exception as e:  # noqa: BLE001 - the last line of defence: never a traceback out
-            request_id = uuid.uuid4().hex[:12]
-            log.error(  # noqa: TRY400 - frames without source lines: no file reads on the loop
-                "http.unhandled",
-                method=request.method,
-                path=request.path,
-                id=request_id,
-                error=repr(e),
-                frames=_frames(e),
-            )
-            return error_response(
-                request, 500, f"internal error (request id {request_id})", "internal_error"
-            )
+            message = unhandled(request.method, request.path, e)
+            return error_response(request, 500, message, "internal_error")
         finally:
             elapsed = time.perf_counter() - started
             if observe is not None:
