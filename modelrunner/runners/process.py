@@ -277,13 +277,10 @@ class ChildProcess:
         sink: LogSink,
         record: Path | None,
         socket: Path | None,
-        output: tuple[asyncio.StreamReader, asyncio.ReadTransport] | None = None,
+        output: tuple[asyncio.StreamReader, asyncio.ReadTransport],
     ) -> None:
         self.proc = proc
-        self._stdout: asyncio.StreamReader | None = proc.stdout
-        self._pipe: asyncio.ReadTransport | None = None
-        if output is not None:
-            self._stdout, self._pipe = output
+        self._stdout, self._pipe = output  # the child's stdout and stderr (_read_end)
         # Once the runner is ready its output is read in batches (LOG_FLUSH_S apart), not line
         # by line: llama-server logs ~10 lines a request, and each read woke the event loop
         # (about a quarter of the daemon's CPU per request).  Loading reads every line at once,
@@ -368,8 +365,6 @@ class ChildProcess:
 
     async def _drain_output(self) -> None:
         stream = self._stdout
-        if stream is None:  # spawned without a pipe: nothing to drain
-            return
         pending = bytearray()
         flusher: asyncio.Task[None] | None = None
 
@@ -392,7 +387,7 @@ class ChildProcess:
                     if flusher is not None:
                         flusher.result()  # a write error (OSError) surfaces here
                     flusher = asyncio.create_task(flush())
-                if self.batch_output and self._pipe is not None:
+                if self.batch_output:
                     # The kernel's pipe buffer holds what comes meanwhile (1 MiB on Linux).
                     self._pipe.pause_reading()
                     await asyncio.sleep(LOG_FLUSH_S)
@@ -407,10 +402,9 @@ class ChildProcess:
                     await asyncio.to_thread(self.sink.write, bytes(pending))
             except OSError as e:
                 log.warning("runner.log_write_failed", pid=self.pid, error=str(e))
-            if self._pipe is not None:
-                # uvloop leaves a read pipe open at EOF (asyncio closes it): closed here, once
-                # the output is all read, or each runner that ever ran would keep its fd.
-                self._pipe.close()
+            # uvloop leaves a read pipe open at EOF (asyncio closes it): closed here, once the
+            # output is all read, or each runner that ever ran would keep its fd.
+            self._pipe.close()
             await asyncio.to_thread(self.sink.close)
 
     async def wait_ready(self, socket: Path, *, stall_timeout_s: float, interval_s: float) -> None:
