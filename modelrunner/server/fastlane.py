@@ -162,7 +162,7 @@ class FastLane:
                 body,
                 got.keep_alive_s,
                 exchange,
-                Forwarded(),
+                exchange.forwarded,
                 preload_only=got.preload_only,
             )
         except ModelRunnerError as e:
@@ -231,11 +231,11 @@ class Exchange:
         self.stream = False
         self.request_body = b""
         self._started = False
-        self._forwarded = Forwarded()
+        self.forwarded = Forwarded()  # what pass_through and this relay record
         self._whole: list[bytes] | None = None
         self._status = 0
         self._start = b""  # the client's answer head but its framing (fasthttp.head_start)
-        self._scan: UsageScan | None = None
+        self._scan = UsageScan(self.forwarded)
         self._out: list[bytes] = []  # chunks of one read, written on in one go (flush)
         self._done: asyncio.Future[None] | None = None
         self._up: RunnerConnection | None = None
@@ -248,8 +248,6 @@ class Exchange:
         return self._started
 
     async def forward(self, runner: Runner, forwarded: Forwarded) -> int:
-        self._forwarded = forwarded
-        self._scan = UsageScan(forwarded)
         pool = self._lane.pool
         socket_path = runner.socket_path
         request = fasthttp.runner_request(
@@ -317,7 +315,7 @@ class Exchange:
             self._whole = []
             return
         self._started = True
-        forwarded = self._forwarded
+        forwarded = self.forwarded
         forwarded.started_status = status
         forwarded.started_type = ctype
         forwarded.streaming = True
@@ -328,11 +326,10 @@ class Exchange:
         if whole is not None:
             whole.append(data)
             return
-        tap = self._forwarded.tap
+        tap = self.forwarded.tap
         if tap is not None:
             tap(data)
-        if self._scan is not None:
-            self._scan.feed(data)
+        self._scan.feed(data)
 
     def frames(self, data: bytes) -> None:
         self._out.append(data)
@@ -348,13 +345,12 @@ class Exchange:
         whole = self._whole
         if whole is not None:
             data = b"".join(whole)
-            usage_of_whole(self._forwarded, self._status, data)
-            self._forwarded.answer = (self._status, data)
+            usage_of_whole(self.forwarded, self._status, data)
+            self.forwarded.answer = (self._status, data)
             head = fasthttp.answer_head(self._start, length=len(data), close=self._head.close)
             self._conn.write_whole(head + data)
         else:
-            if self._scan is not None:
-                self._scan.close()
+            self._scan.close()
             self._out.append(fasthttp.LAST_CHUNK)
             self._conn.end_answer(b"".join(self._out))
             self._out.clear()
