@@ -15,6 +15,7 @@ clients belong to ``sse_hub.Hub``.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import time
 from dataclasses import dataclass
@@ -63,17 +64,7 @@ class EventBus:
 
     def on_runner(self, event: RunnerEvent) -> None:
         """The supervisor's observer."""
-        self.publish(
-            "runner",
-            state=event.state,
-            model=event.model,
-            model_id=event.model_id,
-            mode=event.mode,
-            pid=event.pid,
-            reason=event.reason,
-            detail=event.detail,
-            exit_code=event.exit_code,
-        )
+        self.publish("runner", **dataclasses.asdict(event))  # every field, in its order
 
     def progress(self, mode: str, model: str | None, line: dict[str, Any]) -> None:
         """One line of a pull/push/load progress stream (already rate limited by the store)."""
