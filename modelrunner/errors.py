@@ -158,6 +158,10 @@ class RegistryError(ModelRunnerError):
     status = 502
     code = "registry_error"
 
+    def __init__(self, message: str, registry_code: str = "") -> None:
+        super().__init__(message)
+        self.registry_code = registry_code  # the registry's own, e.g. DIGEST_INVALID
+
 
 class RegistryAuthError(RegistryError):
     status = 401

@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, BinaryIO
 import structlog
 
 from ..errors import DigestMismatch, InvalidRequest
+from . import stamps
 from .artifact import parse_manifest
 from .digest import is_digest
 from .layout import TMP_MARK, fsync_dir, os_error
 from .model import MIB, Model, ProgressEvent, ProgressFn
 
 if TYPE_CHECKING:
-    from .store import Store
+    from .local import LocalStore
 
 log = structlog.get_logger(__name__)
 BLOCK = 512
@@ -124,7 +125,7 @@ def _member_name(name: str) -> str | None:
 
 
 async def load_archive(
-    store: Store, stream: AsyncIterator[bytes], tag: str | None, progress: ProgressFn | None
+    store: LocalStore, stream: AsyncIterator[bytes], tag: str | None, progress: ProgressFn | None
 ) -> Model:
     src = _Bytes(stream)
     manifest: bytes | None = None
@@ -172,7 +173,7 @@ async def load_archive(
 
 
 async def _write_blob(
-    store: Store, digest: str, size: int, src: _Bytes, progress: ProgressFn | None
+    store: LocalStore, digest: str, size: int, src: _Bytes, progress: ProgressFn | None
 ) -> None:
     blobs_dir = store.layout.blobs_dir
     final = store.layout.blob(digest)
@@ -224,6 +225,7 @@ def _finish(f: BinaryIO, tmp: Path, final: Path) -> None:
         os.chmod(tmp, 0o644)
         os.replace(tmp, final)
         fsync_dir(final.parent)
+        stamps.record(final)
 
 
 def _discard(f: BinaryIO, tmp: str) -> None:

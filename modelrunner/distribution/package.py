@@ -20,6 +20,7 @@ import structlog
 
 from ..errors import InvalidRequest, ModelRunnerError
 from . import mediatypes as mt
+from . import stamps
 from .artifact import build_config, build_manifest, layer, parse_manifest
 from .digest import sha256_digest
 from .gguf import read_gguf, shard_paths
@@ -28,7 +29,7 @@ from .model import MIB, Model, ProgressEvent, ProgressFn
 from .reference import Reference
 
 if TYPE_CHECKING:
-    from .store import Store
+    from .local import LocalStore
 
 log = structlog.get_logger(__name__)
 COPY_CHUNK = 4 * MIB
@@ -59,6 +60,7 @@ def ingest_file(
             os.chmod(tmp, 0o644)
             os.replace(tmp, final)
             fsync_dir(blobs_dir)
+            stamps.record(final)
         return digest, size
     except BaseException:
         with contextlib.suppress(OSError):
@@ -84,7 +86,7 @@ def _files(
 
 
 async def package(
-    store: Store,
+    store: LocalStore,
     gguf: Path,
     ref: Reference,
     *,

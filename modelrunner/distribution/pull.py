@@ -30,6 +30,7 @@ from ..errors import (
     RegistryError,
     StoreError,
 )
+from . import stamps
 from .artifact import Descriptor, config_object, parse_manifest
 from .gguf import format_size
 from .layout import atomic_write, fsync_dir, os_error
@@ -37,7 +38,7 @@ from .model import MIB, Model, ProgressEvent, ProgressFn, ProgressMode
 from .reference import Reference
 
 if TYPE_CHECKING:
-    from .store import Store
+    from .local import LocalStore
 
 log = structlog.get_logger(__name__)
 BATCH = 4 * MIB
@@ -115,7 +116,7 @@ class Reporter:
 # -- pull --------------------------------------------------------------------------------------
 
 
-async def pull(store: Store, ref: Reference, progress: ProgressFn | None) -> Model:
+async def pull(store: LocalStore, ref: Reference, progress: ProgressFn | None) -> Model:
     """Pull *ref*; a second caller for the same reference joins the pull in progress."""
     key = ref.store_name
     task = store._pulls.get(key)
@@ -130,14 +131,14 @@ async def pull(store: Store, ref: Reference, progress: ProgressFn | None) -> Mod
     return model
 
 
-def _forget(store: Store, key: str, task: asyncio.Task[Model]) -> None:
+def _forget(store: LocalStore, key: str, task: asyncio.Task[Model]) -> None:
     if store._pulls.get(key) is task:
         del store._pulls[key]
     if not task.cancelled() and task.exception() is not None:
         log.info("store.pull_failed", ref=key, error=str(task.exception()))
 
 
-async def _pull(store: Store, ref: Reference, progress: ProgressFn | None) -> Model:
+async def _pull(store: LocalStore, ref: Reference, progress: ProgressFn | None) -> Model:
     async with store._pull_slots:
         client = store.registry()
         manifest = await client.get_manifest(ref.registry, ref.repository, ref.reference)
@@ -186,7 +187,7 @@ async def all_or_nothing(coros: list[Awaitable[None]]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _cached(store: Store, model_id: str) -> bool:
+async def _cached(store: LocalStore, model_id: str) -> bool:
     def check() -> bool:
         entry = store._index().find(model_id)
         if entry is None or not store.layout.manifest(model_id).exists():
@@ -196,7 +197,7 @@ async def _cached(store: Store, model_id: str) -> bool:
     return await asyncio.to_thread(check)
 
 
-async def _check_space(store: Store, descs: list[Descriptor]) -> None:
+async def _check_space(store: LocalStore, descs: list[Descriptor]) -> None:
     """Refuse a pull that cannot fit, before a byte is written (keeping ``min_free_bytes``)."""
     lay = store.layout
 
@@ -220,7 +221,7 @@ async def _check_space(store: Store, descs: list[Descriptor]) -> None:
         )
 
 
-async def _fetch_config(store: Store, ref: Reference, desc: Descriptor) -> None:
+async def _fetch_config(store: LocalStore, ref: Reference, desc: Descriptor) -> None:
     path = store.layout.blob(desc.digest)
     if await asyncio.to_thread(path.exists):
         return
@@ -325,7 +326,9 @@ def _close_partial(p: _Partial) -> None:
         p.f.close()
 
 
-async def fetch_blob(store: Store, ref: Reference, desc: Descriptor, reporter: Reporter) -> None:
+async def fetch_blob(
+    store: LocalStore, ref: Reference, desc: Descriptor, reporter: Reporter
+) -> None:
     """Make ``blobs/sha256/<hex>`` hold *desc*'s verified bytes (resuming, once per digest)."""
     lay = store.layout
     final, partial_path = lay.blob(desc.digest), lay.incomplete(desc.digest)
@@ -345,7 +348,7 @@ async def fetch_blob(store: Store, ref: Reference, desc: Descriptor, reporter: R
 
 
 async def _fill(
-    store: Store,
+    store: LocalStore,
     ref: Reference,
     desc: Descriptor,
     part: _Partial,
@@ -402,6 +405,7 @@ def _commit_blob(part: _Partial, partial_path: Path, final: Path) -> None:
     os.chmod(partial_path, 0o644)
     os.replace(partial_path, final)
     fsync_dir(final.parent)
+    stamps.record(final)
 
 
 def _unlink(path: Path) -> None:
@@ -410,7 +414,7 @@ def _unlink(path: Path) -> None:
 
 
 async def _stream_into(
-    store: Store, ref: Reference, desc: Descriptor, part: _Partial, reporter: Reporter
+    store: LocalStore, ref: Reference, desc: Descriptor, part: _Partial, reporter: Reporter
 ) -> None:
     """One GET from ``part.size`` on; batches hashed and written in a thread, overlapped."""
     client = store.registry()

@@ -418,7 +418,8 @@ class RegistryClient:
                 f"({resp.status} {detail}); {maybe}{self.auth.login_hint(registry)}"
             )
         raise RegistryError(
-            f"registry {registry} refused the {what} of {name}: {resp.status} {detail}".rstrip()
+            f"registry {registry} refused the {what} of {name}: {resp.status} {detail}".rstrip(),
+            code,
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -14,7 +15,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from modelrunner.config import StoreConfig
-from modelrunner.distribution import ProgressEvent, Store
+from modelrunner.distribution import ProgressEvent, Store, stamps
 from modelrunner.distribution import pull as pull_module
 from modelrunner.errors import (
     DigestMismatch,
@@ -454,3 +455,47 @@ async def test_push_refuses_a_corrupt_local_blob(registry, stores, tiny_gguf_fac
         await a.push(ref)
     with pytest.raises(ModelNotFound):
         await a.pull(ref)  # the manifest never reached the registry
+
+
+async def verified(path: Path) -> bool:
+    return await asyncio.to_thread(stamps.still_verified, path)
+
+
+async def test_push_of_a_stamped_blob_damaged_behind_its_stamp(registry, stores, tiny_gguf_factory):
+    """A blob still stamped as verified is sent unhashed; the registry's DIGEST_INVALID is
+    confirmed by a local hash and reported as a corrupt blob, and the stamp is dropped."""
+    a, _ = stores
+    ref = f"{registry.host}/ai/hidden-damage:v1"
+    made = await a.package(tiny_gguf_factory(seed=25), ref)
+    path = made.gguf_paths[0]
+    assert await verified(path)
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))  # same inode and size; the mtime is put back below
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert await verified(path)
+    with pytest.raises(DigestMismatch, match="corrupt; pull it again"):
+        await a.push(ref)
+    assert not await verified(path)
+    with pytest.raises(ModelNotFound):
+        await a.pull(ref)  # the manifest never reached the registry
+    with pytest.raises(DigestMismatch, match="corrupt"):
+        await a.push(ref)  # hashed this time, and refused before the registry's answer
+
+
+async def test_pulled_blobs_are_stamped_and_the_stamps_follow_them(
+    registry, stores, tiny_gguf_factory
+):
+    a, b = stores
+    ref = f"{registry.host}/ai/stamped:v1"
+    await publish(a, tiny_gguf_factory(seed=26), ref)
+    got = await b.pull(ref)
+    path = got.gguf_paths[0]
+    assert await verified(path)
+    other = f"{registry.host}/ai/stamped-again:v1"
+    await b.tag(ref, other)
+    await b.push(other)  # sent on the strength of the stamp; the registry took it
+    assert await verified(path)
+    await b.remove(got.id, force=True)
+    assert not await asyncio.to_thread(stamps.stamp_path(path).exists)
