@@ -9,6 +9,8 @@ import re
 import shlex
 import subprocess
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,13 +32,27 @@ def test_logs_runner_picks_the_mode_that_ran_and_takes_mode(
     assert curl(daemon, "POST", "/engines/_configure", flags) == (202, "")
     status, _ = curl(daemon, "POST", "/v1/embeddings", {"model": "test/emb", "input": "a"})
     assert status == 200
-    picked = ok("logs", "--runner", "test/emb", env=env)
+    picked = settled(lambda: ok("logs", "--runner", "test/emb", env=env))
     assert "--embeddings" in picked or "embedding" in picked
     assert ok("logs", "--runner", "test/emb", "--mode", "embedding", env=env) == picked
     fails("logs", "--runner", "test/emb", "--mode", "reranking", env=env, match="modes: embedding")
     bad = mr("logs", "--runner", "test/emb", "--mode", "chat", env=env)
     assert bad.returncode == 2
     assert "invalid choice: 'chat'" in bad.stderr
+
+
+def settled(read: Callable[[], str], timeout_s: float = 10.0) -> str:
+    """*read*'s output once two reads 0.3 s apart agree: the runner's output reaches its log
+    file in batches, so the last request's lines can land just after the answer did."""
+    deadline = time.monotonic() + timeout_s
+    last = read()
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = read()
+        if now == last:
+            return now
+        last = now
+    return last
 
 
 def service_lines() -> list[str]:
