@@ -7,8 +7,9 @@ Job: ``{"mode": "warm"|"stream"|"concurrent", "n": N, "seed": S, "targets": {key
 PATH | "tcp": [HOST, PORT], "prefix": "/engines", "model": NAME}}, "body_pad": BYTES}``.
 - warm: N non-streamed chats (``max_tokens`` 1) per target, interleaved request by request in a
   fresh seeded random order, on one kept-alive connection per target: each request's wall (s).
-- stream: N streams of 64 tokens (``ignore_eos``) per target, interleaved likewise, each on a
-  connection of its own (llama-server closes a streamed answer's connection): wall and tokens.
+- stream: N streams of 64 tokens (``ignore_eos``; ``"tokens": K`` for another length) per
+  target, interleaved likewise, each on a connection of its own (llama-server closes a streamed
+  answer's connection): wall and tokens.
 - concurrent: 16 threads, one stream each, per target in turn: total tokens/s, N times.
 """
 
@@ -116,7 +117,7 @@ def main() -> None:
                 out[k].append(warm(conns[k], targets[k], payloads[k], ok))
     elif job["mode"] == "stream":
         payloads = {
-            k: body(t, pad, max_tokens=TOKENS, stream=True, ignore_eos=True)
+            k: body(t, pad, max_tokens=job.get("tokens", TOKENS), stream=True, ignore_eos=True)
             for k, t in targets.items()
         }
         for _ in range(job["n"]):
