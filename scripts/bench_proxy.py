@@ -242,16 +242,6 @@ def p90(values: list[float]) -> float:
     return statistics.quantiles(values, n=10)[-1] * 1000
 
 
-def spread(t: Target, base: Target) -> str:
-    adds = [a - b for a, b in zip(t.round_warm_ms, base.round_warm_ms, strict=True)]
-    return f"{min(adds):+.2f} to {max(adds):+.2f}"
-
-
-def ratio_spread(t: Target, base: Target) -> str:
-    ratios = [a / b for a, b in zip(t.round_tps, base.round_tps, strict=True)]
-    return f"{min(ratios):.2f} to {max(ratios):.2f}"
-
-
 def med(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -262,6 +252,11 @@ def span(values: list[float], fmt: str = ".2f") -> str:
 
 def adds(row: list[float], base: list[float]) -> list[float]:
     return [a - b for a, b in zip(row, base, strict=True)]
+
+
+def ratios(row: list[float], base: list[float]) -> list[float]:
+    """Round by round: targets measured in one round share its load."""
+    return [a / b for a, b in zip(row, base, strict=True)]
 
 
 def report(rows: dict[str, Row], args: argparse.Namespace) -> str:
@@ -285,13 +280,12 @@ def report(rows: dict[str, Row], args: argparse.Namespace) -> str:
         table.append(
             f"| {r.name} | {med(r.warm_ms):.2f} | {med(added):+.2f} ({span(added)}) | "
             f"{med(r.big_ms):.2f} | {med(r.stream_ms):.1f} | {med(r.tps):.0f} | "
-            f"{med([a / b for a, b in zip(r.tps, direct.tps, strict=True)]):.3f} | {cpu} |"
+            f"{med(ratios(r.tps, direct.tps)):.3f} | {cpu} |"
         )
-    # Ratios are paired round by round (targets measured minutes apart in one round share its
-    # load), then the median of the rounds: the same statistic as the table's "vs direct".
-    half_req = med([a / b for a, b in zip(tcp.cpu_req_ms, rt.cpu_req_ms, strict=True)])
-    half_tok = med([a / b for a, b in zip(tcp.cpu_tok_us, rt.cpu_tok_us, strict=True)])
-    stream_ratios = [a / b for a, b in zip(tcp.tps, direct.tps, strict=True)]
+    # The checks take the median of each round's ratio, as the table's "vs direct" does.
+    half_req = med(ratios(tcp.cpu_req_ms, rt.cpu_req_ms))
+    half_tok = med(ratios(tcp.cpu_tok_us, rt.cpu_tok_us))
+    stream_ratios = ratios(tcp.tps, direct.tps)
     streams = med(stream_ratios)
     checks = [
         ("sanity: direct no slower than the daemon (else no figure here is believed)", sane),

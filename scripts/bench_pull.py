@@ -375,10 +375,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         push_rss: dict[str, list[int]] = {m: [] for m in modes}
         push_cpu: dict[str, list[float]] = {m: [] for m in modes}
         curl_pushes: list[float] = []
-        # One store, pulled once before any push is timed, for every store push: a pull just
-        # before a push (1 GiB written and synced) slowed the push that followed to ~0.65 of
-        # its rate whatever pushed next (a packaged model pushed after an unrelated pull was as
-        # slow), so the pushes, curl's among them, all start from the same quiet disk.
+        # One store, pulled before any push is timed, for every store push (why: report()).
         pushed_from = work / "push-store"
         if "store" in modes:
             run_child("pull", "store", server.host, digest, pushed_from, gguf)
