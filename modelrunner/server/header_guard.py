@@ -44,12 +44,18 @@ class Pending(Protocol):
 
 
 class HeaderGuard:
-    """The connections that have not finished their request headers, oldest first."""
+    """The connections that have not finished their request headers, oldest first.
+
+    One timer for all of them, set for the oldest deadline, rather than one set and cancelled
+    per connection: every connection is pending for a moment, and each timer was a tenth of a
+    short stream's fixed cost.  All deadlines are ``timeout_s`` after arming, so the table's
+    order (oldest first) is also the deadlines' order."""
 
     def __init__(self, *, timeout_s: float, max_pending: int) -> None:
         self.timeout_s = timeout_s
         self.max_pending = max(1, max_pending)
-        self._pending: dict[Pending, asyncio.TimerHandle | None] = {}
+        self._pending: dict[Pending, float] = {}  # -> its deadline (the loop's clock)
+        self._timer: asyncio.TimerHandle | None = None
         self.expired = 0  # dropped for taking longer than timeout_s
         self.evicted = 0  # dropped to make room for a newer connection
 
@@ -71,26 +77,43 @@ class HeaderGuard:
                 "too many connections are still sending their request headers "
                 "(server.max_pending_header_connections); this one was the slowest",
             )
-        timer = None
-        if self.timeout_s > 0:
-            loop = asyncio.get_running_loop()
-            timer = loop.call_later(self.timeout_s, self._expire, conn)
-        self._pending[conn] = timer
+        if self.timeout_s <= 0:
+            self._pending[conn] = float("inf")
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        self._pending[conn] = deadline
+        if self._timer is None:
+            self._timer = loop.call_at(deadline, self._expire_due)
 
     def disarm(self, conn: Pending) -> None:
-        """*conn*'s request head is complete (or the connection is gone)."""
-        timer = self._pending.pop(conn, None)
-        if timer is not None:
-            timer.cancel()
+        """*conn*'s request head is complete (or the connection is gone).  The timer stays:
+        when it fires it finds the next deadline, if any connection is still pending."""
+        self._pending.pop(conn, None)
 
-    def _expire(self, conn: Pending) -> None:
-        if conn not in self._pending:
-            return
-        self.expired += 1
-        self._drop(
-            conn,
-            f"request headers not received within {self.timeout_s:g}s (server.header_timeout_s)",
-        )
+    def close(self) -> None:
+        """Stop the timer (the listeners are closing)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire_due(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for conn, deadline in list(self._pending.items()):
+            if conn not in self._pending:
+                continue  # dropped meanwhile (a refusal closes, and closing disarms)
+            if deadline > now:
+                if deadline != float("inf"):
+                    self._timer = loop.call_at(deadline, self._expire_due)
+                return
+            self.expired += 1
+            self._drop(
+                conn,
+                f"request headers not received within {self.timeout_s:g}s "
+                "(server.header_timeout_s)",
+            )
 
     def _drop(self, conn: Pending, message: str) -> None:
         self.disarm(conn)
@@ -201,6 +224,10 @@ class GuardedAppRunner(AppRunner):
     ) -> None:
         super().__init__(app, **kwargs)
         self.header_guard = HeaderGuard(timeout_s=header_timeout_s, max_pending=max_pending)
+
+    async def cleanup(self) -> None:
+        await super().cleanup()
+        self.header_guard.close()
 
     async def _make_server(self) -> Server:
         server = await super()._make_server()

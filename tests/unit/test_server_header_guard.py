@@ -12,9 +12,11 @@ class Conn:
         self.name = name
         self.refused: list[str] = []
         self.dropped = asyncio.Event()
+        self.at = 0.0
 
     def refuse(self, message: str) -> None:
         self.refused.append(message)
+        self.at = asyncio.get_running_loop().time()
         self.dropped.set()
 
 
@@ -65,3 +67,26 @@ def test_refusal_is_a_whole_http_answer_in_the_management_shape() -> None:
     assert b"Connection: close" in head
     assert f"Content-Length: {len(body)}".encode() in head
     assert body == b'{"error": "too slow"}'
+
+
+async def test_each_connection_gets_its_own_deadline_from_the_one_timer() -> None:
+    """The timer set for the first connection, which finished, does not cut a later one short:
+    each is dropped no earlier than timeout_s after it was armed, and only the slow ones."""
+    loop = asyncio.get_running_loop()
+    guard = HeaderGuard(timeout_s=0.2, max_pending=10)
+    a, b, c = Conn("a"), Conn("b"), Conn("c")
+    guard.arm(a)
+    await asyncio.sleep(0.1)
+    armed_b = loop.time()
+    guard.arm(b)
+    guard.arm(c)
+    guard.disarm(a)
+    guard.disarm(c)
+    async with asyncio.timeout(10):
+        await b.dropped.wait()
+    assert b.at >= armed_b + 0.2
+    assert not a.refused
+    assert not c.refused
+    assert guard.expired == 1
+    assert len(guard) == 0
+    guard.close()
