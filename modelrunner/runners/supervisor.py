@@ -227,9 +227,7 @@ class Supervisor:
     def _take(self, runner: Runner) -> Runner:
         runner.in_flight += 1
         runner.last_used = time.monotonic()
-        if runner.idle_handle is not None:
-            runner.idle_handle.cancel()
-            runner.idle_handle = None
+        runner.idle.clear()
         runner.expires_at = None
         return runner
 
@@ -494,9 +492,7 @@ class Supervisor:
         self.stats.crashes += 1
         if self._runners.get(runner.key) is runner:
             del self._runners[runner.key]
-        if runner.idle_handle is not None:
-            runner.idle_handle.cancel()
-            runner.idle_handle = None
+        runner.idle.cancel()
         ready_for = time.monotonic() - (runner.ready_at or 0.0)
         recent = ready_for < self._config.crash_backoff_max_s
         self._failures[runner.key] = (self._failures.get(runner.key, 0) if recent else 0) + 1
@@ -545,9 +541,6 @@ class Supervisor:
             if runner.reload:
                 self._own(self._load_after(stop, runner.key), f"reload {runner.model_id}")
             return
-        if runner.idle_handle is not None:
-            runner.idle_handle.cancel()
-            runner.idle_handle = None
         ttl = policy.effective_ttl(
             request_keep_alive_s=runner.keep_alive_s,
             model_idle_ttl_s=runner.model.settings.idle_ttl_s,
@@ -556,16 +549,15 @@ class Supervisor:
         )
         runner.expires_at = None
         if ttl is None:
+            runner.idle.cancel()
             return
         if ttl == 0:
             self._stop(runner, "keep_alive")
             return
         runner.expires_at = time.time() + ttl
-        loop = asyncio.get_running_loop()
-        runner.idle_handle = loop.call_later(ttl, self._idle_expired, runner)
+        runner.idle.set(ttl, self._idle_expired, runner)
 
     def _idle_expired(self, runner: Runner) -> None:
-        runner.idle_handle = None
         if (
             self._runners.get(runner.key) is runner
             and runner.state is RunnerState.READY
@@ -580,7 +572,7 @@ class Supervisor:
             runner is not None
             and runner.state is RunnerState.READY
             and runner.in_flight == 0
-            and runner.idle_handle is None
+            and not runner.idle.armed
             and not self._closed
         ):
             self._arm_idle(runner)
@@ -591,9 +583,7 @@ class Supervisor:
             return runner.stop_task
         save = runner.state is RunnerState.READY  # a planned stop of a ready runner, not a crash
         runner.move(Event.STOP)
-        if runner.idle_handle is not None:
-            runner.idle_handle.cancel()
-            runner.idle_handle = None
+        runner.idle.cancel()
         if self._runners.get(runner.key) is runner:
             del self._runners[runner.key]
         if reason in ("lru", "memory"):

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict
@@ -328,19 +329,27 @@ def _member(data: bytes, key: bytes) -> Any:
     return value
 
 
+PARSE_WHOLE_MAX = 64 * 1024  # answers up to this are parsed whole (orjson), longer ones not
+
+
 def _usage(data: bytes) -> dict[str, Any] | None:
     """Token counts of one answer: OpenAI's ``usage``, else llama-server's ``timings`` (streamed
-    answers carry only those unless the client asked for ``stream_options.include_usage``)."""
-    usage = _member(data, b'"usage"')
-    if isinstance(usage, dict):
-        return {**usage, "usage": True}
-    timings = _member(data, b'"timings"')
-    if isinstance(timings, dict):
-        return _from_timings(timings)
-    try:
-        value = json.loads(data)
-    except ValueError:
-        return None
+    answers carry only those unless the client asked for ``stream_options.include_usage``).
+    A short answer is parsed whole, which orjson does faster than the stdlib reads the one
+    member; a long one's text is most of its bytes, so only the member is parsed."""
+    if len(data) <= PARSE_WHOLE_MAX:
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            value = _stdlib_loads(data)  # json reads a little more (NaN, big integers)
+    else:
+        usage = _member(data, b'"usage"')
+        if isinstance(usage, dict):
+            return {**usage, "usage": True}
+        timings = _member(data, b'"timings"')
+        if isinstance(timings, dict):
+            return _from_timings(timings)
+        value = _stdlib_loads(data)
     if not isinstance(value, dict):
         return None
     usage = value.get("usage")
@@ -348,6 +357,13 @@ def _usage(data: bytes) -> dict[str, Any] | None:
         return {**usage, "usage": True}
     timings = value.get("timings")
     return _from_timings(timings) if isinstance(timings, dict) else None
+
+
+def _stdlib_loads(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _from_timings(timings: dict[str, Any]) -> dict[str, Any]:

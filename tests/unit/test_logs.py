@@ -34,3 +34,27 @@ def test_console_on_a_terminal() -> None:
     text = out.getvalue()
     assert "pull.progress" in text
     assert not text.lstrip().startswith("{")
+
+
+def test_the_access_line_is_a_json_line_with_an_iso_utc_timestamp() -> None:
+    """info_line's own renderer: the fields, event, level and a structlog-style timestamp."""
+    import datetime
+
+    out = io.StringIO()
+    logs.configure("info", stream=out)
+    before = datetime.datetime.now(datetime.UTC)
+    logs.info_line("http.request", method="POST", path="/v1/chat/completions", status=200)
+    logs.flush_lines()
+    record = json.loads(out.getvalue().strip())
+    assert record == {
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "status": 200,
+        "event": "http.request",
+        "level": "info",
+        "timestamp": record["timestamp"],
+    }
+    stamp = record["timestamp"]
+    assert stamp.endswith("Z")
+    when = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    assert abs((when - before).total_seconds()) < 60
