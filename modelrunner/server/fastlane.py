@@ -319,7 +319,8 @@ class Exchange:
         forwarded.started_status = status
         forwarded.started_type = ctype
         forwarded.streaming = True
-        self._conn.write(fasthttp.answer_head(self._start, length=None, close=self._head.close))
+        # Written with the read's first chunks (flush, at the end of the same read): one write.
+        self._out.append(fasthttp.answer_head(self._start, length=None, close=self._head.close))
 
     def body(self, data: bytes) -> None:
         whole = self._whole
