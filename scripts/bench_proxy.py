@@ -335,11 +335,8 @@ target).  Warm: non-streamed chat, `max_tokens` 1, {requests} per target per rou
 request by request across targets in a fresh seeded random order; 256 KB body: the same with a
 long conversation, a tenth as many.  Proxy CPU: the kernel's accounting of the proxy's process
 (psutil `cpu_times`, user + system; the daemon's, or router mode's parent, not its child) across
-a job of {requests} requests to each proxy with a process of its own, interleaved request by
-request (so the shared machine's drift over the job hits all of them alike; the unix row, whose
-process is the tcp row's, has a job of its own after), divided by their count; per streamed
-token: across {streams} streams of 64 tokens (`ignore_eos`) each, interleaved likewise, divided
-by the tokens.  16 streams: 16 concurrent 64-token
+each target's requests run alone, divided by their count; per streamed token: across {streams}
+streams of 64 tokens (`ignore_eos`), divided by the tokens.  16 streams: 16 concurrent 64-token
 streams, 5 times per target per round.  Figures are the median of the rounds' medians, (the
 rounds' spread) in brackets."""
 
@@ -386,21 +383,13 @@ class Row:
     cpu_tok_us: list[float] = field(default_factory=list)
 
 
-async def measured(rows: dict[str, Row], job: dict[str, Any]) -> dict[str, tuple[list[Any], float]]:
-    """A job interleaved across *rows*, and the CPU each one's proxy spent meanwhile (s; 0 for
-    direct): the shared machine's drift over the job hits every target alike."""
-    pids = {k: r.pid for k, r in rows.items() if r.pid}
-    assert len(set(pids.values())) == len(pids), (
-        "rows measured together need processes of their own"
-    )
-    before = {k: cpu_s(pid) for k, pid in pids.items()}
-    out = await client({**job, "targets": {k: r.spec for k, r in rows.items()}})
-    after = {k: cpu_s(pid) for k, pid in pids.items()}
-    return {k: (out[k], after[k] - before[k] if k in pids else 0.0) for k in rows}
-
-
-# Its process is the tcp row's: measured on its own, after the others.
-SHARES_A_PROCESS = "daemon-unix"
+async def measured(row: Row, job: dict[str, Any], key: str) -> tuple[list[Any], float]:
+    """A job on one target alone, and the CPU its proxy spent meanwhile (s)."""
+    before = cpu_s(row.pid) if row.pid else 0.0
+    out = await client({**job, "targets": {key: row.spec}})
+    spent = (cpu_s(row.pid) - before) if row.pid else 0.0
+    values: list[Any] = out[key]
+    return values, spent
 
 
 async def one_round(rows: dict[str, Row], args: argparse.Namespace, i: int) -> None:
@@ -414,21 +403,18 @@ async def one_round(rows: dict[str, Row], args: argparse.Namespace, i: int) -> N
     )
     for k, r in rows.items():
         r.big_ms.append(ms(walls[k]))
-    together = {k: r for k, r in rows.items() if k != SHARES_A_PROCESS}
-    for group in (together, {SHARES_A_PROCESS: rows[SHARES_A_PROCESS]}):
-        proxied = [k for k in group if rows[k].pid]
-        job = {"mode": "warm", "n": args.requests, "seed": i}
-        got = await measured(group, job)
-        for k in proxied:
-            rows[k].cpu_req_ms.append(got[k][1] / args.requests * 1000)
-        got = await measured(group, {**job, "n": big, "body_pad": BIG_BODY})
-        for k in proxied:
-            rows[k].cpu_big_ms.append(got[k][1] / big * 1000)
-        got = await measured(group, {"mode": "stream", "n": args.streams, "seed": i})
-        for k, (streams, spent) in got.items():
-            rows[k].stream_ms.append(ms([w for w, _ in streams]))
-            if rows[k].pid:
-                rows[k].cpu_tok_us.append(spent / sum(n for _, n in streams) * 1e6)
+    order = list(rows)
+    random.Random(i).shuffle(order)  # noqa: S311 (an order, not a secret)
+    for k in order:
+        r = rows[k]
+        _, spent = await measured(r, {"mode": "warm", "n": args.requests}, k)
+        r.cpu_req_ms.append(spent / args.requests * 1000)
+        _, spent = await measured(r, {"mode": "warm", "n": big, "body_pad": BIG_BODY}, k)
+        r.cpu_big_ms.append(spent / big * 1000)
+        streams, spent = await measured(r, {"mode": "stream", "n": args.streams}, k)
+        tokens = sum(n for _, n in streams)
+        r.stream_ms.append(ms([w for w, _ in streams]))
+        r.cpu_tok_us.append(spent / tokens * 1e6)
     tps = await client({"mode": "concurrent", "n": STREAM_REPEATS, "seed": i, "targets": specs})
     for k, r in rows.items():
         r.tps.append(statistics.median(tps[k]))
