@@ -8,7 +8,9 @@ nothing of routes beyond the label it is handed.
 
 from __future__ import annotations
 
+import bisect
 import collections
+import itertools
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -30,17 +32,23 @@ def _labels(**labels: Any) -> str:
 
 
 class Histogram:
+    """Prometheus' cumulative buckets, kept per bucket: an observation (one per request) is a
+    bisection and one increment, not a pass over every bucket."""
+
     def __init__(self) -> None:
-        self.counts = [0] * len(BUCKETS)
+        self._within = [0] * (len(BUCKETS) + 1)  # [i]: observations in (BUCKETS[i-1], BUCKETS[i]]
         self.total = 0
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
         self.total += 1
         self.sum += value
-        for i, bound in enumerate(BUCKETS):
-            if value <= bound:
-                self.counts[i] += 1
+        self._within[bisect.bisect_left(BUCKETS, value)] += 1
+
+    @property
+    def counts(self) -> list[int]:
+        """Observations <= each of BUCKETS (cumulative, as Prometheus' ``le`` buckets)."""
+        return list(itertools.accumulate(self._within[: len(BUCKETS)]))
 
 
 class Metrics:
