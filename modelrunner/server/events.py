@@ -79,12 +79,12 @@ class EventBus:
         )
 
     def request_started(self, model: str) -> None:
-        c = self.counters.setdefault(model, Counters())
+        c = self.counters.get(model) or self.counters.setdefault(model, Counters())
         c.in_flight += 1
         self._counters(model, c)
 
     def request_finished(self, model: str, *, failed: bool) -> None:
-        c = self.counters.setdefault(model, Counters())
+        c = self.counters.get(model) or self.counters.setdefault(model, Counters())
         c.in_flight = max(0, c.in_flight - 1)
         c.total += 1
         c.errors += failed

@@ -147,7 +147,7 @@ def _fold_anthropic(message: dict[str, Any], chunk: dict[str, Any], content: lis
             message["usage"] = chunk["usage"]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Record:
     """One request and what came back, held raw until somebody reads it."""
 
