@@ -155,6 +155,16 @@ class Supervisor:
         """
         return Acquired(self, (model_id, mode), keep_alive_s)
 
+    def _admit_now(self, key: Key) -> Runner | None:
+        """The common case of ``_admit`` without its coroutines: started, open, and the key's
+        runner ready with room (else None: ``_admit`` decides)."""
+        if not self._started or self._closed:
+            return None
+        runner = self._ready(key)
+        if runner is None or runner.in_flight >= self._config.max_in_flight:
+            return None
+        return self._take(runner)
+
     async def _admit(self, key: Key) -> Runner:
         self._check_open()
         await self.start()
@@ -824,7 +834,8 @@ class Acquired:
         self._runner: Runner | None = None
 
     async def __aenter__(self) -> Runner:
-        runner = await self._supervisor._admit(self._key)
+        supervisor = self._supervisor
+        runner = supervisor._admit_now(self._key) or await supervisor._admit(self._key)
         runner.keep_alive_s = self._keep_alive_s  # Ollama: each request's keep_alive wins
         self._runner = runner
         return runner

@@ -89,15 +89,19 @@ class Catalog:
             raise InvalidRequest("a model reference (a non-empty string) is required")
         if "\x00" in ref or len(ref) > 1024:
             raise InvalidRequest(f"invalid model reference {ref[:80]!r}")
-        now = time.monotonic()
-        hit = self._hits.get(ref)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        model = self.cached(ref)
+        if model is not None:
+            return model
         model = await self.store.get(ref)
         if len(self._hits) >= LOOKUP_CACHE_MAX:
             self._hits.clear()
-        self._hits[ref] = (now + LOOKUP_TTL_S, model)
+        self._hits[ref] = (time.monotonic() + LOOKUP_TTL_S, model)
         return model
+
+    def cached(self, ref: Any) -> Model | None:
+        """A model that *ref* found less than LOOKUP_TTL_S ago (no coroutine: the hot path)."""
+        hit = self._hits.get(ref) if isinstance(ref, str) else None
+        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
 
     def file_settings(self, model: Model) -> ModelSettings:
         """The config file's ``models:`` entry that names this model (by tag or id)."""

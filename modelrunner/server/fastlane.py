@@ -149,7 +149,9 @@ class FastLane:
         if task is not None:
             state.drain.enter(task)
         try:
-            body = await conn.body(head.length, state.config.server.body_timeout_s)
+            body = conn.take_body(head.length)  # whole in the first read, as a rule
+            if body is None:
+                body = await conn.body(head.length, state.config.server.body_timeout_s)
             got = await read_inference(state, body, route.mode, head.headers)
             exchange.stream = got.stream
             exchange.request_body = body
@@ -490,6 +492,17 @@ class FrontConnection(asyncio.Protocol):
         self._close_after = head.close
         self._task = task = self._lane.loop.create_task(self._lane.serve(self, head, route))
         task.add_done_callback(self._served)
+
+    def take_body(self, length: int) -> bytes | None:
+        """The request's body of *length* bytes if it has all arrived, else None."""
+        buf = self._buf
+        if len(buf) < length:
+            return None
+        if len(buf) == length:
+            self._buf = b""
+            return buf
+        self._buf = buf[length:]
+        return buf[:length]
 
     async def body(self, length: int, timeout_s: float) -> bytes:
         """The request's body of *length* bytes, within *timeout_s* (0: no limit)."""

@@ -146,7 +146,8 @@ async def read_inference(
     payload = parse_json_object(body)
     if "model" not in payload:
         raise InvalidRequest("request body has no 'model' field")
-    model = await state.catalog.lookup(payload["model"])
+    ref = payload["model"]
+    model = state.catalog.cached(ref) or await state.catalog.lookup(ref)
     check_client_errors(payload, mode, has_projector=model.mmproj_path is not None)
     return Inference(
         model,
