@@ -495,14 +495,11 @@ class FrontConnection(asyncio.Protocol):
 
     def take_body(self, length: int) -> bytes | None:
         """The request's body of *length* bytes if it has all arrived, else None."""
-        buf = self._buf
-        if len(buf) < length:
-            return None
-        if len(buf) == length:
-            self._buf = b""
-            return buf
-        self._buf = buf[length:]
-        return buf[:length]
+        return self._split(length) if len(self._buf) >= length else None
+
+    def _split(self, length: int) -> bytes:
+        body, self._buf = self._buf[:length], self._buf[length:]  # a whole buffer: not copied
+        return body
 
     async def body(self, length: int, timeout_s: float) -> bytes:
         """The request's body of *length* bytes, within *timeout_s* (0: no limit)."""
@@ -520,8 +517,7 @@ class FrontConnection(asyncio.Protocol):
             finally:
                 self._need = 0
                 self._body_wait = None
-        body, self._buf = self._buf[:length], self._buf[length:]
-        return body
+        return self._split(length)
 
     def _served(self, task: asyncio.Task[None]) -> None:
         self._task = None

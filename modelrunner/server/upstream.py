@@ -243,8 +243,8 @@ class RunnerConnection(asyncio.Protocol):
             payloads.append(data[eol + 2 : stop])
             pos = stop + 2
         if pos:
-            sink.body(payloads[0] if len(payloads) == 1 else b"".join(payloads))
-            sink.frames(data if pos == end else data[:pos])
+            sink.body(b"".join(payloads))  # one payload (or all of data) is not copied
+            sink.frames(data[:pos])
         return pos
 
     def _chunks(self, data: bytes) -> None:
