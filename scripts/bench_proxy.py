@@ -307,7 +307,9 @@ def report(rows: dict[str, Row], args: argparse.Namespace) -> str:
         ),
     ]
     lines = [
-        INTRO.format(requests=args.requests, rounds=args.rounds, streams=args.streams),
+        INTRO.format(
+            requests=args.requests, rounds=args.rounds, streams=args.streams, blocks=args.blocks
+        ),
         "",
         *table,
         "",
@@ -318,7 +320,7 @@ def report(rows: dict[str, Row], args: argparse.Namespace) -> str:
         "",
         "```",
         f".venv/bin/python scripts/bench_proxy.py --requests {args.requests} "
-        f"--rounds {args.rounds} --streams {args.streams} --write",
+        f"--rounds {args.rounds} --streams {args.streams} --blocks {args.blocks} --write",
         "```",
     ]
     return "\n".join(lines)
@@ -329,16 +331,17 @@ The daemon's proxy on a warm model (tiny llama, 0.5 MB) vs the same llama-server
 directly on its Unix socket, and vs llama.cpp's router mode (`llama-server --models-dir DIR
 --models-max 1`, warm) as the peer, side by side in one run of {rounds} rounds; "fast lane off" is
 a second daemon with `server.fast_lane: false` (every request through aiohttp, as before the fast
-lane), with a runner of its own on the same model.  The clients run in
-processes of their own (`scripts/bench_client.py`, http.client, one kept-alive connection per
-target).  Warm: non-streamed chat, `max_tokens` 1, {requests} per target per round, interleaved
-request by request across targets in a fresh seeded random order; 256 KB body: the same with a
-long conversation, a tenth as many.  Proxy CPU: the kernel's accounting of the proxy's process
+lane), with a runner of its own on the same model.  The clients run in processes of their own
+(`scripts/bench_client.py`, http.client, one kept-alive connection per target).  Warm:
+non-streamed chat, `max_tokens` 1, {requests} per target per round, interleaved request by
+request across targets in a fresh seeded random order; 256 KB body: the same with a long
+conversation, a tenth as many.  Proxy CPU: the kernel's accounting of the proxy's process
 (psutil `cpu_times`, user + system; the daemon's, or router mode's parent, not its child) across
-each target's requests run alone, divided by their count; per streamed token: across {streams}
-streams of 64 tokens (`ignore_eos`), divided by the tokens.  16 streams: 16 concurrent 64-token
-streams, 5 times per target per round.  Figures are the median of the rounds' medians, (the
-rounds' spread) in brackets."""
+each target's requests run alone, divided by their count, in {blocks} blocks per round
+alternated between the targets in a fresh seeded order (the machine's drift falls on all alike);
+per streamed token: across {streams} streams of 64 tokens (`ignore_eos`), divided by the tokens.
+16 streams: 16 concurrent 64-token streams, 5 times per target per round.  Figures are the
+median of the rounds' medians, (the rounds' spread) in brackets."""
 
 
 CLIENT = ROOT / "scripts" / "bench_client.py"
@@ -403,18 +406,36 @@ async def one_round(rows: dict[str, Row], args: argparse.Namespace, i: int) -> N
     )
     for k, r in rows.items():
         r.big_ms.append(ms(walls[k]))
+    # Each target's CPU jobs in blocks, the targets alternated block by block (a fresh seeded
+    # order each block): the machine's drift over a round then falls on every target alike,
+    # while each block of requests still runs on one target alone (warm caches, as in use).
+    blocks = max(1, args.blocks)
+    big_n = max(big // blocks, 1)
+    kinds: list[tuple[str, dict[str, Any]]] = [
+        ("warm", {"mode": "warm", "n": max(args.requests // blocks, 1)}),
+        ("big", {"mode": "warm", "n": big_n, "body_pad": BIG_BODY}),
+        ("stream", {"mode": "stream", "n": max(args.streams // blocks, 1)}),
+    ]
+    spent: dict[tuple[str, str], float] = {}
+    count: dict[tuple[str, str], int] = {}
+    walls: dict[str, list[float]] = {k: [] for k in rows}
+    rng = random.Random(i)  # noqa: S311 (an order, not a secret)
     order = list(rows)
-    random.Random(i).shuffle(order)  # noqa: S311 (an order, not a secret)
-    for k in order:
-        r = rows[k]
-        _, spent = await measured(r, {"mode": "warm", "n": args.requests}, k)
-        r.cpu_req_ms.append(spent / args.requests * 1000)
-        _, spent = await measured(r, {"mode": "warm", "n": big, "body_pad": BIG_BODY}, k)
-        r.cpu_big_ms.append(spent / big * 1000)
-        streams, spent = await measured(r, {"mode": "stream", "n": args.streams}, k)
-        tokens = sum(n for _, n in streams)
-        r.stream_ms.append(ms([w for w, _ in streams]))
-        r.cpu_tok_us.append(spent / tokens * 1e6)
+    for _ in range(blocks):
+        for kind, job in kinds:
+            rng.shuffle(order)
+            for k in order:
+                values, cpu = await measured(rows[k], job, k)
+                n = sum(tokens for _, tokens in values) if kind == "stream" else job["n"]
+                spent[k, kind] = spent.get((k, kind), 0.0) + cpu
+                count[k, kind] = count.get((k, kind), 0) + n
+                if kind == "stream":
+                    walls[k] += [w for w, _ in values]
+    for k, r in rows.items():
+        r.cpu_req_ms.append(spent[k, "warm"] / count[k, "warm"] * 1000)
+        r.cpu_big_ms.append(spent[k, "big"] / count[k, "big"] * 1000)
+        r.cpu_tok_us.append(spent[k, "stream"] / count[k, "stream"] * 1e6)
+        r.stream_ms.append(ms(walls[k]))
     tps = await client({"mode": "concurrent", "n": STREAM_REPEATS, "seed": i, "targets": specs})
     for k, r in rows.items():
         r.tps.append(statistics.median(tps[k]))
@@ -497,6 +518,9 @@ def cli(
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--streams", type=int, default=20, help="64-token streams per round")
+    parser.add_argument(
+        "--blocks", type=int, default=5, help="CPU jobs per target per round, alternated"
+    )
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
     body = asyncio.run(run(args))

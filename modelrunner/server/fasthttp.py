@@ -96,7 +96,8 @@ class Head:
 class ByRestOfHead(Generic[T]):
     """Heads parsed once, then looked up by their bytes without the ``Content-Length`` value:
     a client sends the same head again and again but for its length, and so does
-    llama-server (the same bytes, so the same parse).  Bounded; a full cache starts over."""
+    llama-server (the same bytes, so the same parse; a streamed answer's head, which has no
+    length, by all its bytes).  Bounded; a full cache starts over."""
 
     _MARK = b"\r\nContent-Length: "
 
@@ -110,11 +111,12 @@ class ByRestOfHead(Generic[T]):
         self._with_length = with_length
         self._limit = limit
         self._known: dict[bytes, T] = {}
+        self._whole: dict[bytes, T] = {}  # heads without a length, by all their bytes
 
     def __call__(self, raw: bytes) -> T | None:
         at = raw.find(self._MARK)
         if at < 0:
-            return self._parse(raw)
+            return self._unframed(raw)
         end = raw.find(b"\r\n", at + 2)
         end = len(raw) if end < 0 else end
         digits = raw[at + len(self._MARK) : end]
@@ -122,11 +124,19 @@ class ByRestOfHead(Generic[T]):
         known = self._known.get(key)
         if known is not None and digits.isdigit():
             return self._with_length(known, int(digits))
+        return self._remember(self._known, key, raw)
+
+    def _unframed(self, raw: bytes) -> T | None:
+        """A head without ``Content-Length`` (a streamed answer's): known by all its bytes."""
+        known = self._whole.get(raw)
+        return known if known is not None else self._remember(self._whole, raw, raw)
+
+    def _remember(self, known: dict[bytes, T], key: bytes, raw: bytes) -> T | None:
         parsed = self._parse(raw)
         if parsed is not None:
-            if len(self._known) >= self._limit:
-                self._known.clear()
-            self._known[key] = parsed
+            if len(known) >= self._limit:
+                known.clear()
+            known[key] = parsed
         return parsed
 
 

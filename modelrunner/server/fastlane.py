@@ -31,7 +31,7 @@ import structlog
 from aiohttp.web_server import Server
 
 from modelrunner.errors import ModelRunnerError
-from modelrunner.logs import info_line
+from modelrunner.logs import access_line
 from modelrunner.runners.model import Mode
 from modelrunner.server import fasthttp, inference
 from modelrunner.server.auth import key_in
@@ -184,13 +184,7 @@ class FastLane:
                 state.drain.leave(task)
             elapsed = time.perf_counter() - started
             state.metrics.observe_request("POST", route.canonical, status, elapsed)
-            info_line(  # the access log: its cheap renderer
-                "http.request",
-                method="POST",
-                path=head.path,
-                status=status,
-                duration_ms=round(elapsed * 1000, 2),
-            )
+            access_line("POST", head.path, status, round(elapsed * 1000, 2))
 
 
 _STARTS: dict[tuple[int, tuple[tuple[str, str], ...], bool], tuple[bytes, str]] = {}

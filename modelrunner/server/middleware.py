@@ -24,7 +24,7 @@ import structlog
 from aiohttp import web
 
 from modelrunner.errors import InvalidRequest, ModelRunnerError, PayloadTooLarge
-from modelrunner.logs import info_line
+from modelrunner.logs import access_line
 
 log = structlog.get_logger(__name__)
 
@@ -199,13 +199,7 @@ def make_error_middleware(observe: Observer | None = None) -> Any:
             elapsed = time.perf_counter() - started
             if observe is not None:
                 observe(request, status, elapsed)
-            info_line(  # the access log: its cheap renderer
-                "http.request",
-                method=request.method,
-                path=request.path,
-                status=status,
-                duration_ms=round(elapsed * 1000, 2),
-            )
+            access_line(request.method, request.path, status, round(elapsed * 1000, 2))
 
     return errors_and_access_log
 

@@ -222,29 +222,27 @@ class RunnerConnection(asyncio.Protocol):
     def _whole_chunks(self, data: bytes) -> int:
         """The common case, fast: complete chunks, their payloads to ``body`` in one piece and
         their framing relayed as it came (``frames``): a read of several tokens costs the sink
-        two calls, not two per token.  Returns where it stopped (a partial chunk, the last
-        chunk, or anything unusual: ``_chunks`` takes over from there)."""
+        two calls, not two per token.  One ``split`` finds them all: a chunk whose size line is
+        not its payload's length in lower-case hex without leading zeros (the way llama-server
+        frames), or whose payload holds a CRLF, ends it.  Returns where it stopped (a partial
+        chunk, the last chunk, or anything unusual: ``_chunks`` takes over from there)."""
         sink = self.sink
         if sink is None:
             return 0
-        find = data.find
-        match = _HEX.fullmatch
-        payloads: list[bytes] = []
-        pos = 0
-        end = len(data)
-        while True:
-            eol = find(b"\r\n", pos)
-            if eol < 0 or not match(data, pos, eol):
+        parts = data.split(b"\r\n")
+        limit = (len(parts) - 1) // 2  # (size, payload) pairs followed by a CRLF
+        k = 0
+        while k < limit:
+            payload = parts[2 * k + 1]
+            if not payload or parts[2 * k] != b"%x" % len(payload):
                 break
-            size = int(data[pos:eol], 16)
-            stop = eol + 2 + size
-            if size == 0 or stop + 2 > end or data[stop : stop + 2] != b"\r\n":
-                break
-            payloads.append(data[eol + 2 : stop])
-            pos = stop + 2
-        if pos:
-            sink.body(b"".join(payloads))  # one payload (or all of data) is not copied
-            sink.frames(data[:pos])
+            k += 1
+        if not k:
+            return 0
+        done = parts[: 2 * k]
+        pos = sum(map(len, done)) + 4 * k
+        sink.body(b"".join(done[1::2]))
+        sink.frames(data[:pos])
         return pos
 
     def _chunks(self, data: bytes) -> None:

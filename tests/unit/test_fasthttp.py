@@ -41,6 +41,23 @@ def test_a_known_head_with_another_length_is_looked_up_not_reparsed() -> None:
     assert fasthttp.parse_head(HEAD.replace(b"Content-Length: 120", b"Content-Length: x")) is None
 
 
+def test_a_streamed_answers_head_without_a_length_is_parsed_once() -> None:
+    """llama-server's SSE head has no Content-Length: known by all its bytes, and never taken
+    for a head that had one (whose length would then be wrong)."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked"
+    first = upstream.answer_head(head)
+    assert upstream.answer_head(head) is first
+    assert not isinstance(first, str)
+    assert (first[2], first[3]) == (None, True)
+    plain = b"HTTP/1.1 200 OK\r\nContent-Type: application/json"
+    sized = upstream.answer_head(plain + b"\r\nContent-Length: 9")
+    unsized = upstream.answer_head(plain)
+    assert not isinstance(sized, str)
+    assert not isinstance(unsized, str)
+    assert (sized[2], unsized[2]) == (9, None)
+    assert upstream.answer_head(plain + b"\r\nContent-Length: 4")[2] == 4  # type: ignore[index]
+
+
 @pytest.mark.parametrize(
     "change",
     [
@@ -158,6 +175,29 @@ def test_a_chunked_answer_parses_the_same_in_any_split(step: int) -> None:
     assert (sink.status, sink.chunked) == (200, True)
     assert b"".join(sink.body_parts) == b"".join(SSE)
     assert unchunk(sink.framed) == b"".join(SSE)  # what the client gets is valid chunking
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"%X\r\n%b\r\n",  # upper-case hex
+        b"00%x\r\n%b\r\n",  # leading zeros
+        b"%x;name=value\r\n%b\r\n",  # a chunk extension
+    ],
+)
+@pytest.mark.parametrize("step", [1, 3, 10_000])
+def test_chunks_framed_unlike_llama_server_parse_the_same(framing: bytes, step: int) -> None:
+    """The quick path takes only llama-server's own framing; the general parser the rest."""
+    events = [b'data: {"text": "a\r\nb"}\n\n', b"x" * 300, *SSE]  # a CRLF inside a payload
+    answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked"
+        b"\r\n\r\n" + b"".join(framing % (len(e), e) for e in events) + b"0\r\n\r\n"
+    )
+    sink = feed(answer, step)
+    assert sink.ended
+    assert sink.error is None
+    assert b"".join(sink.body_parts) == b"".join(events)
+    assert unchunk(sink.framed.replace(b";name=value", b"")) == b"".join(events)
 
 
 @pytest.mark.parametrize("step", [1, 5, 10_000])

@@ -60,3 +60,26 @@ def test_the_access_line_is_a_json_line_with_an_iso_utc_timestamp() -> None:
     assert stamp.endswith("Z")
     when = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     assert abs((when - before).total_seconds()) < 60
+
+
+def test_access_line_is_info_lines_line_byte_for_byte() -> None:
+    """The access log's template renders what info_line (json.dumps) would, escapes included."""
+    out = io.StringIO()
+    logs.configure("info", stream=out)
+    cases = [
+        ("POST", "/engines/v1/chat/completions", 200, 3.21),
+        ("GET", '/models/a"b\\c/\u00e9', 404, 0.0),
+        ("DELETE", "/models/x", 500, 12345.67),
+    ]
+    for method, path, status, ms in cases:
+        for _ in range(2):  # the second time from the cached start
+            logs.access_line(method, path, status, ms)
+            logs.info_line("http.request", method=method, path=path, status=status, duration_ms=ms)
+    logs.flush_lines()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 12
+    for ours, theirs in zip(lines[::2], lines[1::2], strict=True):
+        cut = ours.rindex('"timestamp": ')
+        assert ours[:cut] == theirs[:cut]
+        stamp = json.loads(ours)["timestamp"]
+        assert json.loads(ours) == {**json.loads(theirs), "timestamp": stamp}
