@@ -34,6 +34,7 @@ log = structlog.get_logger(__name__)
 QUOTED_LINES = 15  # log lines quoted in an error
 QUOTED_CHARS = 4000
 LOG_FLUSH_S = 0.05  # runner output is written to its log file in batches this far apart
+READY_BATCH_S = 0.25  # a ready runner's output is read this far apart (see batch_output)
 PIPE_BYTES = 1 << 20
 
 
@@ -281,9 +282,10 @@ class ChildProcess:
     ) -> None:
         self.proc = proc
         self._stdout, self._pipe = output  # the child's stdout and stderr (_read_end)
-        # Once the runner is ready its output is read in batches (LOG_FLUSH_S apart), not line
+        # Once the runner is ready its output is read in batches (READY_BATCH_S apart), not line
         # by line: llama-server logs ~10 lines a request, and each read woke the event loop
-        # (about a quarter of the daemon's CPU per request).  Loading reads every line at once,
+        # (about a quarter of the daemon's CPU per request; at 50 ms apart a busy runner's
+        # batches still cost the daemon 5 % of its CPU).  Loading reads every line at once,
         # since new output is what makes wait_ready poll again.
         self.batch_output = False
         self.pid = proc.pid
@@ -390,7 +392,7 @@ class ChildProcess:
                 if self.batch_output:
                     # The kernel's pipe buffer holds what comes meanwhile (1 MiB on Linux).
                     self._pipe.pause_reading()
-                    await asyncio.sleep(LOG_FLUSH_S)
+                    await asyncio.sleep(READY_BATCH_S)
                     self._pipe.resume_reading()
         except OSError as e:
             log.warning("runner.log_write_failed", pid=self.pid, error=str(e))

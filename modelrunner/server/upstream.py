@@ -27,6 +27,7 @@ STALE_RETRIES = 3
 MAX_IDLE_PER_SOCKET = 8
 IDLE_S = 60.0  # an idle pooled connection older than this is closed, not reused
 MAX_HEAD = 64 * 1024
+HOLD_GROWTH = 4  # a stream that stays quick is held up to this many times hold_s at a time
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
@@ -80,7 +81,8 @@ class RunnerConnection(asyncio.Protocol):
         self._keep_alive = True
         self.hold_s = 0.0  # see data_received; 0: every read is relayed at once
         self._held = False  # reading paused for hold_s
-        self._was_held = False
+        self._hold = 0.0  # the current hold (grows while the stream stays quick)
+        self._released = -1.0  # when the last hold ended (monotonic)
         self._loop: asyncio.AbstractEventLoop | None = None  # set by connection_made
         self._blocked = False  # reading paused by the client's back-pressure
 
@@ -103,8 +105,9 @@ class RunnerConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.received += len(data)
         now = time.monotonic()
-        quick = self._was_held or now - self.last_rx < self.hold_s
-        self._was_held = False
+        # Quick: less than hold_s since the last read, or since a hold ended (what came while
+        # held is read right after it).
+        quick = now - max(self.last_rx, self._released) < self.hold_s
         self.last_rx = now
         if self._buf:
             data = self._buf + data
@@ -122,18 +125,23 @@ class RunnerConnection(asyncio.Protocol):
         sink = self.sink
         if sink is not None:
             sink.flush()
-            if quick and not self._held and self.transport is not None and self._loop:
+            if not quick:
+                self._hold = 0.0
+            elif not self._held and self.transport is not None and self._loop:
                 # Tokens are coming faster than hold_s apart: let the next ones gather in the
-                # socket for hold_s, to be read and written on in one go (a read and a write
-                # per token were most of a streamed token's cost).  A slower stream (a real
-                # model's tokens, tens of ms apart) is never held.
+                # socket, to be read and written on in one go (a read and a write per token
+                # were most of a streamed token's cost).  The first hold is hold_s, each next
+                # one twice as long up to HOLD_GROWTH times (a wake-up per read is what a
+                # fast stream costs).  A slower stream (a real model's tokens, tens of ms
+                # apart) is never held.
+                hold = self._hold = min(self._hold * 2 or self.hold_s, self.hold_s * HOLD_GROWTH)
                 self._held = True
                 self.transport.pause_reading()
-                self._loop.call_later(self.hold_s, self._release)
+                self._loop.call_later(hold, self._release)
 
     def _release(self) -> None:
         self._held = False
-        self._was_held = True  # what comes next came while held: still a quick stream
+        self._released = time.monotonic()
         if not self._blocked and self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
@@ -145,6 +153,8 @@ class RunnerConnection(asyncio.Protocol):
         self.reusable = False
         self.received = 0
         self.last_rx = 0.0
+        self._hold = 0.0
+        self._released = -1.0  # the first token is never held
         self._state = _HEAD
         self._buf = b""
         if self._blocked:  # the last client's back-pressure is not this one's

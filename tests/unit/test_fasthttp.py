@@ -237,3 +237,58 @@ def test_a_body_that_ends_with_the_connection() -> None:
     assert sink.error is None
     assert b"".join(sink.body_parts) == b"abcdef"
     assert unchunk(sink.framed) == b"abcdef"
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.reading = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def write(self, data: bytes) -> None:
+        pass
+
+
+class Loop:
+    def __init__(self) -> None:
+        self.holds: list[float] = []
+
+    def call_later(self, delay: float, callback: object) -> None:
+        self.holds.append(delay)
+
+
+def test_a_quick_stream_is_held_longer_and_longer_up_to_four_times(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first token goes at once; a stream that stays quick is held for 2, 4, 8, 8 ms;
+    one that slows down starts over at 2 ms."""
+    now = [1000.0]
+    monkeypatch.setattr(upstream.time, "monotonic", lambda: now[0])
+    conn = upstream.RunnerConnection()
+    transport, loop = Transport(), Loop()
+    conn.transport, conn._loop = transport, loop  # type: ignore[assignment]
+    conn.hold_s = 0.002
+    sink = Sink()
+    conn.send(b"POST / HTTP/1.1\r\n\r\n", sink)
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    event = b"%x\r\n%b\r\n" % (len(SSE[0]), SSE[0])
+    conn.data_received(head + event)
+    assert loop.holds == []  # the first token is never held
+    for _ in range(5):
+        now[0] += 0.0005
+        conn.data_received(event)
+        assert not transport.reading
+        now[0] += loop.holds[-1]
+        conn._release()
+        assert transport.reading
+    assert loop.holds == [0.002, 0.004, 0.008, 0.008, 0.008]
+    now[0] += 0.050  # a slow token: not held
+    conn.data_received(event)
+    assert transport.reading
+    now[0] += 0.0005
+    conn.data_received(event)  # quick again: from the first hold
+    assert loop.holds[-1] == 0.002
