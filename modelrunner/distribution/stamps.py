@@ -34,10 +34,14 @@ def record(blob: Path) -> None:
     """Stamp *blob*, whose bytes were just verified (best effort: no stamp only costs a hash)."""
     path = stamp_path(blob)
     tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
-    with contextlib.suppress(OSError):
+    try:
         path.parent.mkdir(exist_ok=True)
         tmp.write_text(stamp_of(blob.stat()))
         os.replace(tmp, path)  # no fsync: a stamp lost in a crash is a re-hash, nothing worse
+    except OSError:
+        # A full disk fails the write after the file was created: leave nothing behind.
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def still_verified(blob: Path) -> bool:

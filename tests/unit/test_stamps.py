@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
+
+import pytest
 
 from modelrunner.distribution import stamps
 
@@ -61,4 +64,21 @@ def test_sweep_drops_stamps_of_gone_blobs_only(tmp_path: Path) -> None:
 def test_record_on_an_unwritable_store_is_silent(tmp_path: Path) -> None:
     p = tmp_path / "absent"
     stamps.record(p)  # no blob, no stamp, no error
+    assert not stamps.still_verified(p)
+
+
+def test_a_stamp_that_cannot_be_written_leaves_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk fails the stamp's write after its temp file exists: the file goes too
+    (seen in a pull racing another onto a full disk)."""
+    p = blob(tmp_path)
+
+    def full(self: Path, text: str) -> int:
+        self.touch()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    stamps.record(p)
+    assert list(stamps.stamp_path(p).parent.iterdir()) == []
     assert not stamps.still_verified(p)
