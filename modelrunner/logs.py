@@ -19,7 +19,7 @@ import structlog
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40}
 _INFO = 20
 _dumps = _json.dumps
-_FAST: dict[str, Any] = {}  # what configure() chose, for info_line()
+_FAST: dict[str, Any] = {}  # what configure() chose, for access_line()
 _PENDING: list[str] = []
 LINES_FLUSH_S = 0.1
 LINES_MAX = 256
@@ -56,35 +56,23 @@ def configure(
     logging.basicConfig(level=logging.WARNING, stream=stream)
 
 
-def info_line(event: str, **fields: Any) -> None:
-    """``log.info(event, **fields)`` for a line logged once per request (the access log).
-
-    Writes the same JSON line the processors above would (fields, event, level, timestamp), in
-    about a fifth of the CPU: structlog's chain cost ~35 µs a line, a tenth of the fast lane's
-    whole budget per request; the timestamp's date and time are formatted once a second.  (Not
-    orjson: its compact separators would change the lines that tools and tests grep.)  On a
-    terminal (or before ``configure``) it is structlog's."""
-    if not _FAST.get("json"):
-        structlog.get_logger("modelrunner").info(event, **fields)
-        return
-    if _FAST["level"] > _INFO:
-        return
-    fields["event"] = event
-    fields["level"] = "info"
-    fields["timestamp"] = timestamp()
-    _emit(_dumps(fields) + "\n")
-
-
 _ACCESS_STARTS: dict[tuple[str, str], str] = {}
 ACCESS_STARTS_MAX = 256
 
 
 def access_line(method: str, path: str, status: int, duration_ms: float) -> None:
-    """``info_line("http.request", method=, path=, status=, duration_ms=)``, the access log's
-    line, byte for byte, from a start rendered once per method and path: ``json.dumps`` of
-    the whole line was the line's main cost."""
+    """``log.info("http.request", method=, path=, status=, duration_ms=)``, once per request.
+
+    Writes the JSON line the processors above would (fields, event, level, timestamp), byte for
+    byte, from a start rendered once per method and path and a timestamp whose date and time
+    are formatted once a second: structlog's chain cost ~35 µs a line, a tenth of the fast
+    lane's budget per request, and ``json.dumps`` of the whole line was most of what remained.
+    (Not orjson: its compact separators would change the lines that tools and tests grep.)  On
+    a terminal (or before ``configure``) it is structlog's."""
     if not _FAST.get("json"):
-        info_line("http.request", method=method, path=path, status=status, duration_ms=duration_ms)
+        structlog.get_logger("modelrunner").info(
+            "http.request", method=method, path=path, status=status, duration_ms=duration_ms
+        )
         return
     if _FAST["level"] > _INFO:
         return
@@ -128,7 +116,7 @@ def timestamp() -> str:
 
 
 def flush_lines() -> None:
-    """Write the batched ``info_line`` lines now (and at exit)."""
+    """Write the batched ``access_line`` lines now (and at exit)."""
     if _PENDING:
         text = "".join(_PENDING)
         _PENDING.clear()
