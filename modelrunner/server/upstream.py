@@ -27,7 +27,7 @@ STALE_RETRIES = 3
 MAX_IDLE_PER_SOCKET = 8
 IDLE_S = 60.0  # an idle pooled connection older than this is closed, not reused
 MAX_HEAD = 64 * 1024
-HOLD_GROWTH = 4  # a stream that stays quick is held up to this many times hold_s at a time
+HOLD_GROWTH = 8  # a stream that stays quick is held up to this many times hold_s at a time
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 

@@ -261,10 +261,10 @@ class Loop:
         self.holds.append(delay)
 
 
-def test_a_quick_stream_is_held_longer_and_longer_up_to_four_times(
+def test_a_quick_stream_is_held_longer_and_longer_up_to_eight_times(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The first token goes at once; a stream that stays quick is held for 2, 4, 8, 8 ms;
+    """The first token goes at once; a stream that stays quick is held for 2, 4, 8, 16, 16 ms;
     one that slows down starts over at 2 ms."""
     now = [1000.0]
     monkeypatch.setattr(upstream.time, "monotonic", lambda: now[0])
@@ -278,14 +278,14 @@ def test_a_quick_stream_is_held_longer_and_longer_up_to_four_times(
     event = b"%x\r\n%b\r\n" % (len(SSE[0]), SSE[0])
     conn.data_received(head + event)
     assert loop.holds == []  # the first token is never held
-    for _ in range(5):
+    for _ in range(6):
         now[0] += 0.0005
         conn.data_received(event)
         assert not transport.reading
         now[0] += loop.holds[-1]
         conn._release()
         assert transport.reading
-    assert loop.holds == [0.002, 0.004, 0.008, 0.008, 0.008]
+    assert loop.holds == [0.002, 0.004, 0.008, 0.016, 0.016, 0.016]
     now[0] += 0.050  # a slow token: not held
     conn.data_received(event)
     assert transport.reading
