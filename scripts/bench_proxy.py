@@ -52,7 +52,7 @@ from scripts.make_tiny_gguf import build as build_tiny_gguf  # noqa: E402
 MODEL = "bench/tiny"
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 CONCURRENCY = 16
-STREAM_REPEATS = 8  # concurrent runs per target per round (the noisiest figure)
+STREAM_REPEATS = 16  # concurrent runs per target per round (the noisiest figure)
 STREAM_TOKENS = 64
 
 

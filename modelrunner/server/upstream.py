@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from modelrunner.server.fasthttp import ByRestOfHead
+from modelrunner.server.hangups import Hangups
 
 STALE_RETRIES = 3
 MAX_IDLE_PER_SOCKET = 8
@@ -67,7 +68,7 @@ _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILER, _UNTIL_CLOSE, _
 class RunnerConnection(asyncio.Protocol):
     """One connection to a runner, one exchange at a time; parses the answer into its sink."""
 
-    def __init__(self) -> None:
+    def __init__(self, hangups: Hangups | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self.sink: Sink | None = None
         self.closed = False
@@ -85,6 +86,8 @@ class RunnerConnection(asyncio.Protocol):
         self._released = -1.0  # when the last hold ended (monotonic)
         self._loop: asyncio.AbstractEventLoop | None = None  # set by connection_made
         self._blocked = False  # reading paused by the client's back-pressure
+        self._hangups = hangups  # the pool's: ends a hold when the runner closes meanwhile
+        self._fd = -1  # the socket's, once watched for a hang-up (the first hold)
 
     # -- asyncio.Protocol
 
@@ -95,6 +98,8 @@ class RunnerConnection(asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
         self.reusable = False
+        if self._fd >= 0 and self._hangups is not None:
+            self._hangups.forget(self._fd, self._hung_up)
         if self._state == _UNTIL_CLOSE:
             self._finish()
             return
@@ -138,6 +143,20 @@ class RunnerConnection(asyncio.Protocol):
                 self._held = True
                 self.transport.pause_reading()
                 self._loop.call_later(hold, self._release)
+                if self._fd < 0 and self._hangups is not None:
+                    self._watch(self._hangups)
+
+    def _watch(self, hangups: Hangups) -> None:
+        """The runner closing this connection (as llama-server does after a stream's last
+        chunk) ends a hold at once: the answer's end is not kept waiting for the timer."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is not None:
+            self._fd = sock.fileno()
+            hangups.watch(self._fd, self._hung_up)
+
+    def _hung_up(self) -> None:
+        if self._held:
+            self._release()
 
     def _release(self) -> None:
         self._held = False
@@ -366,6 +385,7 @@ class RunnerPool:
         self.connect_timeout_s = connect_timeout_s
         self._idle: dict[Path, list[RunnerConnection]] = {}
         self._warming: dict[Path, asyncio.Task[None]] = {}
+        self.hangups = Hangups()  # one epoll set for all held connections
 
     def take_idle(self, socket_path: Path) -> RunnerConnection | None:
         """A pooled connection still open and not too old, else None."""
@@ -382,7 +402,9 @@ class RunnerPool:
     async def connect(self, socket_path: Path) -> RunnerConnection:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.connect_timeout_s or None):
-            _, conn = await loop.create_unix_connection(RunnerConnection, str(socket_path))
+            _, conn = await loop.create_unix_connection(
+                lambda: RunnerConnection(self.hangups), str(socket_path)
+            )
         return conn
 
     def connections(self, socket_path: Path) -> Iterator[RunnerConnection | None]:
@@ -424,6 +446,7 @@ class RunnerPool:
         for task in list(self._warming.values()):
             task.cancel()
         await asyncio.gather(*self._warming.values(), return_exceptions=True)
+        self.hangups.close()
         for idle in self._idle.values():
             for conn in idle:
                 conn.close()
