@@ -122,7 +122,7 @@ class ServerConfig:
     # OpenAI inference requests served off the socket, without aiohttp (server/fastlane.py).
     fast_lane: bool = True
     # A stream whose tokens come faster than this is read at most once per this many ms (the
-    # interval doubling, up to 8x, while it stays that fast), so several tokens share a read
+    # interval growing fourfold, up to 8x, while it stays that fast), so several tokens share a read
     # and a write (0: each as it comes).  Slower ones never wait.
     stream_coalesce_ms: float = 2.0
 

@@ -29,6 +29,7 @@ MAX_IDLE_PER_SOCKET = 8
 IDLE_S = 60.0  # an idle pooled connection older than this is closed, not reused
 MAX_HEAD = 64 * 1024
 HOLD_GROWTH = 8  # a stream that stays quick is held up to this many times hold_s at a time
+HOLD_STEP = 4  # each next hold of a quick stream this many times the last (2, 8, 16 ms)
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
@@ -136,10 +137,11 @@ class RunnerConnection(asyncio.Protocol):
                 # Tokens are coming faster than hold_s apart: let the next ones gather in the
                 # socket, to be read and written on in one go (a read and a write per token
                 # were most of a streamed token's cost).  The first hold is hold_s, each next
-                # one twice as long up to HOLD_GROWTH times (a wake-up per read is what a
-                # fast stream costs).  A slower stream (a real model's tokens, tens of ms
-                # apart) is never held.
-                hold = self._hold = min(self._hold * 2 or self.hold_s, self.hold_s * HOLD_GROWTH)
+                # one HOLD_STEP times as long up to HOLD_GROWTH times (a wake-up per read is
+                # what a fast stream costs).  A slower stream (a real model's tokens, tens of
+                # ms apart) is never held.
+                top = self.hold_s * HOLD_GROWTH
+                hold = self._hold = min(self._hold * HOLD_STEP or self.hold_s, top)
                 self._held = True
                 self.transport.pause_reading()
                 self._loop.call_later(hold, self._release)
