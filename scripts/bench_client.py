@@ -10,8 +10,8 @@ PATH | "tcp": [HOST, PORT], "prefix": "/engines", "model": NAME}}, "body_pad": B
 - stream: N streams of 64 tokens (``ignore_eos``; ``"tokens": K`` for another length) per
   target, interleaved likewise, each on a connection of its own (llama-server closes a streamed
   answer's connection): wall and tokens.
-- concurrent: 16 threads, ``per_thread`` streams one after another each (1 unless told), per
-  target in turn, the targets in a fresh seeded order each time: total tokens/s, N times.
+- concurrent: 16 threads, one stream each, per target in turn, the targets in a fresh seeded
+  order each time: total tokens/s, N times.
 """
 
 from __future__ import annotations
@@ -126,7 +126,6 @@ def main() -> None:
             for k in order:
                 out[k].append(stream(targets[k], payloads[k]))
     else:
-        per_thread = job.get("per_thread", 1)
         for _ in range(job["n"]):
             rng.shuffle(order)
             for k in order:
@@ -136,8 +135,7 @@ def main() -> None:
                 def one(
                     i: int, k: str = k, payload: bytes = payload, counts: list[int] = counts
                 ) -> None:
-                    for _ in range(per_thread):
-                        counts[i] += stream(targets[k], payload)[1]
+                    counts[i] = stream(targets[k], payload)[1]
 
                 threads = [threading.Thread(target=one, args=(i,)) for i in range(CONCURRENCY)]
                 t0 = time.perf_counter()

@@ -288,7 +288,7 @@ def report(rows: dict[str, Row], args: argparse.Namespace) -> str:
             f"{med(r.big_ms):.2f} | {med(r.stream_ms):.1f} | {med(r.tps):.0f} | "
             f"{med(ratios(r.tps_runs, direct.tps_runs)):.3f} | {cpu} |"
         )
-    # The checks take the median of each round's ratio, as the table's "vs direct" does.
+    # The CPU checks take the median of each round's ratio.
     half_req = med(ratios(tcp.cpu_req_ms, rt.cpu_req_ms))
     half_tok = med(ratios(tcp.cpu_tok_us, rt.cpu_tok_us))
     # 16 streams: each run's ratio to direct's run of the same repeat (seconds apart, the

@@ -46,7 +46,7 @@ class Hangups:
                 return
         try:
             epoll.register(fd, _MASK)
-        except FileExistsError:  # a number reused before the old socket's forget
+        except FileExistsError:  # registered already (the kernel drops an fd when it closes)
             epoll.modify(fd, _MASK)
         except OSError:
             return
