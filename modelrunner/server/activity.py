@@ -2,15 +2,18 @@
 What ``inference.pass_through()`` — the one path every inference request takes to a runner —
 tells the request log and the live-event counters about each request.
 
-``begin`` opens a ``Recorded`` for one request; ``pass_through`` hands its ``tap`` to the relay
-(one list append per chunk), calls ``answered`` once the answer is relayed, ``failed`` with an
-error, and ``finish`` from its ``finally`` (which also runs when the client's disconnect cancels the
-handler).  Every method is synchronous and cheap: nothing here awaits or parses.
+``begin`` makes a ``Recorded`` for one request (opened off the path to the runner, see its
+docstring); ``pass_through`` hands its ``tap`` to the relay (one list append per chunk), calls
+``answered`` once the answer is relayed, ``failed`` with an error, and ``finish`` from its
+``finally`` (which also runs when the client's disconnect cancels the handler).  Every method
+is synchronous and cheap: nothing here awaits or parses.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import TYPE_CHECKING
 
 from modelrunner.errors import ModelRunnerError
@@ -27,19 +30,64 @@ _STREAM_ENDS = (b"[DONE]", b"message_stop")
 
 
 class Recorded:
-    """One request on its way through ``serve``; a ``record`` of None when the log is off."""
+    """One request on its way through ``serve``; a ``record`` of None when the log is off.
 
-    def __init__(self, state: ServerState, name: str, record: Record | None) -> None:
+    Opened (the request log's record and the live counter) just after the request is on its way
+    to the runner: ``begin`` schedules it, so that it is not on the path to the runner's answer;
+    anything that reads or ends the record opens it first."""
+
+    def __init__(
+        self,
+        state: ServerState,
+        request: RequestInfo,
+        model_id: str,
+        name: str,
+        body: bytes,
+        logged: bool,
+    ) -> None:
         self._state = state
+        self._request = request
+        self._model_id = model_id
         self._name = name
-        self.record = record
-        self.tap = record.tap if record is not None else None
+        self._body = body
+        self._logged = logged
+        self._started = time.monotonic()
+        self._opened = False
+        self.record: Record | None = None
+        self.tap = self._tap if logged else None
         self._status: int | None = None
         self._error = ""
-        state.events.request_started(name)
+
+    def open(self) -> None:
+        if self._opened:
+            return
+        self._opened = True
+        state = self._state
+        if self._logged:
+            request = self._request
+            log = state.requests
+            settings = state.settings.get(self._model_id)
+            log.config[self._model_id] = settings.to_wire() if settings is not None else {}
+            self.record = log.begin(
+                model_id=self._model_id,
+                model=self._name,
+                method=request.method,
+                url=request.path,
+                user_agent=request.headers.get("User-Agent", ""),
+                body=self._body,
+                started=self._started,
+            )
+        state.events.request_started(self._name)
+
+    def _tap(self, chunk: bytes) -> None:
+        if not self._opened:
+            self.open()
+        if self.record is not None:
+            self.record.tap(chunk)
 
     def answered(self, forwarded: Forwarded) -> None:
         """The runner's answer was relayed; a whole (not streamed) one: its status and body."""
+        self.open()
         if forwarded.answer is not None:
             self._status, body = forwarded.answer
             if self.record is not None:
@@ -51,11 +99,13 @@ class Recorded:
 
     def failed(self, path: str, error: ModelRunnerError) -> None:
         """An error this daemon answers (before the answer began) or appends to a stream."""
+        self.open()
         self._error = _json(error_body(path, error.status, error.message, error.code))
         if self._status is None:
             self._status = error.status
 
     def finish(self, forwarded: Forwarded) -> None:
+        self.open()
         status = self._status
         if forwarded.status is not None:
             status = forwarded.status
@@ -86,18 +136,9 @@ def begin(
     preload: bool = False,
 ) -> Recorded:
     """Start accounting for one inference request: counted always; recorded unless it only
-    preloads (as Docker) or ``server.request_log`` is off."""
-    record = None
-    if state.config.server.request_log and not preload:
-        log = state.requests
-        settings = state.settings.get(model_id)
-        log.config[model_id] = settings.to_wire() if settings is not None else {}
-        record = log.begin(
-            model_id=model_id,
-            model=name,
-            method=request.method,
-            url=request.path,
-            user_agent=request.headers.get("User-Agent", ""),
-            body=body,
-        )
-    return Recorded(state, name, record)
+    preloads (as Docker) or ``server.request_log`` is off.  Opened once this turn of the loop
+    is over (the request sent, or waiting for its runner), or when first needed."""
+    logged = state.config.server.request_log and not preload
+    recorded = Recorded(state, request, model_id, name, body, logged)
+    asyncio.get_running_loop().call_soon(recorded.open)
+    return recorded

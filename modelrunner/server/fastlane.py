@@ -342,10 +342,10 @@ class Exchange:
         whole = self._whole
         if whole is not None:
             data = b"".join(whole)
+            head = fasthttp.answer_head(self._start, length=len(data), close=self._head.close)
+            self._conn.write_whole(head + data)  # first: the accounting is not on its path
             usage_of_whole(self.forwarded, self._status, data)
             self.forwarded.answer = (self._status, data)
-            head = fasthttp.answer_head(self._start, length=len(data), close=self._head.close)
-            self._conn.write_whole(head + data)
         else:
             self._scan.close()
             self._out.append(fasthttp.LAST_CHUNK)

@@ -236,7 +236,15 @@ class RequestLog:
         self.config: dict[str, dict[str, Any]] = {}  # model id -> Docker's BackendConfiguration
 
     def begin(
-        self, *, model_id: str, model: str, method: str, url: str, user_agent: str, body: bytes
+        self,
+        *,
+        model_id: str,
+        model: str,
+        method: str,
+        url: str,
+        user_agent: str,
+        body: bytes,
+        started: float | None = None,
     ) -> Record:
         record = Record(
             id=f"{model_id}_{time.time_ns()}_{next(_ids)}",
@@ -247,6 +255,7 @@ class RequestLog:
             user_agent=user_agent,
             body=body,  # a big one is cut after the answer (compact), not before it
             limit=self.body_bytes,
+            started=time.monotonic() if started is None else started,
         )
         records = self._models.get(model_id)
         if records is None:
