@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -42,11 +43,15 @@ async def test_opened_once_the_loop_turns() -> None:
     """Nothing is recorded while the request is on its way; the record is there a turn later,
     its duration counted from ``begin``."""
     s = state()
+    before = time.monotonic()
     recorded = activity.begin(s, REQUEST, "sha256:m", "m", b"{}")
+    after = time.monotonic()
     assert records(s) == []
     assert s.events.seen == []
     await asyncio.sleep(0)
     assert [r["status_code"] for r in records(s)] == [0]
+    assert recorded.record is not None
+    assert before <= recorded.record.started <= after
     assert s.events.seen == [("started", "m")]
     recorded.finish(Forwarded())
     assert s.events.seen == [("started", "m"), ("finished", "m")]
