@@ -96,6 +96,9 @@ class ServerConfig:
     max_body_bytes: int = 10 * 1024 * 1024
     body_timeout_s: float = 30.0  # a request body must arrive within this (slowloris): else 408
     origins: tuple[str, ...] = ()
+    # Host names served over loopback besides localhost/127.0.0.1/[::1] (server/hosts.py: the
+    # DNS-rebinding guard); beyond loopback, once set, the only names served but IP literals.
+    allowed_hosts: tuple[str, ...] = ()
     disable_metrics: bool = False
     upstream_connect_timeout_s: float = 5.0
     upstream_read_timeout_s: float = 600.0
@@ -223,6 +226,7 @@ ENV_VARS: dict[str, str] = {
     "MODEL_RUNNER_LOG_DIR": "runners.log_dir",
     "INSECURE_REGISTRY": "store.insecure_registries",
     "MODEL_RUNNER_API_KEYS": "server.api_keys",
+    "MODEL_RUNNER_ALLOWED_HOSTS": "server.allowed_hosts",
 }
 
 LOG_LEVELS = ("debug", "info", "warning", "warn", "error")

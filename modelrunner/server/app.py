@@ -34,6 +34,7 @@ from modelrunner.server.middleware import (
     add_cors_headers,
     make_cors_middleware,
     make_error_middleware,
+    make_host_middleware,
 )
 from modelrunner.server.proxy import UpstreamPool
 from modelrunner.server.settings import SettingsFile
@@ -76,7 +77,8 @@ def make_app(
     app = web.Application(
         middlewares=[
             make_error_middleware(observe),
-            make_cors_middleware(lambda: state.config.server.origins),
+            make_host_middleware(state.hosts),  # before CORS: a rebound name is refused first
+            make_cors_middleware(lambda: state.config.server.origins, state.hosts),
             # After CORS: preflights never need a key.
             auth.make_auth_middleware(keys, ui.is_public),
             state.drain.middleware,

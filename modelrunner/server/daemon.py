@@ -47,7 +47,7 @@ log = structlog.get_logger(__name__)
 
 DAEMON_LOG = "daemon.log"
 # server.* keys a reload applies at once; the others (listeners, timeouts) need a restart.
-LIVE_SERVER_KEYS = ("max_body_bytes", "disable_metrics", "origins")
+LIVE_SERVER_KEYS = ("max_body_bytes", "disable_metrics", "origins", "allowed_hosts")
 LOG_ROTATE_BYTES = 10 * 1024 * 1024
 RESTART_S = 2  # Retry-After during a drain: the bound plus about one restart
 CUT_GRACE_S = 2.0  # after the drain bound, for cut requests to write their error event

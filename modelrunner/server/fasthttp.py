@@ -1,17 +1,22 @@
 """
 The fast lane's HTTP/1.1, sans I/O: which request heads it may serve, and the answer heads.
 
-``parse_head`` accepts only the plainest requests, the ones API clients send to the inference
-routes: ``POST`` of a known path without a query, HTTP/1.1, one ``Content-Length``, header lines
-of visible ASCII, and none of ``Transfer-Encoding``, ``Expect``, ``Upgrade`` or ``Origin``.
-Anything else (and every malformed head) is left to aiohttp, whose parser and middleware answer
-it as they always did: this module never has to produce a 400 of its own, and a request that
-could smuggle another past a proxy never takes this path.  Pure: no sockets, no loop.
+One grammar for both lanes: a head is parsed by llhttp (``httptools``, the parser of Node.js
+and uvicorn, strict by default), the same parser aiohttp's own is built on.  The fast lane then
+serves only the plainest of what it accepts, the requests API clients send to the inference
+routes: ``POST`` of a known path without a query, HTTP/1.1, ASCII only, one ``Host`` and one
+``Content-Length``, no header named twice, well inside aiohttp's limits (line length, count),
+and none of ``Transfer-Encoding``, ``Expect``, ``Upgrade``, ``Origin`` or ``Content-Encoding``.
+Anything else, malformed or merely unusual, is left to aiohttp, whose parser and middleware
+answer it as they would with the fast lane off: this module never produces an answer of its
+own, so a malformed request gets the same answer on both lanes, and one that could smuggle
+another past a proxy never takes this path.  Only ``Content-Type`` and ``Accept`` go on to the
+runner (llama-server reads no other, and its own limits, 100 headers of 8 KiB, must never be
+what answers a client).  Pure: no sockets, no loop.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,29 +24,20 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, Generic, TypeVar
 
+import httptools
 from aiohttp import http as aiohttp_http
 
 T = TypeVar("T")
 MAX_HEAD = 16 * 1024  # longer heads go to aiohttp (its limit answers them)
-
-# Header lines: a token, a colon, visible ASCII (and tabs) only, each ending in CRLF.
-_BLOCK = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e]*\r\n)*")
+# Well inside aiohttp's parser limits (8190 bytes a line, 128 headers): a head near them is
+# aiohttp's to judge, so the fast lane never serves one that aiohttp would refuse.
+MAX_LINE = 4096
+MAX_HEADERS = 64
+MAX_LENGTH_DIGITS = 15  # a Content-Length longer than this is aiohttp's (it answers 400)
 # Headers that send a request to aiohttp: framing it alone handles, and CORS (the middleware).
 _REFUSED = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"origin", b"content-encoding"))
-# Request headers that describe this hop, not the request; never forwarded to the runner.
-HOP = frozenset(
-    (
-        b"host",
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"content-length",
-        b"accept-encoding",
-    )
-)
+# Request headers the runner gets (llama-server reads no other: the rest are the daemon's).
+RUNNER_HEADERS = frozenset((b"content-type", b"accept"))
 # Answer headers of the runner's that are this hop's (or this daemon's) to set.
 RESPONSE_SKIP = frozenset(
     (
@@ -64,7 +60,7 @@ class Headers(Mapping[str, str]):
     __slots__ = ("_raw",)
 
     def __init__(self, raw: dict[bytes, bytes]) -> None:
-        self._raw = raw  # lower-cased name -> value (the last one, if repeated)
+        self._raw = raw  # lower-cased name -> value (each name once: parse_head's rule)
 
     def __getitem__(self, name: str) -> str:
         return self._raw[name.lower().encode("latin-1")].decode("latin-1")
@@ -122,7 +118,7 @@ class ByRestOfHead(Generic[T]):
         digits = raw[at + len(self._MARK) : end]
         key = raw[:at] + raw[end:]
         known = self._known.get(key)
-        if known is not None and digits.isdigit():
+        if known is not None and digits.isdigit() and len(digits) <= MAX_LENGTH_DIGITS:
             return self._with_length(known, int(digits))
         return self._remember(self._known, key, raw)
 
@@ -145,31 +141,72 @@ def parse_head(raw: bytes) -> Head | None:
     return _heads(raw)
 
 
+def incomplete_is_aiohttps(buf: bytes) -> bool:
+    """Whether a head still without its CRLF CRLF is aiohttp's already: too long to be one the
+    fast lane serves, or with a bare LF (aiohttp refuses it at once; waiting for a CRLF CRLF
+    that never comes would end in the header deadline's 408 instead)."""
+    return len(buf) > MAX_HEAD or buf.count(b"\n") != buf.count(b"\r\n")
+
+
+class _Collect:
+    """httptools' callbacks for one head: its target and header fields, as sent."""
+
+    __slots__ = ("done", "fields", "url")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.fields: list[tuple[bytes, bytes]] = []
+        self.done = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.done = True
+
+
+def parse_fields(raw: bytes) -> tuple[bytes, bytes, str, list[tuple[bytes, bytes]]] | None:
+    """*raw* (a head without its final blank line) through llhttp: method, target, version and
+    header fields, or None if llhttp refuses it (or it would upgrade the connection)."""
+    fields = _Collect()
+    parser = httptools.HttpRequestParser(fields)
+    try:
+        parser.feed_data(raw + b"\r\n\r\n")
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+        return None
+    if not fields.done:
+        return None
+    return parser.get_method(), fields.url, parser.get_http_version(), fields.fields
+
+
 def _parse_head(raw: bytes) -> Head | None:
-    first, _, block = raw.partition(b"\r\n")
-    if not first.startswith(b"POST /") or not first.endswith(b" HTTP/1.1"):
+    if not raw.startswith(b"POST /") or len(raw) > MAX_HEAD or not raw.isascii():
         return None
-    path = first[5:-9]
-    if b" " in path or b"?" in path or b"%" in path or b"#" in path:
+    parsed = parse_fields(raw)
+    if parsed is None:
         return None
-    block += b"\r\n"
-    if _BLOCK.fullmatch(block) is None:
+    method, path, version, lines = parsed
+    if method != b"POST" or version != "1.1" or len(lines) > MAX_HEADERS:
+        return None
+    if any(c in path for c in b" ?%#") or len(path) > MAX_LINE:
         return None
     fields: dict[bytes, bytes] = {}
     forward = []
-    for line in block.split(b"\r\n")[:-1]:
-        name, _, value = line.partition(b":")
+    for name, value in lines:
         lower = name.lower()
-        if lower in HOP:
-            if lower == b"content-length" and lower in fields:
-                return None  # two lengths: a smuggling attempt, aiohttp refuses it
-        elif lower in _REFUSED:
-            return None
-        else:
-            forward.append(line)
-        fields[lower] = value.strip(b" \t")
+        if lower in fields or lower in _REFUSED or len(name) + len(value) > MAX_LINE:
+            return None  # a header twice (Host, Authorization…): aiohttp's to judge
+        value = value.strip(b" \t")
+        fields[lower] = value
+        if lower in RUNNER_HEADERS:
+            forward.append(b"%s: %s" % (name, value))
     raw_length = fields.get(b"content-length")
-    if raw_length is None or not raw_length.isdigit():
+    if raw_length is None or b"host" not in fields or len(raw_length) > MAX_LENGTH_DIGITS:
+        return None
+    if not raw_length.isdigit():
         return None
     tokens = fields.get(b"connection", b"").lower()
     if b"upgrade" in tokens:

@@ -41,6 +41,7 @@ from modelrunner.server.header_guard import (
     HeaderGuard,
     refuse_on,
 )
+from modelrunner.server.hosts import arrived_at_loopback
 from modelrunner.server.middleware import RequestTimeout, error_body, retry_headers, unhandled
 from modelrunner.server.openai_api import BACKENDS, INFERENCE, PREFIXES, read_inference
 from modelrunner.server.proxy import Forwarded, UsageScan, error_event, usage_of_whole
@@ -116,13 +117,16 @@ class FastLane:
         if self.connections:
             self._sweep = self.loop.call_later(self._sweep_s(), self._sweep_now)
 
-    def serves(self, head: fasthttp.Head, unix: bool) -> Route | None:
-        """The route of a request the fast lane takes, else None (aiohttp's)."""
+    def serves(self, head: fasthttp.Head, unix: bool, loopback: bool | None) -> Route | None:
+        """The route of a request the fast lane takes, else None (aiohttp's).  *loopback*:
+        where the connection arrived (``hosts.arrived_at_loopback``)."""
         state = self.state
         server = state.config.server
         route = self.routes.get(head.path)
         if route is None or state.drain.draining or head.length > server.max_body_bytes:
             return None
+        if not state.hosts.allows(head.headers.get("Host"), loopback=loopback):
+            return None  # aiohttp answers the 403
         keys = state.api_keys
         if keys and not unix:
             presented = key_in(head.headers)
@@ -401,6 +405,7 @@ class FrontConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.upstream: RunnerConnection | None = None  # paused while the client reads slowly
         self._unix = False
+        self._loopback: bool | None = None  # where it arrived (hosts.arrived_at_loopback)
         self._buf = b""
         self._task: asyncio.Task[None] | None = None
         self._body_wait: asyncio.Future[None] | None = None
@@ -417,6 +422,8 @@ class FrontConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # a stream socket's transport
         sock = transport.get_extra_info("socket")
         self._unix = sock is not None and sock.family == socket.AF_UNIX
+        if not self._unix:
+            self._loopback = arrived_at_loopback(transport.get_extra_info("sockname"))
         self._lane.add(self)
         self._lane.guard.arm(self)
 
@@ -469,14 +476,14 @@ class FrontConnection(asyncio.Protocol):
         buf = self._buf
         end = buf.find(b"\r\n\r\n")
         if end < 0:
-            if len(buf) > fasthttp.MAX_HEAD:
+            if fasthttp.incomplete_is_aiohttps(buf):
                 self._hand_over()
             else:
                 # Only a head that did not come whole gets a deadline: most do, in one read.
                 self._lane.guard.arm(self)
             return
         head = fasthttp.parse_head(buf[:end])
-        route = self._lane.serves(head, self._unix) if head is not None else None
+        route = self._lane.serves(head, self._unix, self._loopback) if head is not None else None
         if head is None or route is None:
             self._hand_over()
             return

@@ -1,5 +1,6 @@
 """
-Request middleware: one JSON error shape, body limits, CORS, and one log line per request.
+Request middleware: one JSON error shape, body limits, the Host check, CORS, and one log line
+per request.
 
 Management routes answer ``{"error": "..."}``; OpenAI routes (``.../v1/...``, ``/rerank``,
 ``/score``) answer OpenAI's ``{"error": {"message", "type", "code"}}`` because the openai package
@@ -10,7 +11,6 @@ aiohttp's own HTTP exceptions (404/405/413).  Knows nothing of models or runners
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import re
 import time
@@ -25,6 +25,7 @@ from aiohttp import web
 
 from modelrunner.errors import InvalidRequest, ModelRunnerError, PayloadTooLarge
 from modelrunner.logs import access_line
+from modelrunner.server.hosts import HostPolicy, arrived_at_loopback, refusal_message
 
 log = structlog.get_logger(__name__)
 
@@ -269,18 +270,35 @@ def _origin_pattern(origin: str) -> re.Pattern[str]:
     return re.compile("^" + escaped.replace(r":\*", r"(:[0-9]{1,5})?") + "$")
 
 
-def is_same_origin(request: web.Request, origin: str) -> bool:
-    """The daemon's own page (the dashboard's POSTs carry ``Origin``): not a cross-site call.
+_NO_ALLOWED_HOSTS = HostPolicy(lambda: ())
 
-    Only for an IP literal or ``localhost`` in ``Host``: a DNS-rebinding page has its own
-    domain name there, so it is still refused as before."""
-    host = request.url.host or ""
-    if host != "localhost":
-        try:
-            ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
-            return False
-    return origin.rstrip("/") == f"{request.scheme}://{request.host}"
+
+def is_same_origin(request: web.Request, origin: str, hosts: HostPolicy | None = None) -> bool:
+    """The daemon's own page (the dashboard's calls and preflights carry ``Origin``): not a
+    cross-site call.
+
+    Only for a ``Host`` that is one of the daemon's names (loopback, an IP literal, an allowed
+    host): a DNS-rebinding page has its own domain name there, so it is still refused."""
+    host = request.headers.get("Host")
+    if host is None or not (hosts or _NO_ALLOWED_HOSTS).names_daemon(host):
+        return False
+    return origin.rstrip("/") == f"{request.scheme}://{host}"
+
+
+def make_host_middleware(hosts: HostPolicy) -> Any:
+    """403, in the route's error shape, for a ``Host`` the connection may not send
+    (``server/hosts.py``: the DNS-rebinding guard)."""
+
+    @web.middleware
+    async def host_check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        transport = request.transport
+        sockname = transport.get_extra_info("sockname") if transport is not None else None
+        host = request.headers.get("Host")
+        if host is None or hosts.allows(host, loopback=arrived_at_loopback(sockname)):
+            return await handler(request)
+        return error_response(request, 403, refusal_message(host), "forbidden_host")
+
+    return host_check
 
 
 CORS_ORIGIN = web.RequestKey("cors_origin", str)
@@ -295,8 +313,11 @@ async def add_cors_headers(request: web.Request, response: web.StreamResponse) -
         response.headers["Vary"] = "Origin"
 
 
-def make_cors_middleware(origins: Iterable[str] | Callable[[], Iterable[str]]) -> Any:
-    """CORS only for configured origins (``*`` = any); others get no CORS headers and a 403.
+def make_cors_middleware(
+    origins: Iterable[str] | Callable[[], Iterable[str]], hosts: HostPolicy | None = None
+) -> Any:
+    """CORS for the daemon's own origin and the configured ones (``*`` = any); others get no
+    CORS headers and a 403.
 
     *origins* may be a callable, read at each request (a config reload applies at once)."""
     read = origins if callable(origins) else (lambda: origins)
@@ -317,9 +338,9 @@ def make_cors_middleware(origins: Iterable[str] | Callable[[], Iterable[str]]) -
     @web.middleware
     async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get("Origin")
-        if origin is None or is_same_origin(request, origin):
+        if origin is None:
             return await handler(request)
-        if not ok(origin):
+        if not (is_same_origin(request, origin, hosts) or ok(origin)):
             return error_response(request, 403, f"origin {origin!r} is not allowed", "forbidden")
         # Headers go on in on_response_prepare (add_cors_headers), so streamed answers get them too.
         request[CORS_ORIGIN] = origin

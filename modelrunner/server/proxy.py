@@ -28,10 +28,14 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from modelrunner.errors import ModelRunnerError
+from modelrunner.server import fasthttp
 
 log = structlog.get_logger(__name__)
 
-# Request headers that describe this hop, not the request; never forwarded.
+# Request headers the runner gets: llama-server reads no other, and its own limits (100 headers
+# of 8 KiB) must never be what answers a client (fasthttp forwards the same two).
+RUNNER_HEADERS = frozenset(name.decode() for name in fasthttp.RUNNER_HEADERS)
+# Headers that describe this hop, not the answer; never relayed.
 _HOP = frozenset(
     h.lower()
     for h in (
@@ -187,7 +191,9 @@ class UpstreamPool:
         answer while announcing keep-alive, so such a request uses a connection of its own.
         *relay*: translate the answer instead of passing it through.
         """
-        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _HOP)
+        headers = CIMultiDict(
+            (k, v) for k, v in request.headers.items() if k.lower() in RUNNER_HEADERS
+        )
         if stream:
             headers["Connection"] = "close"
         session = self.session(socket_path)

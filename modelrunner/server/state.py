@@ -20,6 +20,7 @@ from modelrunner.server.auth import KeyRing
 from modelrunner.server.catalog import Catalog
 from modelrunner.server.drain import Drain
 from modelrunner.server.events import EventBus
+from modelrunner.server.hosts import HostPolicy
 from modelrunner.server.metrics import Metrics
 from modelrunner.server.proxy import UpstreamPool
 from modelrunner.server.request_log import RequestLog
@@ -47,6 +48,10 @@ class ServerState:
     events: EventBus = field(default_factory=EventBus)  # GET /engines/events
     requests: RequestLog = field(default_factory=RequestLog)  # GET /engines/requests
     api_keys: KeyRing = field(default_factory=KeyRing)  # filled before the first request
+    hosts: HostPolicy = field(init=False)  # the Host check (DNS rebinding), both lanes
+
+    def __post_init__(self) -> None:
+        self.hosts = HostPolicy(lambda: self.config.server.allowed_hosts)
 
     @property
     def config(self) -> Config:

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
+import httptools
+
 from modelrunner.server.fasthttp import ByRestOfHead
 from modelrunner.server.hangups import Hangups
 
@@ -353,31 +355,48 @@ def answer_head(raw: bytes) -> Parsed | str:
     return parsed if parsed is not None else _answer_head(raw)
 
 
+class _Fields:
+    """httptools' callbacks for one answer head: its header fields, as sent."""
+
+    __slots__ = ("done", "fields")
+
+    def __init__(self) -> None:
+        self.fields: list[tuple[bytes, bytes]] = []
+        self.done = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.done = True
+
+
 def _answer_head(raw: bytes) -> Parsed | str:
-    lines = raw.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-        return f"the runner sent no HTTP status line: {lines[0][:80]!r}"
+    """llhttp's parse of an answer head (``httptools``: the grammar aiohttp's client uses)."""
+    if not raw.startswith(b"HTTP/1."):
+        first = raw.partition(b"\r\n")[0]
+        return f"the runner sent no HTTP status line: {first[:80]!r}"
+    fields = _Fields()
+    parser = httptools.HttpResponseParser(fields)
+    try:
+        parser.feed_data(raw + b"\r\n\r\n")
+    except httptools.HttpParserError as e:
+        return f"the runner sent a malformed answer head ({e}): {raw[:80]!r}"
+    if not fields.done:
+        return f"the runner sent an incomplete answer head: {raw[:80]!r}"
     headers: list[tuple[str, str]] = []
     length: int | None = None
     chunked = False
-    keep_alive = parts[0] == "HTTP/1.1"
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        name = name.strip()
-        value = value.strip()
+    for name, value in fields.fields:
         lower = name.lower()
-        if lower == "content-length":
-            if not value.isdigit() or length is not None:
-                return "the runner sent a malformed Content-Length"
-            length = int(value)
+        if lower == b"content-length":
+            length = int(value)  # llhttp refused a bad or a second one
             continue
-        if lower == "transfer-encoding":
-            chunked = "chunked" in value.lower()
-        elif lower == "connection":
-            keep_alive = "close" not in value.lower()
-        headers.append((name, value))
-    return (int(parts[1]), tuple(headers), length, chunked, keep_alive)
+        text = value.decode("latin-1").strip()
+        if lower == b"transfer-encoding":
+            chunked = "chunked" in text.lower()
+        headers.append((name.decode("latin-1"), text))
+    return (parser.get_status_code(), tuple(headers), length, chunked, parser.should_keep_alive())
 
 
 class RunnerPool:
