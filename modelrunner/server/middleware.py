@@ -22,6 +22,8 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from modelrunner.errors import InvalidRequest, ModelRunnerError, PayloadTooLarge
 from modelrunner.logs import access_line
@@ -185,6 +187,16 @@ def make_error_middleware(observe: Observer | None = None) -> Any:
             code = "not_found" if e.status == 404 else "http_error"
             headers = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None
             return error_response(request, e.status, _http_message(e), code, headers)
+        except (HttpProcessingError, RequestPayloadError) as e:
+            # The body could not be read as framed or encoded (gzip that is not gzip): the
+            # client's fault, and the connection's framing is no longer to be trusted.
+            status = 400
+            why = str(e).strip().rsplit("\n", 1)[-1].strip() or "bad request"
+            response = error_response(
+                request, status, f"the request body could not be read: {why}", "bad_body"
+            )
+            response.force_close()
+            return response
         except asyncio.CancelledError:
             status = 499  # the client went away (handler cancellation): nginx's code for it
             raise
