@@ -184,6 +184,15 @@ class Config:
         merged: Config = _merge(base, raw, prefix="", source=source)
         return merged
 
+    def own_dirs(self) -> list[Path]:
+        """The folders that are the daemon's alone (home, store, run, logs, KV cache).
+
+        Not the socket's folder: ``server.socket`` may sit in a shared one like /run/user/UID.
+        """
+        runners = self.runners
+        dirs = [self.home, self.store.path, runners.run_dir, runners.log_dir]
+        return dirs + ([runners.kv_cache.path] if runners.kv_cache.path else [])
+
     def with_env(self, env: Mapping[str, str]) -> Config:
         """Apply Docker Model Runner's environment variables and ``MODELRUNNER_<SECTION>_<KEY>``."""
         flat: dict[str, Any] = {}

@@ -1,4 +1,8 @@
-"""Entry point: parse the verb, run it, render ModelRunnerError as one line on stderr."""
+"""Entry point: parse the verb, run it, render ModelRunnerError as one line on stderr.
+
+Every verb runs under an owner-only umask (``fsmodes.py``): several write into the home without
+the daemon (``setup-default``, ``service install``, ``run``'s history, ``serve`` itself).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
-from modelrunner import __version__
+from modelrunner import __version__, fsmodes
 from modelrunner.cli import commands
 from modelrunner.cli.base import Command
 from modelrunner.errors import ModelRunnerError
@@ -113,6 +117,14 @@ def parse(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, argparse.Namesp
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    umask = fsmodes.private_umask()
+    try:
+        return _main(argv)
+    finally:
+        os.umask(umask)  # for callers in the same process (tests); a CLI process just exits
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser, args = parse(sys.argv[1:] if argv is None else argv)
     command: Command | None = getattr(args, "command", None)
     if command is None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import structlog
 
 from ..errors import DigestMismatch, InvalidRequest
+from ..fsmodes import FILE_MODE
 from . import stamps
 from .artifact import parse_manifest
 from .digest import is_digest
@@ -222,7 +223,7 @@ def _finish(f: BinaryIO, tmp: Path, final: Path) -> None:
     os.fsync(f.fileno())
     f.close()
     if not final.exists():
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, final)
         fsync_dir(final.parent)
         stamps.record(final)

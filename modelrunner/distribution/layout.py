@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InsufficientStorage, InvalidReference, StoreError
+from ..fsmodes import FILE_MODE
 from .digest import check_digest, hex_of
 
 LAYOUT_VERSION = "1.0.0"
@@ -178,7 +179,7 @@ def atomic_write(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):
@@ -206,7 +207,7 @@ class StoreLock:
         self._fd: int | None = None
 
     def __enter__(self) -> StoreLock:
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
         except BaseException:

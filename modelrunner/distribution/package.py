@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from ..errors import InvalidRequest, ModelRunnerError
+from ..fsmodes import FILE_MODE
 from . import mediatypes as mt
 from . import stamps
 from .artifact import build_config, build_manifest, layer, parse_manifest
@@ -57,7 +58,7 @@ def ingest_file(
         if final.exists():
             os.unlink(tmp)
         else:
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, FILE_MODE)
             os.replace(tmp, final)
             fsync_dir(blobs_dir)
             stamps.record(final)

@@ -30,6 +30,7 @@ from ..errors import (
     RegistryError,
     StoreError,
 )
+from ..fsmodes import FILE_MODE
 from . import stamps
 from .artifact import Descriptor, config_object, parse_manifest
 from .gguf import format_size
@@ -402,7 +403,7 @@ def _verify(part: _Partial, desc: Descriptor) -> None:
 def _commit_blob(part: _Partial, partial_path: Path, final: Path) -> None:
     part.f.flush()
     os.fsync(part.f.fileno())
-    os.chmod(partial_path, 0o644)
+    os.chmod(partial_path, FILE_MODE)
     os.replace(partial_path, final)
     fsync_dir(final.parent)
     stamps.record(final)

@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import os
 import re
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelrunner.errors import RunnerFailed
+from modelrunner.errors import ConfigError, RunnerFailed
+from modelrunner.fsmodes import DIR_MODE
 from modelrunner.runners.model import Mode, ModelFiles
 from modelrunner.runners.process import ChildProcess
 from modelrunner.runners.state import Event, RunnerState, next_state
@@ -198,5 +200,13 @@ def prepare_dirs(run_dir: Path, log_dir: Path) -> Path:
     # A deep run_dir would overflow sun_path: use a private short directory instead.
     tag = hashlib.sha256(str(run_dir).encode()).hexdigest()[:8]
     short = Path(tempfile.gettempdir()) / f"mr-{os.getuid()}-{tag}"
-    short.mkdir(mode=0o700, exist_ok=True)
+    short.mkdir(mode=DIR_MODE, exist_ok=True)
+    # In a shared /tmp the name may have been taken first: never put sockets in another's folder.
+    st = short.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise ConfigError(
+            f"{short}, where runner sockets go because {run_dir} is too long a path for them, "
+            "is not a folder of this user's; remove it or choose a shorter runners.run_dir"
+        )
+    os.chmod(short, DIR_MODE)  # one an older version (or a loose umask) left open
     return short

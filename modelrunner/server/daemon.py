@@ -3,8 +3,10 @@ The daemon process: both listeners, signals, readiness, reload and a draining sh
 
 Owns the lifecycles the app does not: the store, the supervisor, the aiohttp runner and its two
 sites (the Unix socket, mode 0600, and TCP on a loopback address unless remote access is allowed
-explicitly).  ``daemon.ready`` is logged (and ``READY=1`` sent to systemd's ``NOTIFY_SOCKET``)
-only once both listen.  SIGTERM/SIGINT: drain with the listeners open (late requests get a 503,
+explicitly).  Before it makes anything it adds 0o077 to the umask and tightens its folders
+(``fsmodes.py``): other local users must not reach a runner's socket behind the API's back.
+``daemon.ready`` is logged (and ``READY=1`` sent to systemd's ``NOTIFY_SOCKET``) only once both
+listen.  SIGTERM/SIGINT: drain with the listeners open (late requests get a 503,
 ``server/drain.py``), let in-flight requests finish (at most ``server.drain_timeout_s``, then cut
 them), stop accepting, stop every runner, exit 0.
 SIGHUP (and ``POST /admin/reload``): re-read the config file; live ``runners.*`` keys apply
@@ -29,7 +31,7 @@ from typing import Any, TextIO
 import structlog
 from aiohttp import web
 
-from modelrunner import logs
+from modelrunner import fsmodes, logs
 from modelrunner.config import Config
 from modelrunner.errors import ConfigError, InvalidConfig, ModelRunnerError, Unavailable
 from modelrunner.runners import live
@@ -161,6 +163,15 @@ async def clear_socket(path: Path) -> None:
     )
 
 
+async def tighten(config: Config) -> None:
+    """Take group and other bits off what an older version (or a loose umask) left there."""
+    changed, errors = await asyncio.to_thread(fsmodes.tighten, config.own_dirs())
+    if changed:
+        log.info("daemon.modes_tightened", entries=changed)
+    if errors:  # one line, not one per file (a disk that refuses chmod would flood the log)
+        log.warning("daemon.modes_not_tightened", count=len(errors), first=errors[:5])
+
+
 class Daemon:
     def __init__(
         self,
@@ -188,6 +199,8 @@ class Daemon:
 
         config = self.config
         check_host(config)
+        fsmodes.private_umask()  # run() did already; kept here so Daemon.run stands alone
+        await tighten(config)
         socket_path = config.server.socket
         await asyncio.to_thread(socket_path.parent.mkdir, parents=True, exist_ok=True)
         await clear_socket(socket_path)
@@ -278,7 +291,9 @@ class Daemon:
     async def _listen(self, runner: web.AppRunner) -> int | None:
         server = self.config.server
         unix = web.UnixSite(runner, str(server.socket))
-        old = os.umask(0o177)  # the socket is created 0600: no window where others can connect
+        # The process umask (fsmodes.private_umask) makes the socket 0700 from its bind: no
+        # window where others can connect.  It used to be swapped to 0o177 around the bind, which
+        # also hit whatever a worker thread created meanwhile (a folder 0600 cannot be entered).
         try:
             await unix.start()
         except OSError as e:
@@ -286,8 +301,6 @@ class Daemon:
                 f"cannot listen on the Unix socket {server.socket}: {e.strerror or e} "
                 "(choose another with --socket; the path must be short, under ~100 bytes)"
             ) from None
-        finally:
-            os.umask(old)
         await asyncio.to_thread(os.chmod, server.socket, 0o600)
         await self._listen_ollama(runner)
         if not server.port:
@@ -456,6 +469,7 @@ def run(
     overrides: Mapping[str, Any] | None = None,
 ) -> int:
     """Run the daemon in the foreground until SIGTERM/SIGINT; the process's exit code."""
+    fsmodes.private_umask()  # before the log file: everything made from here on is owner-only
     log_path = config.runners.log_dir / DAEMON_LOG
     try:
         log_file = LogFile(log_path)
