@@ -5,7 +5,8 @@ A page on ``attacker.example`` whose name is rebound to 127.0.0.1 makes same-ori
 they carry ``Host: attacker.example:12434`` and, for a GET, no ``Origin``, so CORS never sees
 them.  So a connection that arrived at a loopback address is answered only when its ``Host``
 names loopback (``localhost``, a loopback IP literal such as ``127.0.0.1`` or ``[::1]``, with or
-without a port) or a name in ``server.allowed_hosts`` (Ollama's fix for CVE-2024-28224).
+without a port), a name under ``.localhost`` or ``.docker.internal`` (``BUILTIN_SUFFIXES``) or a
+name in ``server.allowed_hosts`` (Ollama's fix for CVE-2024-28224).
 
 A connection that arrived at any other address (``server.host`` beyond loopback) is guarded by
 the API keys, which a page cannot know; there the check applies only once ``allowed_hosts`` is
@@ -22,6 +23,11 @@ import ipaddress
 from collections.abc import Callable, Sequence
 
 LOOPBACK_NAMES = frozenset(("localhost",))
+# Names no page of an attacker's can carry: ``*.localhost`` browsers resolve to loopback
+# themselves (RFC 6761), and ``*.docker.internal`` (``host.docker.internal``: how Docker
+# Desktop's containers reach this machine, arriving on its loopback) is never delegated by
+# public DNS.  Always served, as the loopback names are.
+BUILTIN_SUFFIXES = (".localhost", ".docker.internal")
 CACHE_MAX = 256
 
 
@@ -52,8 +58,8 @@ def _ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 
 def is_loopback_name(name: str) -> bool:
-    """``localhost`` or a loopback IP literal."""
-    if name in LOOPBACK_NAMES:
+    """``localhost`` (or a built-in name, ``BUILTIN_SUFFIXES``) or a loopback IP literal."""
+    if name in LOOPBACK_NAMES or name.endswith(BUILTIN_SUFFIXES):
         return True
     ip = _ip(name)
     return ip is not None and ip.is_loopback

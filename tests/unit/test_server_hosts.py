@@ -35,11 +35,18 @@ def test_loopback_connections_take_only_loopback_names_and_allowed_hosts() -> No
     """What a rebinding page sends (its own name) is refused; the loopback names are not."""
     policy = HostPolicy(lambda: ("models.team.test", ".corp.test"))
     ok = ["localhost", "localhost:12434", "127.0.0.1", "127.0.0.5:1", "[::1]:12434"]
-    ok += ["models.team.test:12434", "corp.test", "a.b.corp.test"]
+    ok += ["models.team.test:12434", "corp.test", "a.b.corp.test", "app.localhost:3000"]
+    ok += ["host.docker.internal:12434", "model-runner.docker.internal"]
     for host in ok:
         assert policy.allows(host, loopback=True), host
     bad = ["rebind.attacker.example:12434", "192.168.1.5:12434", "localhost.", "team.test"]
-    bad += ["evilcorp.test", "localhost.attacker.example", "[::1", ""]
+    bad += [
+        "evilcorp.test",
+        "localhost.attacker.example",
+        "[::1",
+        "",
+        "docker.internal.evil.example",
+    ]
     for host in bad:
         assert not policy.allows(host, loopback=True), host
 
