@@ -269,7 +269,7 @@ def test_an_unparseable_credential_header_is_not_echoed(keyed: DaemonHandle) -> 
     """aiohttp's parser quotes the header it refuses; the daemon's 400s and log do not."""
     for line in UNPARSEABLE:
         with socket.create_connection(("127.0.0.1", keyed.port), timeout=30) as s:
-            s.sendall(b"GET /models HTTP/1.1\r\nHost: x\r\n" + line + b"\r\n\r\n")
+            s.sendall(b"GET /models HTTP/1.1\r\nHost: localhost\r\n" + line + b"\r\n\r\n")
             raw = b""
             while chunk := s.recv(65536):
                 raw += chunk

@@ -209,7 +209,7 @@ async def test_slow_bodies_do_not_block_others(target: Target, http: aiohttp.Cli
     for _ in range(20):
         reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
         writer.write(
-            b"POST /engines/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"POST /engines/v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
             b"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{"
         )
         await writer.drain()
@@ -232,7 +232,7 @@ async def slow_request(host: str, port: int, path: str) -> tuple[bytes, bytes]:
     status line and the body of that answer."""
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(
-        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         "Content-Length: 1000000\r\n\r\n{".encode()
     )
 
@@ -352,7 +352,7 @@ async def test_a_header_over_the_parser_limit_gets_a_json_400(target: Target) ->
     host, _, port = target.base_url.removeprefix("http://").partition(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
-        head = f"GET /models HTTP/1.1\r\nHost: x\r\nX-Big: {'a' * 9000}\r\n\r\n"
+        head = f"GET /models HTTP/1.1\r\nHost: localhost\r\nX-Big: {'a' * 9000}\r\n\r\n"
         writer.write(head.encode())
         await writer.drain()
         async with asyncio.timeout(10):

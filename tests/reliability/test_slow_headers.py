@@ -117,7 +117,7 @@ def test_a_trickling_header_does_not_extend_its_deadline(
     """Bytes keep coming, a header line at a time, but the head never ends: 408 at the deadline."""
     d = daemon_factory(server={"header_timeout_s": 1.0})
     with socket.create_connection(("127.0.0.1", d.port), timeout=READ_TIMEOUT_S) as s:
-        s.sendall(b"GET /models HTTP/1.1\r\nHost: x\r\n")
+        s.sendall(b"GET /models HTTP/1.1\r\nHost: localhost\r\n")
         s.settimeout(0.2)
         closed = b""
         for i in range(int(READ_TIMEOUT_S / 0.2)):
@@ -139,7 +139,7 @@ def test_keep_alive_next_request_gets_the_deadline_too(
     """A whole request is answered; half of the next one on the same connection is dropped."""
     d = daemon_factory(server={"header_timeout_s": 1.0})
     with socket.create_connection(("127.0.0.1", d.port), timeout=READ_TIMEOUT_S) as s:
-        s.sendall(b"GET /models HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.sendall(b"GET /models HTTP/1.1\r\nHost: localhost\r\n\r\n")
         head, _ = read_response(s)
         assert head.startswith(b"HTTP/1.1 200 ")
         s.sendall(HALF_A_HEADER)
@@ -162,11 +162,11 @@ def test_a_body_arriving_after_the_answer_is_not_a_new_head(
     header deadline, then a second request on the same connection, which is answered (not 408)."""
     d = daemon_factory(server={"header_timeout_s": 0.5})
     with socket.create_connection(("127.0.0.1", d.port), timeout=READ_TIMEOUT_S) as s:
-        s.sendall(b"POST /no/such/route HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n")
+        s.sendall(b"POST /no/such/route HTTP/1.1\r\nHost: localhost\r\nContent-Length: 20\r\n\r\n")
         head, _ = read_response(s)
         assert head.startswith(b"HTTP/1.1 404 "), head
         s.sendall(b"x" * 20)
         time.sleep(1.5)  # the client's own pause, past the 0.5 s header deadline
-        s.sendall(b"GET /models HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.sendall(b"GET /models HTTP/1.1\r\nHost: localhost\r\n\r\n")
         head, _ = read_response(s)
         assert head.startswith(b"HTTP/1.1 200 "), head
