@@ -16,6 +16,8 @@ Every error modelrunner raises on purpose; nothing here knows HTTP or the CLI.
     + UpstreamError           llama-server closed or garbled the stream
     + BinaryNotFound          no usable llama-server binary anywhere we looked
       + EngineUnusable        the explicitly configured llama-server fails the probe here
+  x UpstreamTimeout           (504 upstream_timeout) the runner sent nothing for
+                              server.upstream_read_timeout_s (slow, not overloaded)
   x EngineBuildError          (500 engine_build_failed) the native build of llama-server failed
   x StoreError                (500 store_error) the on-disk store refused an operation
     + InsufficientStorage     (507) not enough free space for a pull
@@ -124,6 +126,23 @@ class RunnerFailed(Unavailable):
 
 class UpstreamError(Unavailable):
     code = "upstream_error"
+
+
+class UpstreamTimeout(ModelRunnerError):
+    """A runner that sent nothing within the read timeout: the answer is late, not refused, so
+    a 504 (a client retrying a 503 "overloaded" would only queue the same wait again)."""
+
+    status = 504
+    code = "upstream_timeout"
+
+    def __init__(self, model: str, timeout_s: float) -> None:
+        super().__init__(
+            f"the runner for model {model!r} sent nothing for {timeout_s:g}s "
+            "(server.upstream_read_timeout_s), so the request was stopped; stream the answer "
+            "(the timeout then applies between tokens) or raise server.upstream_read_timeout_s"
+        )
+        self.model = model
+        self.timeout_s = timeout_s
 
 
 class BinaryNotFound(Unavailable):

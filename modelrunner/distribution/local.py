@@ -184,6 +184,7 @@ class LocalStore:
             trained_context=trained_context(gguf_map),
             estimated_bytes=sum(d.size for d in ggufs) + sum(d.size for d in mmproj),
             arch_params=arch_params(gguf_map),
+            gguf=gguf_map,
             manifest_path=lay.manifest(model_id),
         )
 

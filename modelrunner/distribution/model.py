@@ -31,6 +31,9 @@ class Model:
     trained_context: int | None = None
     estimated_bytes: int = 0  # weights, for the memory budget
     arch_params: Mapping[str, int] = field(default_factory=dict)
+    # The GGUF header's key/values as strings: ``config.gguf``, else (another tool's artifact
+    # carries no map) read from the first GGUF file once, when the store first builds the model.
+    gguf: Mapping[str, str] = field(default_factory=dict)
     manifest_path: Path | None = None
 
     @property

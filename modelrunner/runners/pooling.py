@@ -25,8 +25,9 @@ _NONE_VALUES = frozenset({"", "0", "none"})
 def default_pooling(gguf: Mapping[str, str] | None) -> str | None:
     """The pooling to start an embedding runner with, or None to leave it to the GGUF.
 
-    *gguf* is the artifact's ``config.gguf`` metadata map; without it nothing is known, and an
-    embedding model's own pooling must not be overridden on a guess.
+    *gguf* is the model's GGUF header as a string map (``config.gguf``, or the header itself when
+    another tool's artifact carries no map); without it nothing is known, and an embedding
+    model's own pooling must not be overridden on a guess.
     """
     if not gguf:
         return None

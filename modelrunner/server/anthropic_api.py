@@ -6,11 +6,13 @@ Served under ``/`` (the ``anthropic`` package and Claude Code with
 ``/engines/{backend}``.  llama-server speaks this API itself, so the body goes to the model's
 runner unchanged and a streamed answer comes back untouched, through ``openai_api.serve()``
 (the same lookup, load on demand, admission, keep-alive and metrics as the OpenAI routes).
-What this module adds: the checks llama-server would answer with a 500 or take the wrong way
-(a ``max_tokens`` beyond its 32-bit counter), Anthropic's error shape for the runner's errors
-(llama-server answers these routes with OpenAI's), and token counts for the metrics from
-Anthropic's ``usage`` (``message_start`` carries the input, ``message_delta`` the output).
-``x-api-key``, ``anthropic-version`` and ``anthropic-beta`` are accepted and not checked.
+What this module adds: Anthropic's required fields (``max_tokens`` and at least one message, as
+Anthropic answers 400 without them; count_tokens takes no ``max_tokens``), the checks
+llama-server would answer with a 500 or take the wrong way (a ``max_tokens`` beyond its 32-bit
+counter), Anthropic's error shape for the runner's errors (llama-server answers these routes
+with OpenAI's), and token counts for the metrics from Anthropic's ``usage`` (``message_start``
+carries the input, ``message_delta`` the output).  ``x-api-key``, ``anthropic-version`` and
+``anthropic-beta`` are accepted and not checked.
 """
 
 from __future__ import annotations
@@ -40,6 +42,18 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _check_max_tokens(payload: dict[str, Any]) -> None:
+    """Required, as Anthropic requires it: without it llama-server would generate up to its own
+    4,096-token default (the model's ``--n-predict`` does not apply to this route)."""
+    if "max_tokens" not in payload:
+        raise InvalidRequest(
+            f"max_tokens: field required (the most tokens to generate, from 1 to {MAX_TOKENS})"
+        )
+    max_tokens = payload["max_tokens"]
+    if not (_is_int(max_tokens) and 1 <= max_tokens <= MAX_TOKENS):
+        raise _bad("max_tokens", f"an integer from 1 to {MAX_TOKENS}")
+
+
 def check_request(payload: dict[str, Any], *, counting: bool) -> str:
     """The model name, after the checks that must not reach llama-server as they are."""
     model = payload.get("model")
@@ -48,6 +62,9 @@ def check_request(payload: dict[str, Any], *, counting: bool) -> str:
     messages = payload.get("messages")
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise _bad("messages", 'an array of message objects ({"role": "user", "content": ...})')
+    if not messages and not counting:
+        # Anthropic's 400: without a turn to answer the runner would generate from nothing.
+        raise InvalidRequest("messages: at least one message is required")
     for i, message in enumerate(messages):
         content = message.get("content")
         if not isinstance(content, str | list) or (
@@ -63,11 +80,8 @@ def check_request(payload: dict[str, Any], *, counting: bool) -> str:
         and all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in tools)
     ):
         raise _bad("tools", 'an array of tool definitions ({"name": ..., "input_schema": {...}})')
-    max_tokens = payload.get("max_tokens")
-    if (not counting and max_tokens is not None) and not (
-        _is_int(max_tokens) and 1 <= max_tokens <= MAX_TOKENS
-    ):
-        raise _bad("max_tokens", f"an integer from 1 to {MAX_TOKENS}")
+    if not counting:  # count_tokens takes no max_tokens
+        _check_max_tokens(payload)
     if "stream" in payload and not isinstance(payload["stream"], bool):
         raise _bad("stream", "true or false")
     return model

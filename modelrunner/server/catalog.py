@@ -54,11 +54,6 @@ def normalise(ref: str) -> str | None:
     return parsed.display if parsed is not None else None
 
 
-def _gguf_map(model: Model) -> dict[str, str] | None:
-    gguf = model.config.get("gguf")
-    return {str(k): str(v) for k, v in gguf.items()} if isinstance(gguf, dict) else None
-
-
 def kv_per_token(model: Model) -> int | None:
     params: dict[str, Any] = dict(model.arch_params)
     if not all(isinstance(params.get(k), int) and params[k] > 0 for k in _KV_REQUIRED):
@@ -135,7 +130,8 @@ class Catalog:
             kv_bytes_per_token=kv_per_token(model),
             sliding_window=model.arch_params.get("sliding_window"),
             settings=self.effective_settings(model),
-            pooling=default_pooling(_gguf_map(model)),
+            # The header's map, not config.gguf: another tool's artifact may carry none.
+            pooling=default_pooling(model.gguf),
         )
 
     async def resolve(self, model_id: str) -> ModelFiles:

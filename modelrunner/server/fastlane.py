@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import structlog
 from aiohttp.web_server import Server
 
-from modelrunner.errors import ModelRunnerError
+from modelrunner.errors import ModelRunnerError, UpstreamTimeout
 from modelrunner.logs import access_line
 from modelrunner.runners.model import Mode
 from modelrunner.server import fasthttp, inference
@@ -158,6 +158,7 @@ class FastLane:
                 body = await conn.body(head.length, state.config.server.body_timeout_s)
             got = await read_inference(state, body, route.mode, head.headers)
             exchange.stream = got.stream
+            exchange.model = got.name
             exchange.request_body = body
             status = await inference.pass_through(
                 state,
@@ -229,6 +230,7 @@ class Exchange:
         self._head = head
         self._route = route
         self.stream = False
+        self.model = ""  # the model's display name, for the UpstreamTimeout of a silent runner
         self.request_body = b""
         self._started = False
         self.forwarded = Forwarded()  # what pass_through and this relay record
@@ -306,7 +308,8 @@ class Exchange:
         """Fail the request if the runner has sent nothing for *timeout_s*."""
         up = self._up
         if up is not None and now - max(up.last_rx, self._sent_at) >= timeout_s:
-            self.lost(TimeoutError(f"the runner sent nothing for {timeout_s:g}s"))
+            # Our error, not a TimeoutError: a late answer is a 504, not a failed runner's 503.
+            self.lost(UpstreamTimeout(self.model, timeout_s))
 
     def head(self, status: int, headers: tuple[tuple[str, str], ...], chunked: bool) -> None:
         self._status = status

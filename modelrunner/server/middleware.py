@@ -35,7 +35,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Observer = Callable[[web.Request, int, float], None]
 
 _OPENAI_SUFFIXES = ("/rerank", "/score")
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error"}
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    504: "timeout",  # the openai package raises InternalServerError for any 5xx
+}
 
 
 def is_openai_path(path: str) -> bool:

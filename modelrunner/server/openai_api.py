@@ -198,8 +198,10 @@ class AiohttpLane:
         body: bytes,
         stream: bool,
         relay: Relay | None,
+        name: str,
     ) -> None:
         self._state = state
+        self._name = name  # the model's display name, for the errors
         self._request = request
         self._path = upstream_path
         self._body = body
@@ -220,6 +222,7 @@ class AiohttpLane:
             forwarded,
             stream=self._stream,
             relay=self._relay,
+            model=self._name,
         )
         if isinstance(response, web.Response) and isinstance(response.body, bytes | bytearray):
             forwarded.answer = (response.status, bytes(response.body))
@@ -252,7 +255,7 @@ async def serve(
 ) -> web.StreamResponse:
     """Pass an aiohttp request through to the model's runner (or through *relay*, another
     API family's translation): ``inference.pass_through`` on aiohttp's lane."""
-    lane = AiohttpLane(state, request, upstream_path, body, stream, relay)
+    lane = AiohttpLane(state, request, upstream_path, body, stream, relay, name)
     return await inference.pass_through(
         state,
         request,

@@ -27,7 +27,7 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from modelrunner.errors import ModelRunnerError
+from modelrunner.errors import ModelRunnerError, UpstreamTimeout
 from modelrunner.server import fasthttp
 
 log = structlog.get_logger(__name__)
@@ -184,12 +184,14 @@ class UpstreamPool:
         *,
         stream: bool = False,
         relay: Relay | None = None,
+        model: str,
     ) -> web.StreamResponse:
         """Send *body* to the runner and stream its answer back; *state* records progress.
 
         *stream*: the client asked for SSE.  llama-server closes the connection after a streamed
         answer while announcing keep-alive, so such a request uses a connection of its own.
-        *relay*: translate the answer instead of passing it through.
+        *relay*: translate the answer instead of passing it through.  *model*: the runner's
+        model, named by the UpstreamTimeout a silent runner raises.
         """
         headers = CIMultiDict(
             (k, v) for k, v in request.headers.items() if k.lower() in RUNNER_HEADERS
@@ -202,6 +204,10 @@ class UpstreamPool:
             up = await self._post(session, upstream_path, body, headers)
             async with up:
                 return await (relay or self._relay)(request, up, state)
+        except aiohttp.SocketTimeoutError as e:
+            # sock_read: nothing from the runner for upstream_read_timeout_s, before its head or
+            # between two reads of its answer (every relay reads under this block).
+            raise UpstreamTimeout(model, self._timeout.sock_read or 0) from e
         finally:
             self._busy[socket_path] -= 1
             if not self._busy[socket_path]:
@@ -396,7 +402,8 @@ def error_event(state: Forwarded, error: ModelRunnerError) -> bytes:
     family's own line (``state.error_line``)."""
     if state.error_line is not None:
         return state.error_line(error)
-    payload = {"error": {"message": error.message, "type": "server_error", "code": error.code}}
+    kind = "timeout" if isinstance(error, UpstreamTimeout) else "server_error"
+    payload = {"error": {"message": error.message, "type": kind, "code": error.code}}
     return f"data: {json.dumps(payload)}\n\n".encode()
 
 

@@ -132,6 +132,31 @@ def test_hostile_input_gets_anthropic_errors(served: DaemonHandle) -> None:
     assert message.content
 
 
+def test_required_fields_are_required_as_anthropic_requires_them(served: DaemonHandle) -> None:
+    """No ``max_tokens`` (plain or streamed) and ``messages: []`` are Anthropic's 400s, never a
+    generation of up to 4,096 tokens; count_tokens takes no ``max_tokens`` and still counts."""
+    ac = client(served)
+    for stream in (False, True):
+        with pytest.raises(anthropic.BadRequestError) as caught:
+            ac.post(
+                "/v1/messages",
+                body={"model": MODEL, "messages": MESSAGES, "stream": stream},
+                cast_to=anthropic.types.Message,
+            )
+        body = caught.value.body
+        assert isinstance(body, dict)
+        assert body["error"]["type"] == "invalid_request_error"
+        assert body["error"]["message"].startswith("max_tokens:")
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        ac.messages.create(model=MODEL, max_tokens=4, messages=[])
+    body = caught.value.body
+    assert isinstance(body, dict)
+    assert body["error"]["type"] == "invalid_request_error"
+    assert "at least one message" in body["error"]["message"]
+    assert ac.messages.count_tokens(model=MODEL, messages=MESSAGES).input_tokens > 1
+    assert ac.messages.create(model=MODEL, max_tokens=1, messages=MESSAGES).content
+
+
 SYSTEM: list[BetaTextBlockParam] = [
     {
         "type": "text",

@@ -8,11 +8,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import ollama
 import pytest
 
+from modelrunner.distribution.gguf import read_gguf
 from tests.fixtures.daemon import DaemonHandle
 from tests.fixtures.registry import oras_push
-from tests.integration.test_daemon import curl
+from tests.integration.test_daemon import client, curl
 
 pytestmark = [pytest.mark.llama, pytest.mark.registry]
 
@@ -100,3 +102,31 @@ def test_an_artifact_another_tool_made_pulls_and_runs(
     status, text = curl(daemon, "POST", "/engines/llama.cpp/v1/completions", body)
     assert status == 200, text
     assert json.loads(text)["choices"][0]["text"] is not None
+
+
+def test_an_artifact_without_gguf_metadata_embeds(
+    daemon: DaemonHandle, registry: Any, tiny_gguf: Path, tmp_path: Path
+) -> None:
+    """Another tool's artifact: a Docker v0.1 config with format, quantization, parameters and
+    size but no ``gguf`` map, pushed by oras and pulled by the daemon.  The tiny llama declares
+    no pooling, which only its header says: embeddings answer through the real `openai` and
+    `ollama` packages (llama-server would refuse the runner's default pooling, ``none``)."""
+    assert not [k for k in read_gguf(tiny_gguf).gguf if "pooling" in k]
+    ref = f"{registry.host}/other/no-metadata:v1"
+    config = tmp_path / "config.json"
+    docker_v01 = {"format": "gguf", "quantization": "F32", "parameters": "131K", "size": "512KiB"}
+    config.write_text(json.dumps({"config": docker_v01}))
+    oras_push(registry.host, ref, tiny_gguf, config)
+    status, text = curl(
+        daemon, "POST", "/models/create", {"from": ref}, headers=("Accept: application/json",)
+    )
+    assert status == 200, text
+    (model,) = json.loads(curl(daemon, "GET", "/models")[1])
+    assert "gguf" not in model["config"]
+
+    emb = client(daemon).embeddings.create(model=ref, input=["a", "b"])
+    assert [len(d.embedding) for d in emb.data] == [64, 64]
+    oc = ollama.Client(host=f"http://127.0.0.1:{daemon.port}", timeout=60)
+    embedded = oc.embed(model=ref, input="a")
+    assert len(embedded.embeddings) == 1
+    assert len(embedded.embeddings[0]) == 64

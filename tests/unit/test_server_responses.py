@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from modelrunner.errors import InvalidRequest
+from modelrunner.errors import InvalidRequest, UpstreamTimeout
 from modelrunner.server import responses_convert as convert
 from modelrunner.server.middleware import error_body, is_anthropic_path, is_responses_path
 from modelrunner.server.responses_index import ResponseIndex, valid_id
@@ -294,3 +294,26 @@ def test_error_shapes_by_family() -> None:
     for path in ("/models/ai/responses", "/v1/chat/completions", "/responsesx"):
         assert not is_responses_path(path)
     assert json.dumps(error_body("/models/x", 404, "m", "c")) == '{"error": "m"}'
+
+
+def test_a_timeout_has_each_familys_timeout_shape() -> None:
+    """504 everywhere: OpenAI's ``timeout`` type, Anthropic's ``api_error`` (its 503 is
+    ``overloaded_error``, which a late answer is not), Ollama's and management's plain error."""
+    e = UpstreamTimeout("ai/x:latest", 1.5)
+    assert e.status == 504
+    assert "1.5s" in e.message
+    assert "server.upstream_read_timeout_s" in e.message
+
+    def shape(path: str) -> dict[str, Any]:
+        return error_body(path, e.status, e.message, e.code)
+
+    for path in ("/engines/v1/chat/completions", "/v1/embeddings", "/v1/responses"):
+        assert shape(path) == {
+            "error": {"message": e.message, "type": "timeout", "code": "upstream_timeout"}
+        }
+    assert shape("/v1/messages") == {
+        "type": "error",
+        "error": {"type": "api_error", "message": e.message},
+    }
+    assert shape("/api/chat") == {"error": e.message}
+    assert shape("/models/create") == {"error": e.message}
