@@ -59,27 +59,33 @@ class LevelResult:
     def requests_per_second(self) -> float:
         return len(self.ok) / self.total_time_s if self.total_time_s > 0 else 0.0
 
-    def ttft_ms(self, q: float) -> float | None:
+    def ttft_s(self, q: float) -> float | None:
         values = sorted(s.ttft_s for s in self.ok if s.ttft_s is not None)
-        if not values:
-            return None
-        return round(percentile(values, q) * 1000, 1)
+        return percentile(values, q) if values else None
 
-    def to_json(self, base_tps: float) -> dict[str, Any]:
+    def ttft_ms(self, q: float) -> float | None:
+        seconds = self.ttft_s(q)
+        return None if seconds is None else round(seconds * 1000, 1)
+
+    def to_docker(self) -> dict[str, Any]:
+        """Docker's ``BenchmarkResult`` as Go marshals it (field names as declared, durations
+        in nanoseconds), then the TTFT percentiles and the error count Docker does not have."""
         return {
-            "type": "level",
-            "concurrency": self.concurrency,
-            "requests": len(self.ok),
-            "errors": self.errors,
-            "total_tokens": self.total_tokens,
-            "tokens_per_second": round(self.tokens_per_second, 3),
-            "requests_per_second": round(self.requests_per_second, 3),
-            "ttft_p50_ms": self.ttft_ms(50),
-            "ttft_p95_ms": self.ttft_ms(95),
-            "total_time_s": round(self.total_time_s, 3),
-            "rel_speed": round(self.tokens_per_second / base_tps, 3) if base_tps > 0 else 1.0,
-            "token_counts": [s.tokens for s in self.ok],
+            "Concurrency": self.concurrency,
+            "MeanRPS": self.requests_per_second,
+            "TotalTokens": self.total_tokens,
+            "TPS": self.tokens_per_second,
+            "TotalTime": round(self.total_time_s * 1e9),
+            "Requests": len(self.ok),
+            "TokenCounts": [s.tokens for s in self.ok],
+            "Errors": self.errors,
+            "TTFTP50": _ns(self.ttft_s(50)),
+            "TTFTP95": _ns(self.ttft_s(95)),
         }
+
+
+def _ns(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * 1e9)
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -168,20 +174,11 @@ def run_level(
     return LevelResult(concurrency, time.monotonic() - started, samples)
 
 
-def summary(model: str, prompt: str, results: Sequence[LevelResult]) -> dict[str, Any]:
-    """Docker's summary: the best level, its tokens/s and the gain over concurrency 1."""
-    base = base_tps(results)
-    best = max(results, key=lambda r: r.tokens_per_second, default=None)
-    out: dict[str, Any] = {"type": "summary", "model": model, "prompt": prompt}
-    if best is None or best.tokens_per_second <= 0:
-        return {**out, "best_concurrency": None, "max_tokens_per_second": 0.0}
-    gain = (best.tokens_per_second - base) / base * 100 if base > 0 else None
-    return {
-        **out,
-        "best_concurrency": best.concurrency,
-        "max_tokens_per_second": round(best.tokens_per_second, 3),
-        "improvement_pct": round(gain, 1) if gain is not None else None,
-    }
+def document(model: str, prompt: str, results: Sequence[LevelResult]) -> dict[str, Any]:
+    """``docker model bench --json``'s one document: ``{model, prompt, results}``, the results
+    by concurrency (so ``jq .results`` scripts written for Docker's work unchanged)."""
+    ordered = sorted(results, key=lambda r: r.concurrency)
+    return {"model": model, "prompt": prompt, "results": [r.to_docker() for r in ordered]}
 
 
 def base_tps(results: Sequence[LevelResult]) -> float:

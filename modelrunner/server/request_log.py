@@ -10,8 +10,10 @@ appends it to a list until ``server.request_log_body_bytes`` are held (then coun
 Nothing is parsed while the answer streams.  The work happens once, lazily, when somebody reads
 the record (``to_api``): base64 media in the request shortened, a streamed answer folded into
 one response body (OpenAI chat and text completions; Anthropic messages), an error answer moved
-to ``error`` as JSON.  Only the method, path, body and User-Agent are kept: never a header such as
-``Authorization`` or ``x-api-key``, never the query string.  Knows nothing of runners or routes.
+to ``error`` as JSON; ``prompt`` and ``answer`` (beside Docker's fields) say both as text, for
+every API family (``record_text``).  Only the method, path, body and User-Agent are kept: never
+a header such as ``Authorization`` or ``x-api-key``, never the query string.  Knows nothing of
+runners or routes.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelrunner.server.record_text import answer_text, prompt_text
 from modelrunner.server.sse_hub import Hub, frame
 
 MAX_MODELS = 32  # models with records; the least recently used beyond this are forgotten
@@ -203,19 +206,23 @@ class Record:
                 response = folded
         if not error and self.status_code >= 400:
             response, error = "", _as_error(raw)
+        request = request_text(self.body, self.limit)
+        response = "" if error else _cut(response, self.limit, self.dropped)
         api = {
             "id": self.id,
             "model": self.model,
             "method": self.method,
             "url": self.url,
-            "request": request_text(self.body, self.limit),
-            "response": "" if error else _cut(response, self.limit, self.dropped),
+            "request": request,
+            "response": response,
             "error": error,
             "timestamp": self.timestamp,
             "status_code": self.status_code,
             "user_agent": self.user_agent,
             "model_id": self.model_id,
             "duration_ms": self.duration_ms,
+            "prompt": prompt_text(request),
+            "answer": answer_text(response) if response else "",
         }
         if self.done:
             self._api = api

@@ -2,8 +2,10 @@
 // daemon asks for one) rides along on all of them. The page has no routes of its own.
 
 const KEY = "modelrunner.apiKey";
+const MAX_TRIES = 6; // keys one call may try before it gives its 401 to the caller
 let asking = null; // one key prompt at a time, shared by every call that got a 401
 let declined = false; // asked once and the user cancelled: stop asking until a reload
+let refused = false; // the last key given was refused: the next prompt says so
 
 export class ApiError extends Error {
   constructor(status, message) {
@@ -19,18 +21,30 @@ function withKey(headers) {
   return h;
 }
 
+/** Say in the open prompt that the key given was refused (or nothing, the first time). */
+function showRefusal() {
+  const note = document.getElementById("key-refused");
+  note.textContent = refused ? "That key was refused (401) — try again." : "";
+  note.hidden = !refused;
+}
+
 function askKey() {
   if (declined) return Promise.resolve(false);
-  if (asking) return asking;
+  if (asking) {
+    showRefusal(); // a call that found the key refused while the prompt was already open
+    return asking;
+  }
   const dialog = document.getElementById("key-dialog");
   const form = document.getElementById("key-form");
   const input = document.getElementById("key-input");
+  showRefusal();
   asking = new Promise((resolve) => {
     const done = (ok) => {
       form.removeEventListener("submit", onSubmit);
       dialog.removeEventListener("cancel", onCancel);
       dialog.close();
       asking = null;
+      refused = false;
       if (ok) localStorage.setItem(KEY, input.value.trim());
       else declined = true;
       input.value = "";
@@ -52,15 +66,19 @@ function askKey() {
   return asking;
 }
 
-/** fetch() with the stored key; on a 401, ask for a key once and retry with it. */
+/** fetch() with the stored key; on a 401, ask for a key (saying so when the one sent was
+ * refused) and retry with it, until one is accepted or the user cancels. */
 export async function request(path, options = {}) {
   for (let attempt = 0; ; attempt++) {
     const sent = localStorage.getItem(KEY);
     const res = await fetch(path, { ...options, headers: withKey(options.headers) });
-    if (res.status !== 401 || attempt > 1) return res;
+    if (res.status !== 401 || attempt >= MAX_TRIES) return res;
     const now = localStorage.getItem(KEY);
     if (now && now !== sent) continue; // a key came while this call was out: just retry with it
-    if (now) localStorage.removeItem(KEY); // the daemon refuses it: of no more use
+    if (sent && now === sent) {
+      localStorage.removeItem(KEY); // the daemon refuses it: of no more use
+      refused = true;
+    }
     if (!(await askKey())) return res;
   }
 }

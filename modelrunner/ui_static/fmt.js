@@ -39,9 +39,18 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-/** Replace a table body's rows; one muted row saying *empty* when there are none. */
+/** Replace a table body's rows; one muted row saying *empty* when there are none. Each cell
+ * gets its column's name as data-label: a narrow window shows the rows as cards, labelled. */
 export function fillTable(id, rows, columns, empty) {
   const body = document.getElementById(id);
+  const names = [...body.closest("table").querySelectorAll("thead th")].map((th) =>
+    th.querySelector(".visually-hidden") ? "" : th.textContent.trim(),
+  );
+  for (const row of rows) {
+    [...row.children].forEach((c, i) => {
+      if (c.tagName === "TD" && names[i]) c.dataset.label = names[i];
+    });
+  }
   body.replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: columns, class: "muted" }, empty))]));
 }
 

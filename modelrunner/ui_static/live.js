@@ -3,7 +3,7 @@
 // The last requests come from GET /engines/requests when the daemon keeps a request log.
 
 import { request, sse } from "./api.js";
-import { changed, el, when } from "./fmt.js";
+import { changed, el } from "./fmt.js";
 
 const MAX_EVENTS = 50;
 const MAX_REQUESTS = 20;
@@ -77,20 +77,50 @@ async function follow() {
   setTimeout(follow, 2000);
 }
 
+/** The message of a record's error (JSON in either route family's shape, or text). */
+function errorText(error) {
+  try {
+    const body = JSON.parse(error);
+    const inner = body.error ?? body;
+    return String(inner.message ?? inner);
+  } catch {
+    return String(error);
+  }
+}
+
+/** A route as read at a glance: /engines/v1/chat/completions is /v1/chat/completions. */
+function route(r) {
+  const url = (r.url || "").replace(/^\/engines(\/llama\.cpp)?(?=\/)/, "");
+  return r.method && r.method !== "POST" ? `${r.method} ${url}` : url;
+}
+
+/** One line per request: when, status, model, route and the answer's text (the daemon's
+ * `answer`, the same for every API family), each cut with … and whole in its title. */
 function requestRow(r) {
-  const status = r.status_code ?? (r.error ? "error" : "—");
+  const failed = Boolean(r.error) || r.status_code >= 400;
+  const status = r.status_code || (r.error ? "error" : "…");
+  const answer = r.error ? `error: ${errorText(r.error)}` : (r.answer ?? r.response ?? "");
+  const time = stamp(r.timestamp);
   return el(
     "tr",
-    {},
-    cell(when(r.timestamp)),
-    cell(r.model || "—"),
-    cell(`${r.method || ""} ${r.url || ""}`.trim()),
-    cell(String(status)),
+    { "data-url": r.url || "", "data-status": String(status) },
+    line(time ? time.toLocaleTimeString() : "—", time ? time.toLocaleString() : ""), // the date: in the title
+    line(String(status), "", failed ? "status-error" : null),
+    line(r.model || "—"),
+    line(route(r), `${r.method || ""} ${r.url || ""}`.trim()),
+    line(answer.replace(/\s+/g, " ").trim(), `${r.model || ""} ${route(r)}\n${answer}`, "answer"),
   );
 }
 
-function cell(text) {
-  return el("td", {}, text);
+/** A record's time: seconds since the epoch (Docker's) or RFC 3339; null without one. */
+function stamp(t) {
+  if (!t) return null;
+  const d = typeof t === "number" ? new Date(t * 1000) : new Date(t);
+  return Number.isNaN(d.getTime()) ? null : d;
+}
+
+function line(text, title = text, cls = null) {
+  return el("td", { title: title || null, class: cls }, text);
 }
 
 let requestsPending = false;
@@ -106,9 +136,11 @@ export async function refreshRequests() {
     }
     if (!res.ok) return;
     const groups = await res.json();
+    // Newest first: each model's records come oldest first, and several share a second.
     const records = (Array.isArray(groups) ? groups : [])
       .flatMap((g) => (g.records || []).map((r) => ({ model: g.model, ...r })))
-      .sort((a, b) => (Date.parse(b.timestamp) || b.timestamp || 0) - (Date.parse(a.timestamp) || a.timestamp || 0))
+      .reverse()
+      .sort((a, b) => (stamp(b.timestamp)?.getTime() ?? 0) - (stamp(a.timestamp)?.getTime() ?? 0))
       .slice(0, MAX_REQUESTS);
     document.getElementById("requests-body").replaceChildren(...records.map(requestRow));
   } catch {

@@ -1,9 +1,10 @@
 """`modelrunner bench` (the real CLI) against the real daemon and the tiny model: streamed
-requests at each concurrency level, a JSON line per level, bad flags refused."""
+requests at each concurrency level, Docker's JSON document, bad flags refused."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -35,23 +36,64 @@ def bench(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_json_has_a_line_per_level_with_tokens(env: dict[str, str]) -> None:
-    """Two short levels: each line has tokens/s > 0, TTFT percentiles and no errors."""
-    done = bench(env, "--json", "--duration", "1s", "--concurrency", "1,2", "--max-tokens", "8")
+# cmd/cli/commands/bench.go: `BenchmarkResult` has no json tags, so Go marshals its field names
+# as declared; `TotalTime` is a time.Duration (integer nanoseconds).
+DOCKER_RESULT = {
+    "Concurrency": int,
+    "MeanRPS": float,
+    "TotalTokens": int,
+    "TPS": float,
+    "TotalTime": int,
+    "Requests": int,
+    "TokenCounts": list,
+}
+OURS = {"Errors", "TTFTP50", "TTFTP95"}  # beside Docker's, never instead of them
+
+
+def test_json_is_dockers_one_document(env: dict[str, str]) -> None:
+    """`--json` prints one document, `{model, prompt, results}` as `docker model bench --json`:
+    a script doing `jq .results` on Docker's output works on ours."""
+    done = bench(
+        env,
+        "--json",
+        "--duration",
+        "1s",
+        "--concurrency",
+        "2,1",
+        "--max-tokens",
+        "8",
+        "--prompt",
+        "hi",
+    )
     assert done.returncode == 0, done.stderr
-    lines = [json.loads(line) for line in done.stdout.splitlines()]
-    levels, summary = lines[:-1], lines[-1]
-    assert [line["concurrency"] for line in levels] == [1, 2]
-    for level in levels:
-        assert level["type"] == "level"
-        assert level["tokens_per_second"] > 0
-        assert level["requests"] >= 1
-        assert level["errors"] == 0
-        assert 0 < level["ttft_p50_ms"] <= level["ttft_p95_ms"]
-        assert all(0 < n <= 8 for n in level["token_counts"])
-    assert summary["type"] == "summary"
-    assert summary["best_concurrency"] in (1, 2)
-    assert summary["max_tokens_per_second"] > 0
+    doc = json.loads(done.stdout)  # ONE document, not a line per level
+    assert set(doc) == {"model", "prompt", "results"}
+    assert doc["model"] == MODEL
+    assert doc["prompt"] == "hi"
+    results = doc["results"]
+    assert isinstance(results, list)
+    assert [r["Concurrency"] for r in results] == [1, 2]  # one per level, by concurrency
+    for r in results:
+        assert set(r) == set(DOCKER_RESULT) | OURS, sorted(r)
+        for name, kind in DOCKER_RESULT.items():
+            assert isinstance(r[name], kind), (name, r[name])
+        assert r["TPS"] > 0
+        assert r["Requests"] == len(r["TokenCounts"]) >= 1
+        assert r["TotalTokens"] == sum(r["TokenCounts"])
+        assert all(0 < n <= 8 for n in r["TokenCounts"])
+        assert r["TotalTime"] >= 1_000_000_000  # the level ran its whole second, in ns
+        assert r["Errors"] == 0
+        assert 0 < r["TTFTP50"] <= r["TTFTP95"] < r["TotalTime"]
+    if shutil.which("jq"):  # the pipe Docker's users write
+        jq = subprocess.run(
+            ["jq", "-c", ".results | map(.Concurrency)"],
+            input=done.stdout,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        assert jq.stdout.strip() == "[1,2]"
     print("bench:", done.stdout)
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import anthropic
+import ollama
 import openai
 import psutil
 import pytest
@@ -57,7 +59,7 @@ class Browser:
 
 
 @contextlib.asynccontextmanager
-async def browser(color_scheme: str = "light") -> AsyncIterator[Browser]:
+async def browser(color_scheme: str = "light", width: int = 1280) -> AsyncIterator[Browser]:
     """One Chromium page; console errors and page exceptions are collected, never ignored."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (make system-deps installs it)")
@@ -67,7 +69,7 @@ async def browser(color_scheme: str = "light") -> AsyncIterator[Browser]:
         chromium = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = await chromium.new_page(
-                viewport={"width": 1280, "height": 900}, color_scheme=color_scheme
+                viewport={"width": width, "height": 900}, color_scheme=color_scheme
             )
             b = Browser(page)
 
@@ -381,4 +383,109 @@ async def test_dashboard_asks_for_an_api_key_once(daemon_factory: Any, tiny_gguf
         await page.locator(f'#models-body tr[data-model="{MODEL}"]').wait_for(timeout=WAIT_MS)
         assert not await page.locator("#key-dialog[open]").count()
         # The browser's 401s before the key are expected; nothing else may fail.
+        assert [e for e in b.unexpected_errors if "401" not in e] == []
+
+
+UPPER = "ai/tiny:270M-Q4_K_M"  # a tag with upper case: every table names it as stored
+
+# Measured in the page: the width it needs, and each "Last requests" row's height against one
+# line of its text (a row that wraps is two or three lines tall).
+LAYOUT = """() => {
+    const rows = [...document.querySelectorAll('#requests-body tr')];
+    const td = document.querySelector('#requests-body td');
+    const line = parseFloat(getComputedStyle(td).lineHeight);
+    const box = document.querySelector('#requests-body').closest('table').parentElement;
+    return {
+        width: window.innerWidth,
+        scroll_width: document.documentElement.scrollWidth,
+        line_px: line,
+        row_px: rows.map(r => r.getBoundingClientRect().height),
+        list_px: box.getBoundingClientRect().height,
+        rem_px: parseFloat(getComputedStyle(document.documentElement).fontSize),
+    };
+}"""
+
+
+def ask_from_outside(d: DaemonHandle, chats: int) -> dict[str, str]:
+    """*chats* OpenAI chats, then an Anthropic message and an Ollama chat (the real packages):
+    the text each family's client got, by route."""
+    user = [{"role": "user", "content": "hi"}]
+    with openai.OpenAI(base_url=f"{d.base_url}/engines/v1/", api_key="unused", max_retries=0) as oa:
+        for _ in range(chats):
+            oa.chat.completions.create(model=UPPER, messages=user, max_tokens=6)  # type: ignore[arg-type]
+    with anthropic.Anthropic(base_url=d.base_url, api_key="unused", max_retries=0) as ac:
+        m = ac.messages.create(model=UPPER, max_tokens=6, messages=user)  # type: ignore[arg-type]
+    oc = ollama.Client(host=d.base_url)
+    try:
+        chat = oc.chat(model=UPPER, messages=user, options={"num_predict": 6})
+    finally:
+        oc.close()
+    said = {
+        "/v1/messages": "".join(b.text for b in m.content if b.type == "text"),
+        "/api/chat": chat.message.content or "",
+    }
+    return {url: " ".join(text.split()) for url, text in said.items()}
+
+
+@pytest.mark.parametrize(
+    ("width", "scheme"), [(1280, "light"), (1280, "dark"), (420, "light"), (420, "dark")]
+)
+async def test_dashboard_fits_the_window_and_keeps_requests_compact(
+    daemon: DaemonHandle, tiny_gguf: Path, width: int, scheme: str
+) -> None:
+    """Wide and narrow, light and dark: the page is never wider than the window (its tables
+    scroll in their own box or become cards), each of the last requests is one line in a
+    bounded list and shows the answer's text for every API family (not Anthropic's or Ollama's
+    JSON), and the models and runners tables name the model as stored.  The screenshots in
+    docs/ (ui-wide-light.png, ui-narrow-dark.png, …) are written here."""
+    await asyncio.to_thread(daemon.add_model, UPPER, tiny_gguf)
+    said = await asyncio.to_thread(ask_from_outside, daemon, 10)  # more than the list shows
+    async with browser(scheme, width) as b:
+        page = b.page
+        await open_dashboard(b, daemon)
+        await page.locator(f'#runners-body tr[data-runner="{UPPER}"][data-state=ready]').wait_for(
+            timeout=WAIT_MS
+        )
+        assert await page.locator(f'#models-body tr[data-model="{UPPER}"]').count() == 1
+        await until_true(page, "document.querySelectorAll('#requests-body tr').length >= 10")
+        layout = await page.evaluate(LAYOUT)
+        name = "wide" if width > 800 else "narrow"
+        await page.screenshot(path=str(DOCS / f"ui-{name}-{scheme}.png"), full_page=True)
+
+        assert layout["width"] == width
+        assert layout["scroll_width"] <= width, layout  # no sideways scrolling of the page
+        assert all(h < 1.6 * layout["line_px"] for h in layout["row_px"]), layout  # one line
+        assert layout["list_px"] <= 16 * layout["rem_px"] + 1, layout  # bounded: it scrolls
+        for url, text in said.items():
+            cell = page.locator(f'#requests-body tr[data-url="{url}"] td.answer').first
+            shown = await cell.get_attribute("title")
+            assert shown is not None
+            assert " ".join(shown.split("\n", 1)[1].split()) == text, (url, shown)
+            assert not (await cell.inner_text()).startswith("{"), url
+        assert b.unexpected_errors == []
+
+
+async def test_dashboard_says_a_key_was_refused(daemon_factory: Any, tiny_gguf: Path) -> None:
+    """With server.api_keys, a wrong key re-opens the prompt saying it was refused (the first
+    prompt says nothing of the kind); the right key then works.  docs/ui-key-refused.png."""
+    d = daemon_factory(server={"api_keys": ["ui-secret-key"]})
+    await asyncio.to_thread(d.add_model, "test/tiny", tiny_gguf)
+    async with browser() as b:
+        page = b.page
+        await page.goto(d.base_url + "/ui/")
+        await page.wait_for_selector("#key-dialog[open]", timeout=WAIT_MS)
+        assert not await page.locator("#key-refused:visible").count()
+        await page.fill("#key-input", "not-the-key")
+        await page.click("#key-dialog button[value=ok]")
+        await page.wait_for_selector("#key-dialog[open]", timeout=WAIT_MS)  # asked again
+        refusal = page.locator("#key-refused")
+        assert await refusal.is_visible()
+        assert "refused (401)" in await refusal.inner_text()
+        await page.screenshot(path=str(DOCS / "ui-key-refused.png"), full_page=False)
+
+        await page.fill("#key-input", "ui-secret-key")
+        await page.click("#key-dialog button[value=ok]")
+        await page.locator(f'#models-body tr[data-model="{MODEL}"]').wait_for(timeout=WAIT_MS)
+        assert await page.evaluate("localStorage.getItem('modelrunner.apiKey')") == "ui-secret-key"
+        assert not await page.locator("#key-dialog[open]").count()
         assert [e for e in b.unexpected_errors if "401" not in e] == []

@@ -155,7 +155,7 @@ class TestPsRows:
             [
                 {
                     "backend_name": "llama.cpp",
-                    "model_name": "docker.io/ai/SmolLM2:latest",
+                    "model_name": "docker.io/ai/smollm2:360M-Q4_K_M",
                     "mode": "completion",
                     "rss_bytes": 3 << 20,
                     "until": NOW + 300,
@@ -163,7 +163,10 @@ class TestPsRows:
             ],
             NOW,
         )
-        assert rows == [["smollm2", "llama.cpp", "completion", "3.00 MiB", "5 minutes from now"]]
+        # The tag's case is kept, as ls shows it (Docker's ps lower-cases it).
+        assert rows == [
+            ["smollm2:360M-Q4_K_M", "llama.cpp", "completion", "3.00 MiB", "5 minutes from now"]
+        ]
         assert runner_name(ID) == "354bf30d0aa3"
 
 

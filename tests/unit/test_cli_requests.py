@@ -8,22 +8,26 @@ from modelrunner.cli.commands.requests import answer_of, prompt_of, records_of, 
 from modelrunner.cli.sse import read_events
 
 
-def test_prompt_of_each_api_family() -> None:
+def test_prompt_and_answer_are_the_daemons_text_fields() -> None:
+    record = {"request": "{}", "response": "{}", "prompt": "hi", "answer": "hello", "error": ""}
+    assert prompt_of(record) == "hi"
+    assert answer_of(record) == "hello"
+
+
+def test_without_the_text_fields_the_bodies_are_read() -> None:
+    """A daemon that keeps only Docker's fields (Docker's own): the bodies are read instead."""
     chat = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}]}
-    parts = {"messages": [{"content": [{"type": "text", "text": "look"}, {"type": "image_url"}]}]}
-    assert prompt_of(json.dumps(chat)) == "hi"
-    assert prompt_of(json.dumps(parts)) == "look"
-    assert prompt_of(json.dumps({"prompt": "once"})) == "once"
-    assert prompt_of("not json") == "not json"
+    message = {"type": "message", "content": [{"type": "text", "text": "hello"}]}
+    record = {"request": json.dumps(chat), "response": json.dumps(message), "error": ""}
+    assert prompt_of(record) == "hi"
+    assert answer_of(record) == "hello"
+    assert prompt_of({"request": "not json"}) == "not json"
 
 
-def test_answer_of_success_and_error() -> None:
-    chat = {"choices": [{"message": {"content": "hello"}}]}
-    assert answer_of({"response": json.dumps(chat), "error": ""}) == "hello"
-    assert answer_of({"response": json.dumps({"choices": [{"text": "t"}]})}) == "t"
+def test_answer_of_an_error() -> None:
     error = {"error": {"message": "too long", "type": "invalid_request_error"}}
     assert answer_of({"response": "", "error": json.dumps(error)}) == "error: too long"
-    assert answer_of({"response": "", "error": '{"error": "gone"}'}) == "error: gone"
+    assert answer_of({"response": "", "error": '{"error": "gone"}', "answer": ""}) == "error: gone"
 
 
 def test_rows_are_sorted_and_cut() -> None:

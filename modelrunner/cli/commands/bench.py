@@ -3,8 +3,10 @@
 Docker's ``docker model bench`` flags (``--prompt``, ``--duration`` 30s, ``--concurrency``
 1,2,4,8, ``--timeout`` 5m, ``--json``) and its table, plus ``--max-tokens``, the time to first
 token (p50/p95) and each level's error count.  The model is loaded by one short request first,
-so the first level does not pay for the load.  ``--json`` prints one JSON line per level as it
-finishes, then a summary line (best level, gain over concurrency 1).
+so the first level does not pay for the load.  ``--json`` prints Docker's one JSON document once
+every level is done: ``{"model", "prompt", "results": [one object per level]}``, each result with
+Docker's field names (``Concurrency``, ``MeanRPS``, ``TotalTokens``, ``TPS``, ``TotalTime`` in
+nanoseconds, ``Requests``, ``TokenCounts``) plus ``Errors``, ``TTFTP50`` and ``TTFTP95``.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from modelrunner.cli.base import Command, connect
 from modelrunner.cli.bench import (
     LevelResult,
     base_tps,
+    document,
     one_request,
     request_body,
     run_level,
-    summary,
 )
 from modelrunner.cli.client import Client, quote_ref
 from modelrunner.errors import InvalidRequest, ModelRunnerError
@@ -151,7 +153,9 @@ class Bench(Command):
         parser.add_argument(
             "--max-tokens", type=positive_int, default=None, help="cap on each answer's tokens"
         )
-        parser.add_argument("--json", action="store_true", help="one JSON line per level")
+        parser.add_argument(
+            "--json", action="store_true", help="print Docker's JSON document at the end"
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         client = connect(args)
@@ -179,12 +183,10 @@ class Bench(Command):
                     f"first: {first_error}",
                     file=sys.stderr,
                 )
-            if args.json:
-                print(json.dumps(result.to_json(base_tps(results))), flush=True)
-            else:
+            if not args.json:
                 print_level(result)
         if args.json:
-            print(json.dumps(summary(args.model, args.prompt, results)))
+            print(json.dumps(document(args.model, args.prompt, results), indent=2))
         else:
             print_table(results)
         return 0

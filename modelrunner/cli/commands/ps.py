@@ -20,10 +20,13 @@ HEADERS = ("MODEL NAME", "BACKEND", "MODE", "MEMORY", "UNTIL")
 
 
 def runner_name(name: str) -> str:
-    """``sha256:`` IDs as 12 hex, references in Docker's short form."""
+    """``sha256:`` IDs as 12 hex, references in Docker's short form, cased as ``ls`` shows them.
+
+    Docker's ``ps`` lower-cases the name (``gemma3:270m-q4_k_m`` where ``ls`` says
+    ``gemma3:270M-Q4_K_M``); a tag is case-sensitive, so the name is kept as it is stored."""
     if name.startswith("sha256:"):
         return name.removeprefix("sha256:")[:12]
-    return display_name(name.lower())
+    return display_name(name)
 
 
 def runner_rows(entries: list[Mapping[str, Any]], now: float) -> list[list[str]]:

@@ -3,7 +3,8 @@
 Docker's ``docker model requests``: ``GET /engines/requests`` (the last requests per model), or
 with ``-f`` its event stream, printing each request as it completes.  ``--json`` prints the
 daemon's JSON (Docker's shape; with ``-f`` one record object a line), else one table row per
-request: when, which model, the route, the status, how long, and the prompt and answer, cut.
+request: when, which model (named as ``ls`` and ``ps`` name it), the route, the status, how
+long, and the prompt and answer as text (the record's ``prompt`` and ``answer``), cut.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from modelrunner.cli.base import Command, connect
-from modelrunner.cli.format import table
+from modelrunner.cli.format import display_name, table
 from modelrunner.cli.sse import read_events
+from modelrunner.server.record_text import answer_text, prompt_text
 
 HEADERS = ("TIME", "MODEL", "STATUS", "DURATION", "URL", "PROMPT", "ANSWER")
 SNIPPET = 40
@@ -36,24 +38,15 @@ def _json(text: str) -> Any:
         return None
 
 
-def prompt_of(request: str) -> str:
-    """The last user message (chat), the prompt (completions) or the input (embeddings)."""
-    body = _json(request)
-    if not isinstance(body, dict):
-        return request
-    messages = body.get("messages")
-    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
-        content = messages[-1].get("content")
-        if isinstance(content, list):
-            content = " ".join(p["text"] for p in content if isinstance(p, dict) and "text" in p)
-        return str(content or "")
-    for key in ("prompt", "input", "query"):
-        if key in body:
-            return str(body[key])
-    return request
+def prompt_of(record: Mapping[str, Any]) -> str:
+    """The daemon's ``prompt`` text; read from the request for a daemon without it (Docker's)."""
+    prompt = record.get("prompt")
+    return prompt if isinstance(prompt, str) else prompt_text(str(record.get("request", "")))
 
 
 def answer_of(record: Mapping[str, Any]) -> str:
+    """The error's message, else the daemon's ``answer`` text (read from the response for a
+    daemon without it): an answer's text in every API family, never its JSON."""
     if record.get("error"):
         error = _json(str(record["error"]))
         if isinstance(error, dict):
@@ -61,17 +54,8 @@ def answer_of(record: Mapping[str, Any]) -> str:
             message = inner.get("message") if isinstance(inner, dict) else inner
             return f"error: {message}"
         return f"error: {record['error']}"
-    body = _json(str(record.get("response") or ""))
-    if isinstance(body, dict):
-        choices = body.get("choices")
-        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-            message = choices[0].get("message")
-            if isinstance(message, dict):
-                return str(message.get("content") or "")
-            return str(choices[0].get("text") or "")
-        if isinstance(body.get("data"), list):
-            return f"{len(body['data'])} embedding(s)"
-    return str(record.get("response") or "")
+    answer = record.get("answer")
+    return answer if isinstance(answer, str) else answer_text(str(record.get("response") or ""))
 
 
 def row(record: Mapping[str, Any]) -> list[str]:
@@ -80,11 +64,11 @@ def row(record: Mapping[str, Any]) -> list[str]:
     status = record.get("status_code") or 0
     return [
         time.strftime("%H:%M:%S", time.localtime(ts)),
-        str(record.get("model", "")),
+        display_name(str(record.get("model", ""))),
         str(status) if status else "…",
         f"{duration / 1000:.2f}s" if isinstance(duration, (int, float)) else "-",
         str(record.get("url", "")),
-        _cut(prompt_of(str(record.get("request", "")))),
+        _cut(prompt_of(record)),
         _cut(answer_of(record)),
     ]
 
