@@ -13,21 +13,29 @@ counter), Anthropic's error shape for the runner's errors (llama-server answers 
 with OpenAI's), and token counts for the metrics from Anthropic's ``usage`` (``message_start``
 carries the input, ``message_delta`` the output).  ``x-api-key``, ``anthropic-version`` and
 ``anthropic-beta`` are accepted and not checked.
+
+``tool_choice``: a forced one (``{"type": "any"}``, ``{"type": "tool", "name": ...}``) goes to
+the runner's chat completions instead, held to the call (``anthropic_convert``,
+``forced_tools``); ``{"type": "none"}``, which llama-server's converter drops (leaving the model
+free to call), goes without the tools.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from modelrunner.errors import InvalidRequest, ModelRunnerError
+from modelrunner.server import anthropic_convert as convert
 from modelrunner.server import sse
 from modelrunner.server.catalog import display_name
+from modelrunner.server.forced_tools import ChatCall, Forced, forced
 from modelrunner.server.middleware import anthropic_shape, parse_json_object, read_body
-from modelrunner.server.openai_api import check_backend, serve
-from modelrunner.server.proxy import Forwarded, relay_headers, runner_chunks
+from modelrunner.server.openai_api import CHAT, check_backend, serve
+from modelrunner.server.proxy import Forwarded, Relay, relay_headers, runner_chunks
 from modelrunner.server.state import STATE
 
 PREFIXES = ("/engines/{backend}", "/engines", "/anthropic", "")
@@ -148,7 +156,80 @@ class AnthropicRelay:
         state.usage = dict(counts)
 
     def error_event(self, error: ModelRunnerError) -> bytes:
-        return sse.encode("error", anthropic_shape(500, error.message, error.code))
+        return error_event(error)
+
+
+def error_event(error: ModelRunnerError) -> bytes:
+    return sse.encode("error", anthropic_shape(500, error.message, error.code))
+
+
+class ForcedCallRelay:
+    """The runner's chat answer to a forced tool choice as an Anthropic message (or events):
+    its text read as the call (``ChatCall``), then Anthropic's shape (``anthropic_convert``)."""
+
+    def __init__(self, call: Forced, model: str, stream: bool) -> None:
+        self.call = ChatCall(call)
+        self.model = model
+        self.stream = stream
+
+    async def __call__(
+        self, request: web.Request, up: aiohttp.ClientResponse, state: Forwarded
+    ) -> web.StreamResponse:
+        state.error_line = error_event
+        if up.status >= 400:
+            data = await up.read()
+            body = anthropic_shape(up.status, sse.error_message(data, up.status), "upstream_error")
+            return web.json_response(body, status=up.status)
+        if not self.stream:
+            completion = sse.Event(None, (await up.read()).decode(errors="replace")).json()
+            if isinstance(completion, dict) and isinstance(completion.get("usage"), dict):
+                state.usage = completion["usage"]
+            return web.json_response(convert.message(self.call.whole(completion), self.model))
+        headers = relay_headers(up)
+        headers.update(sse.SSE_HEADERS)
+        response = web.StreamResponse(status=200, headers=headers)
+        await response.prepare(request)
+        state.response, state.streaming = response, True
+        events = convert.EventStream(self.model)
+        await self._send(response, events.start())
+        parser = sse.SSEParser()
+        async for chunk in runner_chunks(up, state):
+            for event in parser.feed(chunk):
+                if not await self._chunk(response, events, event, state):
+                    return response
+        for event in parser.close():
+            if not await self._chunk(response, events, event, state):
+                return response
+        await self._send(response, events.finish())
+        await response.write_eof()
+        return response
+
+    async def _chunk(
+        self,
+        response: web.StreamResponse,
+        events: convert.EventStream,
+        event: sse.Event,
+        state: Forwarded,
+    ) -> bool:
+        """Relay one chat chunk; False once the runner's stream broke off with an error."""
+        value = event.json()
+        if not isinstance(value, dict):
+            return True  # [DONE]
+        if isinstance(value.get("error"), dict):
+            message = str(value["error"].get("message") or "the runner failed")
+            body = anthropic_shape(500, message, "upstream_error")
+            await sse.write(response, sse.encode("error", body))
+            await response.write_eof()
+            return False
+        if isinstance(value.get("usage"), dict):
+            state.usage = value["usage"]
+        await self._send(response, events.chunk(self.call.chunk(value)))
+        return True
+
+    @staticmethod
+    async def _send(response: web.StreamResponse, events: list[convert.Event]) -> None:
+        if events:
+            await sse.write(response, b"".join(sse.encode(kind, data) for kind, data in events))
 
 
 def messages_handler(upstream_path: str, *, counting: bool) -> Any:
@@ -158,20 +239,42 @@ def messages_handler(upstream_path: str, *, counting: bool) -> Any:
         body = await read_body(request, state.config.server.max_body_bytes)
         payload = parse_json_object(body)
         model = await state.catalog.lookup(check_request(payload, counting=counting))
+        name = display_name(model)
+        stream = payload.get("stream") is True and not counting
+        relay: Relay = AnthropicRelay()
+        path, sent = upstream_path, body
+        if not counting and "tool_choice" in payload:
+            path, sent, relay = _tool_choice(payload, upstream_path, body, name, stream)
         return await serve(
             state,
             request,
             model.id,
-            display_name(model),
+            name,
             "completion",
-            upstream_path,
-            body,
+            path,
+            sent,
             None,
-            stream=payload.get("stream") is True and not counting,
-            relay=AnthropicRelay(),
+            stream=stream,
+            relay=relay,
         )
 
     return handler
+
+
+def _tool_choice(
+    payload: dict[str, Any], path: str, body: bytes, name: str, stream: bool
+) -> tuple[str, bytes, Relay]:
+    """Where a request with a ``tool_choice`` goes, with what, and how its answer comes back:
+    a forced call to the chat completions (held to it), ``none`` without the tools."""
+    choice = convert.chat_tool_choice(payload.get("tool_choice"))
+    call = forced(convert.chat_tools(payload.get("tools")), choice)
+    if call is not None:
+        chat = call.constrain(convert.chat_body(payload, choice))
+        return CHAT, json.dumps(chat).encode(), ForcedCallRelay(call, name, stream)
+    if choice == "none":
+        unused = ("tools", "tool_choice")
+        body = json.dumps({k: v for k, v in payload.items() if k not in unused}).encode()
+    return path, body, AnthropicRelay()
 
 
 def add_routes(app: web.Application) -> None:

@@ -11,7 +11,9 @@ aiohttp's side (``openai_api.read_inference`` and ``inference.pass_through``); o
 differs.  The runner's answer goes from ``upstream.RunnerConnection``'s ``data_received`` straight
 to the client's transport: a streamed token costs a read and a write, with no task switch, no
 stream reader and no response object.  Back-pressure: a client that reads slowly pauses the
-runner's connection.  What this saves is measured in ``docs/benchmarks.md`` (Proxy).
+runner's connection.  What this saves is measured in ``docs/benchmarks.md`` (Proxy).  A chat
+request that forces a tool call is the one whose answer must be translated (``forced_tools``):
+once its body is read, it goes back to aiohttp, head, body and connection (``hand_back``).
 
 Owns the front connections and their request tasks (cancelled when a client leaves, which
 closes the runner's connection and stops generation) and the runner connection pool.
@@ -43,7 +45,7 @@ from modelrunner.server.header_guard import (
 )
 from modelrunner.server.hosts import arrived_at_loopback
 from modelrunner.server.middleware import RequestTimeout, error_body, retry_headers, unhandled
-from modelrunner.server.openai_api import BACKENDS, INFERENCE, PREFIXES, read_inference
+from modelrunner.server.openai_api import BACKENDS, CHAT, INFERENCE, PREFIXES, read_inference
 from modelrunner.server.proxy import Forwarded, UsageScan, error_event, usage_of_whole
 from modelrunner.server.state import STATE
 from modelrunner.server.upstream import RunnerConnection, RunnerPool, UpstreamClosed
@@ -64,6 +66,7 @@ class Route:
     mode: Mode
     upstream_path: str
     canonical: str  # the route's name in the metrics, as aiohttp's router names it
+    chat: bool  # to the runner's chat completions (where a tool call can be forced)
 
 
 def routes() -> dict[str, Route]:
@@ -71,7 +74,7 @@ def routes() -> dict[str, Route]:
     table: dict[str, Route] = {}
     for prefix in PREFIXES:
         for suffix, mode, upstream in INFERENCE:
-            route = Route(mode, upstream, prefix + suffix)
+            route = Route(mode, upstream, prefix + suffix, upstream == CHAT)
             for backend in BACKENDS if "{backend}" in prefix else ("",):
                 table[prefix.replace("{backend}", backend) + suffix] = route
     return table
@@ -149,6 +152,7 @@ class FastLane:
         state = self.state
         exchange = Exchange(self, conn, head, route)
         status = 500
+        handed = False
         task = asyncio.current_task(self.loop)
         if task is not None:
             state.drain.enter(task)
@@ -156,7 +160,11 @@ class FastLane:
             body = conn.take_body(head.length)  # whole in the first read, as a rule
             if body is None:
                 body = await conn.body(head.length, state.config.server.body_timeout_s)
-            got = await read_inference(state, body, route.mode, head.headers)
+            got = await read_inference(state, body, route.mode, head.headers, chat=route.chat)
+            if got.forced is not None:
+                handed = True  # aiohttp's lane translates the answer (and logs the request)
+                conn.hand_back(body)
+                return
             exchange.stream = got.stream
             exchange.model = got.name
             exchange.request_body = body
@@ -187,9 +195,10 @@ class FastLane:
         finally:
             if task is not None:
                 state.drain.leave(task)
-            elapsed = time.perf_counter() - started
-            state.metrics.observe_request("POST", route.canonical, status, elapsed)
-            access_line("POST", head.path, status, round(elapsed * 1000, 2))
+            if not handed:
+                elapsed = time.perf_counter() - started
+                state.metrics.observe_request("POST", route.canonical, status, elapsed)
+                access_line("POST", head.path, status, round(elapsed * 1000, 2))
 
 
 _STARTS: dict[tuple[int, tuple[tuple[str, str], ...], bool], tuple[bytes, str]] = {}
@@ -417,6 +426,7 @@ class FrontConnection(asyncio.Protocol):
         self._close_after = False
         self._paused = False
         self._idle_since: float | None = None  # between requests, since when
+        self._head = b""  # the head of the request being served, for hand_back
         self._linger: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol
@@ -485,12 +495,14 @@ class FrontConnection(asyncio.Protocol):
                 # Only a head that did not come whole gets a deadline: most do, in one read.
                 self._lane.guard.arm(self)
             return
-        head = fasthttp.parse_head(buf[:end])
+        raw = buf[:end]
+        head = fasthttp.parse_head(raw)
         route = self._lane.serves(head, self._unix, self._loopback) if head is not None else None
         if head is None or route is None:
             self._hand_over()
             return
         self._lane.guard.disarm(self)
+        self._head = raw
         self._buf = buf[end + 4 :]
         self._complete = False
         self._close_after = head.close
@@ -539,9 +551,16 @@ class FrontConnection(asyncio.Protocol):
         else:
             self._idle_since = time.monotonic()  # closed by the lane's sweep after KEEPALIVE_S
 
+    def hand_back(self, body: bytes) -> None:
+        """The request being served, whose head and *body* were read, goes to aiohttp with the
+        connection, as if it had never been read (its request task just ends)."""
+        self._buf = self._head + b"\r\n\r\n" + body + self._buf
+        self._hand_over()
+
     def _hand_over(self) -> None:
         """aiohttp's from here on: its protocol gets the transport and the bytes read so far."""
         transport = self.transport
+        self.transport = None  # nothing here writes to it any more (a request task that ends)
         self._lane.connections.discard(self)
         self._lane.guard.disarm(self)
         if transport is None:

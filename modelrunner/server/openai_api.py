@@ -5,11 +5,15 @@ OpenAI-compatible routes: inference pass-through and the model list.
 ``/engines/{backend}``, ``/engines`` and ``/`` (Docker's ``/v1`` alias).  Only ``model`` is read
 from the body (plus Ollama's optional ``keep_alive``, and the two client errors llama-server
 answers with a 500: see ``check_client_errors``); the bytes go to that model's runner as they
-came.  ``GET .../v1/models[/{name}]`` answers from the store, one entry per model.
+came.  The one exception: a chat request that forces a tool call (``tool_choice: "required"`` or
+a named function), whose body is held to the call and whose answer is rewritten into
+``tool_calls`` (``forced_tools``; the fast lane hands such a request to aiohttp's lane).
+``GET .../v1/models[/{name}]`` answers from the store, one entry per model.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -19,10 +23,20 @@ from aiohttp import web
 
 from modelrunner.errors import InvalidRequest, ModelRunnerError
 from modelrunner.runners.model import Mode
-from modelrunner.server import inference
+from modelrunner.server import inference, sse
 from modelrunner.server.catalog import display_name
+from modelrunner.server.forced_tools import ChatCall, Forced, forced
 from modelrunner.server.middleware import parse_json_object, read_body
-from modelrunner.server.proxy import ClientGone, Forwarded, Relay, write_stream_error
+from modelrunner.server.proxy import (
+    ClientGone,
+    Forwarded,
+    Relay,
+    UsageScan,
+    relay_headers,
+    runner_chunks,
+    usage_of_whole,
+    write_stream_error,
+)
 from modelrunner.server.settings import parse_keep_alive
 from modelrunner.server.state import STATE, ServerState
 
@@ -32,10 +46,11 @@ if TYPE_CHECKING:
 
 BACKENDS = ("llama.cpp",)
 PREFIXES = ("/engines/{backend}", "/engines", "")
+CHAT = "/v1/chat/completions"
 
 # (path suffix, mode, path sent to llama-server)
 INFERENCE: tuple[tuple[str, Mode, str], ...] = (
-    ("/v1/chat/completions", "completion", "/v1/chat/completions"),
+    ("/v1/chat/completions", "completion", CHAT),
     ("/v1/completions", "completion", "/v1/completions"),
     ("/v1/embeddings", "embedding", "/v1/embeddings"),
     ("/rerank", "reranking", "/v1/rerank"),
@@ -137,12 +152,15 @@ class Inference:
     keep_alive_s: float | None
     stream: bool
     preload_only: bool
+    payload: dict[str, Any]
+    forced: Forced | None  # a chat request's forced tool choice: its answer is translated
 
 
 async def read_inference(
-    state: ServerState, body: bytes, mode: Mode, headers: Mapping[str, str]
+    state: ServerState, body: bytes, mode: Mode, headers: Mapping[str, str], *, chat: bool
 ) -> Inference:
-    """The request's model (looked up), its client errors refused, and its few options."""
+    """The request's model (looked up), its client errors refused, and its few options;
+    *chat*: it goes to the runner's chat completions (where a tool call can be forced)."""
     payload = parse_json_object(body)
     if "model" not in payload:
         raise InvalidRequest("request body has no 'model' field")
@@ -155,6 +173,10 @@ async def read_inference(
         _keep_alive(payload.get("keep_alive")),
         payload.get("stream") is True,
         headers.get("X-Preload-Only", "").lower() == "true",
+        payload,
+        forced(payload.get("tools"), payload["tool_choice"])
+        if chat and "tool_choice" in payload
+        else None,
     )
 
 
@@ -163,7 +185,11 @@ def inference_handler(mode: Mode, upstream_path: str) -> Any:
         check_backend(request)
         state = request.app[STATE]
         body = await read_body(request, state.config.server.max_body_bytes)
-        got = await read_inference(state, body, mode, request.headers)
+        got = await read_inference(state, body, mode, request.headers, chat=upstream_path == CHAT)
+        relay: Relay | None = None
+        if got.forced is not None:
+            body = json.dumps(got.forced.constrain(got.payload)).encode()
+            relay = ForcedCallRelay(got.forced)
         return await serve(
             state,
             request,
@@ -175,9 +201,52 @@ def inference_handler(mode: Mode, upstream_path: str) -> Any:
             got.keep_alive_s,
             got.preload_only,
             stream=got.stream,
+            relay=relay,
         )
 
     return handler
+
+
+class ForcedCallRelay:
+    """The runner's answer to a forced tool choice, its text as ``tool_calls`` (``ChatCall``);
+    errors and ``[DONE]`` pass as they came."""
+
+    def __init__(self, call: Forced) -> None:
+        self.call = ChatCall(call)
+
+    async def __call__(
+        self, request: web.Request, up: aiohttp.ClientResponse, state: Forwarded
+    ) -> web.StreamResponse:
+        headers = relay_headers(up)
+        if up.status != 200 or "text/event-stream" not in up.headers.get("Content-Type", ""):
+            data = await up.read()
+            usage_of_whole(state, up.status, data)
+            value = sse.Event(None, data.decode(errors="replace")).json()
+            if up.status == 200 and isinstance(value, dict):
+                data = json.dumps(self.call.whole(value)).encode()
+            return web.Response(status=up.status, body=data, headers=headers)
+        headers.update(sse.SSE_HEADERS)
+        response = web.StreamResponse(status=up.status, headers=headers)
+        await response.prepare(request)
+        state.response, state.streaming = response, True
+        parser, scan = sse.SSEParser(), UsageScan(state)
+        async for chunk in runner_chunks(up, state):
+            scan.feed(chunk)
+            out = b"".join(map(self._event, parser.feed(chunk)))
+            if out:
+                await sse.write(response, out)
+        scan.close()
+        tail = b"".join(map(self._event, parser.close()))
+        if tail:
+            await sse.write(response, tail)
+        await response.write_eof()
+        return response
+
+    def _event(self, event: sse.Event) -> bytes:
+        value = event.json()
+        if isinstance(value, dict) and "choices" in value:
+            return sse.encode(event.name, self.call.chunk(value))
+        return sse.encode_raw(event.name, event.data)
 
 
 class AiohttpLane:

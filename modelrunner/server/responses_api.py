@@ -7,6 +7,8 @@ Under ``/v1``, ``/engines/v1`` and ``/engines/{backend}/v1`` (as the OpenAI rout
 completions (``responses_convert`` says why not llama-server's own ``/v1/responses``: tools,
 structured output and the stream events the ``openai`` package needs) and goes through
 ``openai_api.serve()``, so lookup, load on demand, admission and metrics are the OpenAI routes'.
+A forced function (``tool_choice: "required"`` or ``{"type": "function", "name": ...}``) is held
+to a call and its text read back as one (``forced_tools``): a ``function_call`` output item.
 Answers are stored (``responses_store``, on disk under the daemon's home) unless
 ``store: false``; ``previous_response_id`` replays the stored chain as earlier turns.  A
 streamed answer is stored before its ``response.completed`` is sent, so a client that retrieves
@@ -27,6 +29,7 @@ from modelrunner.errors import InvalidRequest, ModelRunnerError, NotFound, Store
 from modelrunner.server import responses_convert as convert
 from modelrunner.server import sse
 from modelrunner.server.catalog import display_name
+from modelrunner.server.forced_tools import ChatCall, forced
 from modelrunner.server.middleware import error_body, parse_json_object, read_body
 from modelrunner.server.openai_api import check_backend, serve
 from modelrunner.server.proxy import Forwarded, relay_headers, runner_chunks
@@ -81,12 +84,17 @@ class ResponsesRelay:
     """Chat completion (JSON or SSE) in, Responses object or events out; stores the result."""
 
     def __init__(
-        self, store: ResponseStore, request: convert.CreateRequest, response: dict[str, Any]
+        self,
+        store: ResponseStore,
+        request: convert.CreateRequest,
+        response: dict[str, Any],
+        call: ChatCall | None = None,
     ) -> None:
         self.store = store
         self.request = request
         self.translator = StreamTranslator(response)
         self.started = False
+        self.call = call  # a forced function: the chat answer's text read as its call
 
     async def _save(self, response: dict[str, Any]) -> None:
         if not self.request.store:
@@ -113,6 +121,8 @@ class ResponsesRelay:
             completion = sse.Event(None, (await up.read()).decode(errors="replace")).json()
             if isinstance(completion, dict) and isinstance(completion.get("usage"), dict):
                 state.usage = completion["usage"]
+            if self.call is not None:
+                completion = self.call.whole(completion)
             done = convert.from_chat_completion(self.translator.response, completion)
             await self._save(done)
             return web.json_response(done)
@@ -140,20 +150,19 @@ class ResponsesRelay:
         await response.write_eof()
         return response
 
-    @staticmethod
     async def _chunks(
-        up: aiohttp.ClientResponse, state: Forwarded
+        self, up: aiohttp.ClientResponse, state: Forwarded
     ) -> AsyncIterator[dict[str, Any]]:
         parser = sse.SSEParser()
         async for chunk in runner_chunks(up, state):
             for event in parser.feed(chunk):
                 value = event.json()
                 if isinstance(value, dict):
-                    yield value
+                    yield value if self.call is None else self.call.chunk(value)
         for event in parser.close():
             value = event.json()
             if isinstance(value, dict):
-                yield value
+                yield value if self.call is None else self.call.chunk(value)
 
     @staticmethod
     async def _send(response: web.StreamResponse, events: list[Event]) -> None:
@@ -177,6 +186,9 @@ async def create(request: web.Request) -> web.StreamResponse:
     name = display_name(model)
     response = convert.base_response(convert.new_id("resp"), parsed, name)
     chat = convert.chat_body(parsed, earlier, name)
+    call = forced(chat.get("tools"), chat.get("tool_choice"))
+    if call is not None:
+        chat = call.constrain(chat)
     return await serve(
         state,
         request,
@@ -187,7 +199,9 @@ async def create(request: web.Request) -> web.StreamResponse:
         json.dumps(chat).encode(),
         None,
         stream=parsed.stream,
-        relay=ResponsesRelay(_store(request), parsed, response),
+        relay=ResponsesRelay(
+            _store(request), parsed, response, ChatCall(call) if call is not None else None
+        ),
     )
 
 

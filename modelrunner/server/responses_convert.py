@@ -402,7 +402,7 @@ def finish(
     done = dict(response, output=output, usage=usage(chat_usage))
     if finish_reason == "length":
         for item in output:
-            if item["type"] == "message":
+            if item["type"] in ("message", "function_call"):  # a call's arguments cut short
                 item["status"] = "incomplete"
         done["status"] = "incomplete"
         done["incomplete_details"] = {"reason": "max_output_tokens"}

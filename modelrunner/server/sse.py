@@ -68,6 +68,13 @@ def encode(name: str | None, data: Any) -> bytes:
     return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
+def encode_raw(name: str | None, data: str) -> bytes:
+    """One event whose data is passed on as it came (``[DONE]``, a line that is not JSON)."""
+    head = f"event: {name}\n" if name else ""
+    lines = "".join(f"data: {line}\n" for line in data.split("\n"))
+    return f"{head}{lines}\n".encode()
+
+
 def error_message(data: bytes, status: int) -> str:
     """The message of a runner's error answer (OpenAI's JSON shape, else its text)."""
     text = data.decode(errors="replace")
