@@ -250,8 +250,9 @@ class Exchange:
     async def forward(self, runner: Runner, forwarded: Forwarded) -> int:
         pool = self._lane.pool
         socket_path = runner.socket_path
+        body = self.request_body if forwarded.upstream_body is None else forwarded.upstream_body
         request = fasthttp.runner_request(
-            self._route.upstream_path, self._head, self.request_body, stream=self.stream
+            self._route.upstream_path, self._head, body, stream=self.stream
         )
         for pooled in pool.connections(socket_path):
             up = pooled or await pool.connect(socket_path)

@@ -216,7 +216,7 @@ class AiohttpLane:
             self._request,
             runner.socket_path,
             self._path,
-            self._body,
+            self._body if forwarded.upstream_body is None else forwarded.upstream_body,
             forwarded,
             stream=self._stream,
             relay=self._relay,
