@@ -22,9 +22,9 @@ from typing import Literal
 
 from modelrunner.runners.kv_prefix import Prefix
 
-# A restore costs a file read and a checksum: below this much prompt text it saves less than a
-# re-read of those tokens would cost (about 128 tokens).
-MIN_RESTORE_CHARS = 512
+# A restore costs a file read and a checksum, both in proportion to the tokens, plus a few ms of
+# round trips: cheaper than a re-read of anything but a few tokens (about 16 here).
+MIN_RESTORE_CHARS = 64
 TOKEN_SLACK = 2  # a saved slot may hold this many tokens more or fewer than its answer implied
 
 Source = Literal["slot", "ram", "disk", "none", "unkeyed"]
