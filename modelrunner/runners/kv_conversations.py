@@ -68,6 +68,7 @@ class Plan:
     saves: tuple[Save, ...]
     restore: Entry | None
     source: Source  # where its prompt's cache comes from
+    known: Entry | None = None  # its entry on disk, restored or not (used now: the LRU order)
 
 
 class Index:
@@ -149,12 +150,13 @@ class SlotTable:
         idle = [s for s in self.slots if s.busy == 0]
         own = _own_slot(idle, prefix)
         source: Source
+        known: Entry | None = None
         if own is not None:
             target: Slot | None = own
             restore, source = None, "slot"
         else:
             target = _free_slot(idle, prefix)
-            restore, source = self._source(prefix, index, target)
+            restore, source, known = self._source(prefix, index, target)
         saves = tuple(
             Save(s.id, s.held, s.tokens)
             for s in idle
@@ -172,7 +174,7 @@ class SlotTable:
             target.busy += 1
             if prefix is not None:
                 self._ram.pop(prefix.last, None)  # loaded back into a slot: gone from RAM
-        return Plan(target.id if target else None, saves, restore, source)
+        return Plan(target.id if target else None, saves, restore, source, known)
 
     def release(self, slot_id: int, prefix: Prefix | None, *, tokens: int | None, ok: bool) -> None:
         """A request on *slot_id* ended: with *ok*, the slot holds *prefix* (not yet on disk)."""
@@ -202,17 +204,18 @@ class SlotTable:
 
     def _source(
         self, prefix: Prefix | None, index: Index | None, target: Slot | None
-    ) -> tuple[Entry | None, Source]:
+    ) -> tuple[Entry | None, Source, Entry | None]:
         if prefix is None:
-            return None, "unkeyed"
+            return None, "unkeyed", None
         # llama-server looks in its RAM cache only when the named slot holds something.
         in_ram = self._ram_common(prefix) if target is not None and target.filled else 0
         found = index.best(prefix) if index is not None and target is not None else None
-        if found is not None and found[1] >= MIN_RESTORE_CHARS and found[1] > in_ram:
-            return found[0], "disk"
+        known = found[0] if found is not None and found[1] >= MIN_RESTORE_CHARS else None
+        if known is not None and found is not None and found[1] > in_ram:
+            return known, "disk", known
         if in_ram >= MIN_RESTORE_CHARS:
-            return None, "ram"
-        return None, "none"
+            return None, "ram", known
+        return None, "none", known
 
     def _ram_common(self, prefix: Prefix) -> int:
         """Characters of *prefix* the RAM cache should have (within its budget, newest first)."""

@@ -154,6 +154,11 @@ class Conversations:
         plan = tracked.table.take(prefix, index)
         turn = Turn(runner, plan.slot, prefix, body)
         try:
+            if plan.known is not None and index is not None:
+                # Used now (the LRU order), before the saves below can evict what comes back.
+                index.touch(plan.known.digest, time.time())
+                manifest = self._cache.files.dir / f"{plan.known.digest}.json"
+                await asyncio.to_thread(touch, manifest)
             for save in plan.saves:
                 self._start_save(runner, tracked, key, save)
             if tracked.pending:
