@@ -222,7 +222,8 @@ class Conversations:
             return
         if rows is None:
             return
-        log.debug("kvcache.slot_written", ms=round((time.monotonic() - started) * 1000, 1))
+        ms = round((time.monotonic() - started) * 1000, 1)
+        log.info("kvcache.slot_written", model=runner.model.name, slot=save.slot, write_ms=ms)
         self._own(self._commit(runner, key, save.prefix, rows), "kv commit")
 
     async def _write(
