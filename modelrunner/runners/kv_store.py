@@ -142,8 +142,10 @@ class Conversations:
         """Give the request a slot: save what it would displace, restore its conversation if
         only the disk has it; returns the body to forward (None: not ours to manage)."""
         tracked: Tracked | None = runner.kv_slots
+        if tracked is None or not tracked.table.slots:
+            return None
         key = runner.kv_key
-        if tracked is None or key is None or not tracked.table.slots:
+        if key is None:
             return None
         payload = parse(body)
         if payload is None or "id_slot" in payload:
