@@ -225,7 +225,7 @@ async def managed_turn(
     body = orjson.dumps({"messages": messages, "max_tokens": 2, "temperature": 0})
     t0 = time.perf_counter()
     async with sup.acquire(model) as runner:
-        turn = await sup.kv.conversations.begin(runner, body)
+        turn = await sup.kv.conversations.begin(runner, "/v1/chat/completions", body)
         sent = turn.body if turn is not None else body
         connector = aiohttp.UnixConnector(path=str(runner.socket_path))
         async with (

@@ -145,9 +145,14 @@ class SlotTable:
 
     # --- decisions -----------------------------------------------------------------------------
 
-    def take(self, prefix: Prefix | None, index: Index | None) -> Plan:
-        """Choose the slot for a request of *prefix* and commit the choice (see the module)."""
+    def take(self, prefix: Prefix | None, index: Index | None, *, choose: bool = True) -> Plan:
+        """Choose the slot for a request of *prefix* and commit the choice (see the module).
+
+        Not *choose*: llama-server will pick the slot (an endpoint that ignores ``id_slot``);
+        the idle slots are saved and cleared all the same, and nothing new is tracked."""
         idle = [s for s in self.slots if s.busy == 0]
+        if not choose:
+            prefix = None
         own = _own_slot(idle, prefix)
         source: Source
         known: Entry | None = None
@@ -155,7 +160,7 @@ class SlotTable:
             target: Slot | None = own
             restore, source = None, "slot"
         else:
-            target = _free_slot(idle, prefix)
+            target = _free_slot(idle, prefix) if choose else None
             restore, source, known = self._source(prefix, index, target)
         saves = tuple(
             Save(s.id, s.held, s.tokens)

@@ -24,6 +24,9 @@ import orjson
 _HEAD = ("system", "tools", "chat_template_kwargs")
 PROMPT_CHUNK_CHARS = 1024  # a raw prompt string is chained in pieces of this many characters
 PROMPT_CHUNK_TOKENS = 256  # and a token list in pieces of this many tokens
+# llama-server's endpoints that read ``id_slot`` from the body.  Its /v1/messages (Anthropic)
+# rebuilds the body and drops the field: those requests start in a slot of its choosing.
+SLOT_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/completion", "/infill"})
 
 
 @dataclass(frozen=True, slots=True)

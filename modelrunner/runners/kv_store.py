@@ -35,7 +35,7 @@ from modelrunner.runners.kv_conversations import (
     expected_tokens,
     plausible,
 )
-from modelrunner.runners.kv_prefix import Prefix, parse, prefix_of, with_slot
+from modelrunner.runners.kv_prefix import SLOT_PATHS, Prefix, parse, prefix_of, with_slot
 from modelrunner.runners.kvfiles import FORMAT, CacheKey, SaveFailed, touch
 
 if TYPE_CHECKING:
@@ -138,9 +138,10 @@ class Conversations:
 
     # --- a request's path ----------------------------------------------------------------------
 
-    async def begin(self, runner: Runner, body: bytes) -> Turn | None:
-        """Give the request a slot: save what it would displace, restore its conversation if
-        only the disk has it; returns the body to forward (None: not ours to manage)."""
+    async def begin(self, runner: Runner, path: str, body: bytes) -> Turn | None:
+        """Give the request for llama-server's *path* a slot: save what it would displace,
+        restore its conversation if only the disk has it; returns the body to forward (None:
+        not ours to manage)."""
         tracked: Tracked | None = runner.kv_slots
         if tracked is None or not tracked.table.slots:
             return None
@@ -153,7 +154,7 @@ class Conversations:
         prefix = prefix_of(payload)
         index = self._indexes.get(key.digest)
         # Decided and committed in one call; only then the awaits.
-        plan = tracked.table.take(prefix, index)
+        plan = tracked.table.take(prefix, index, choose=path in SLOT_PATHS)
         turn = Turn(runner, plan.slot, prefix, body)
         try:
             if plan.known is not None and index is not None:

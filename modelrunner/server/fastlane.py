@@ -244,6 +244,10 @@ class Exchange:
 
     # -- inference.Lane
 
+    @property
+    def upstream_path(self) -> str:
+        return self._route.upstream_path
+
     def started(self) -> bool:
         return self._started
 

@@ -46,6 +46,11 @@ class Lane(Protocol[T]):
     """A transport's half of ``pass_through``: what it answers with is its own type *T*."""
 
     @property
+    def upstream_path(self) -> str:
+        """llama-server's endpoint the body goes to (the prompt cache's slot choice reads it)."""
+        ...
+
+    @property
     def upstream_errors(self) -> tuple[type[BaseException], ...]:
         """The errors that mean the runner's connection failed (each lane has its client)."""
         ...
@@ -98,7 +103,7 @@ async def pass_through(
                 recorded.status(200)
                 return lane.preloaded()
             # The slot it gets (id_slot), and what that slot's last conversation needs first.
-            turn = await state.supervisor.kv.conversations.begin(runner, body)
+            turn = await state.supervisor.kv.conversations.begin(runner, lane.upstream_path, body)
             if turn is not None:
                 forwarded.upstream_body = turn.body
             answer = await lane.forward(runner, forwarded)

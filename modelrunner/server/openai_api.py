@@ -207,6 +207,10 @@ class AiohttpLane:
         self._relay = relay
         self._forwarded: Forwarded | None = None
 
+    @property
+    def upstream_path(self) -> str:
+        return self._path
+
     def started(self) -> bool:
         return self._forwarded is not None and self._forwarded.response is not None
 

@@ -153,3 +153,21 @@ def test_concurrent_conversations_never_get_each_others_cache(
         answers[enabled] = run_concurrently(d, second)
         d.close()
     assert answers[True] == answers[False]
+
+
+def test_the_aiohttp_lane_chooses_the_slot_too(make: Callable[..., DaemonHandle]) -> None:
+    """Ollama's chat (served by aiohttp, not the fast lane) takes the same path."""
+    d = make()
+
+    def ollama(msgs: list[dict[str, str]]) -> None:
+        options = {"num_predict": 2, "temperature": 0}
+        body = {"model": A, "messages": msgs, "stream": False, "options": options}
+        status, answer = call(d, "POST", "/api/chat", body)
+        assert status == 200, answer
+
+    ollama(first(0))
+    ollama(first(1))  # conversation 0 is saved before it starts
+    away(d, "swap")
+    ollama(second(0))
+    assert ps(d)[f"{A}:latest"]["kv_conversations"]["hits"] == 1
+    assert metric(d, "modelrunner_kv_cache_restored_tokens_total") > 100

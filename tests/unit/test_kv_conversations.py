@@ -117,6 +117,16 @@ class TestSlotTable:
         assert {one.slot, two.slot} == {0, 1}
         assert t.take(chat("c"), None).slot is None
 
+    def test_a_request_llama_server_places_itself_still_saves_what_it_displaces(self) -> None:
+        """Anthropic's /v1/messages drops id_slot: no slot is chosen, the idle ones are saved."""
+        t = table()
+        a = t.take(chat("a"), None)
+        t.release(a.slot or 0, chat("a"), tokens=10, ok=True)
+        plan = t.take(chat("b"), None, choose=False)
+        assert plan.slot is None
+        assert [s.prefix for s in plan.saves] == [chat("a")]
+        assert t.dirty() == []
+
     def test_a_failed_answer_leaves_nothing_to_save(self) -> None:
         t = table()
         plan = t.take(chat("a"), None)
