@@ -304,10 +304,11 @@ def conversations_report(on: dict[str, Any], off: dict[str, Any]) -> str:
         f"{(max(on['saved'], default=0)) / 1e6:.1f} MB per conversation on disk; restores "
         f"{min(on['restores'], default=0):.0f}-{max(on['restores'], default=0):.0f} ms "
         "(checksum included).",
-        f"- Turns 2-{len(on['firsts'])} (each takes the slot of the one before, which is saved "
-        f"first): {first_on:.2f} s in all with the store, {first_off:.2f} s without "
-        f"({(first_on - first_off) / max(1, len(on['firsts']) - 1) * 1000:+.0f} ms a request; "
-        "prefill time varies by more than that on this loaded machine).",
+        f"- Turns 2-{len(on['firsts'])} take the slot of the one before, which is saved first: "
+        "the request waits for llama-server's write above (the checksum and commit run after "
+        f"it). Their wall: {first_on:.1f} s in all with the store, {first_off:.1f} s without "
+        "(prefill on this shared machine varies by far more than the save).",
+        "- Return 1 includes Gemma's load after the swap.",
     ]
     return "\n".join(rows)
 
