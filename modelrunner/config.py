@@ -47,6 +47,10 @@ class KVCacheConfig:
     min_free_bytes: int = 64 * 1024 * 1024
     save_timeout_s: float = 5.0  # a stop waits at most this long for the save
     restore_timeout_s: float = 10.0
+    # Conversations kept on disk per model (least recently used go first): each slot's cache is
+    # saved before another conversation takes the slot, and restored when it comes back
+    # (runners/kv_store.py).  0: only the slots a stop finds are kept, restored at the next load.
+    conversations: int = 16
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -382,6 +386,7 @@ _POSITIVE = {
     "request_log_records": 1,
     "request_log_body_bytes": 1024,
     "events_queue": 1,
+    "conversations": 0,
 }
 
 

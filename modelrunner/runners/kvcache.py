@@ -37,6 +37,8 @@ import aiohttp
 import structlog
 
 from modelrunner.config import KVCacheConfig
+from modelrunner.runners import kv_http
+from modelrunner.runners.kv_store import Conversations
 from modelrunner.runners.kvfiles import FORMAT, CacheDir, CacheKey, SaveFailed, touch
 from modelrunner.runners.model import Mode, ModelFiles
 
@@ -58,6 +60,9 @@ class KVStats:
     restored_tokens: int = 0
     restore_hit_tokens: int = 0  # prompt tokens the first request after a restore did not process
     bytes_on_disk: int = 0
+    conversations: int = 0  # conversation entries on disk (runners/kv_store.py)
+    conversation_hits: int = 0  # a conversation no slot held came back from disk
+    conversation_misses: int = 0  # ... and the disk had nothing for it (or a bad file)
 
 
 def swa_full(files: ModelFiles, argv: Iterable[str]) -> bool:
@@ -105,8 +110,9 @@ class KVCache:
         self.dir = config.path or (home or Path.home() / ".modelrunner") / "kvcache"
         self.files = CacheDir(self.dir, config.max_bytes)
         self.stats = KVStats()
-        self._lock = asyncio.Lock()  # one writer of the directory's manifests at a time
+        self.lock = asyncio.Lock()  # one writer of the directory's manifests at a time
         self._unsupported = False
+        self.conversations = Conversations(self)  # every conversation's cache, by its prefix
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -116,12 +122,18 @@ class KVCache:
         if removed:
             log.warning("kvcache.swept", files=removed, dir=str(self.dir))
         self.stats.bytes_on_disk = await self.disk_usage()
+        await self.conversations.open()
+
+    async def aclose(self) -> None:
+        """Wait for the conversation saves' commits still under way."""
+        await self.conversations.aclose()
 
     def args(
         self, runner: Runner, files: ModelFiles, binary: BinaryInfo, argv: list[str]
     ) -> list[str]:
         """Extra llama-server flags for this load, and the runner's cache key (None = off)."""
         runner.kv_key = None
+        runner.kv_slots = None
         # Embedding and reranking inputs are not continued turn after turn: nothing to keep.
         if runner.mode != "completion" or not enabled_for(self.config, files) or self._unsupported:
             return []
@@ -133,6 +145,8 @@ class KVCache:
         if files.sliding_window is not None and "--swa-full" not in argv:
             extra.append("--swa-full")
         runner.kv_key = make_key(files, runner.mode, [*argv, *extra], binary)
+        if self.config.conversations > 0:
+            self.conversations.setup(runner, [*argv, *extra])
         return extra
 
     def reconfigure(self, config: KVCacheConfig) -> None:
@@ -150,6 +164,9 @@ class KVCache:
         """
         key = runner.kv_key
         if key is None:
+            return 0
+        if runner.kv_slots is not None:  # conversations come back one by one, on request
+            await self.conversations.attach(runner)
             return 0
         started = time.monotonic()
         try:
@@ -188,9 +205,9 @@ class KVCache:
         for row in rows:
             await asyncio.to_thread(self.files.verify, row)
         tokens = 0
-        async with _session(runner) as session:
+        async with kv_http.session(runner) as session:
             for row in rows:
-                answer = await _post(
+                answer = await kv_http.post(
                     session, f"/slots/{int(row['slot'])}?action=restore", {"filename": row["file"]}
                 )
                 tokens += int(answer.get("n_restored") or 0)
@@ -217,6 +234,9 @@ class KVCache:
         child = runner.child
         if key is None or child is None or child.exited.done():
             return
+        if runner.kv_slots is not None:
+            await self.conversations.save_all(runner)
+            return
         started = time.monotonic()
         nonce = secrets.token_hex(4)
         try:
@@ -242,8 +262,8 @@ class KVCache:
         )
 
     async def _save(self, runner: Runner, key: CacheKey, nonce: str) -> tuple[int, int] | None:
-        async with _session(runner) as session:
-            slots = await _get(session, "/slots")
+        async with kv_http.session(runner) as session:
+            slots = await kv_http.get_list(session, "/slots")
             used = [
                 int(s["id"])
                 for s in slots
@@ -255,21 +275,21 @@ class KVCache:
             rows = []
             for slot in used:
                 name = f"{key.digest}-{nonce}-s{slot}.bin"
-                await self._check_room(runner)
-                answer = await _post(
+                await self.check_room(runner)
+                answer = await kv_http.post(
                     session, f"/slots/{slot}?action=save", {"filename": name + ".part"}
                 )
                 if int(answer.get("n_saved") or 0) > 0:
                     rows.append({"slot": slot, "file": name, **answer})
         if not rows:
             return None
-        async with self._lock:
+        async with self.lock:
             committed = await asyncio.to_thread(self.files.commit, key, rows)
             await asyncio.to_thread(self.files.enforce_bound, key.digest)
             self.stats.bytes_on_disk = await self.disk_usage()
         return committed
 
-    async def _check_room(self, runner: Runner) -> None:
+    async def check_room(self, runner: Runner) -> None:
         """Refuse a save that would eat into the disk's free-space margin (estimated size)."""
         free = (await asyncio.to_thread(shutil.disk_usage, self.dir)).free
         per_token = runner.model.kv_bytes_per_token or 0
@@ -300,15 +320,16 @@ class KVCache:
         return await asyncio.to_thread(self.files.disk_usage)
 
     async def _remove(self, doomed: Callable[[dict[str, Any]], bool]) -> int:
-        async with self._lock:
+        async with self.lock:
             freed = await asyncio.to_thread(self.files.remove, doomed)
             self.stats.bytes_on_disk = await self.disk_usage()
+        await self.conversations.open()
         if freed:
             log.info("kvcache.removed", bytes=freed)
         return freed
 
     async def _delete_entry(self, digest: str) -> None:
-        async with self._lock:
+        async with self.lock:
             await asyncio.to_thread(self.files.delete_entry, digest)
             self.stats.bytes_on_disk = await self.disk_usage()
 
@@ -330,28 +351,3 @@ def _why(error: BaseException) -> str:
     if isinstance(error, TimeoutError):
         return "timed out"
     return str(error) or type(error).__name__
-
-
-@contextlib.asynccontextmanager
-async def _session(runner: Runner) -> Any:
-    connector = aiohttp.UnixConnector(path=str(runner.socket_path))
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=5)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        yield session
-
-
-async def _get(session: aiohttp.ClientSession, path: str) -> list[Any]:
-    async with session.get(f"http://runner{path}") as response:
-        body = await response.json(content_type=None)
-        if response.status != 200 or not isinstance(body, list):
-            raise SaveFailed(f"GET {path}: HTTP {response.status}")
-        return body
-
-
-async def _post(session: aiohttp.ClientSession, path: str, payload: Any) -> dict[str, Any]:
-    async with session.post(f"http://runner{path}", json=payload) as response:
-        body = await response.json(content_type=None)
-        if response.status != 200 or not isinstance(body, dict):
-            message = body.get("error", {}).get("message") if isinstance(body, dict) else None
-            raise SaveFailed(f"POST {path}: HTTP {response.status}: {message or body!r}")
-        return body

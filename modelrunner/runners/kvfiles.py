@@ -89,8 +89,19 @@ class CacheDir:
         if size != row["bytes"] or _sha256(path) != row["sha256"]:
             raise SaveFailed(f"{path.name} does not match its manifest (size or checksum)")
 
-    def commit(self, key: CacheKey, rows: list[dict[str, Any]]) -> tuple[int, int]:
-        """Check and rename the .part files, then replace the manifest: the commit point."""
+    def commit(
+        self,
+        key: CacheKey,
+        rows: list[dict[str, Any]],
+        *,
+        digest: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> tuple[int, int]:
+        """Check and rename the .part files, then replace the manifest: the commit point.
+
+        *digest* names another entry than the key's own (a conversation of it), *extra* adds
+        members to its manifest."""
+        name = digest or key.digest
         slots = []
         for row in rows:
             part = self.dir / (row["file"] + ".part")
@@ -108,11 +119,12 @@ class CacheDir:
                     "sha256": digest,
                 }
             )
-        old = self.entry_files(key.digest)
+        old = self.entry_files(name)
         manifest = {"format": FORMAT, "key": key.to_json(), "saved_at": time.time(), "slots": slots}
-        tmp = self.dir / f".{key.digest}.json.tmp"
+        manifest.update(extra or {})
+        tmp = self.dir / f".{name}.json.tmp"
         tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-        os.replace(tmp, self.dir / f"{key.digest}.json")
+        os.replace(tmp, self.dir / f"{name}.json")
         for path in old - {self.dir / s["file"] for s in slots}:
             path.unlink(missing_ok=True)
         return sum(s["tokens"] for s in slots), sum(s["bytes"] for s in slots)
@@ -128,8 +140,9 @@ class CacheDir:
             return set()
         return {self.dir / str(r["file"]) for r in rows if isinstance(r, dict) and "file" in r}
 
-    def enforce_bound(self, keep: str) -> None:
-        """Delete least recently used entries (manifest mtime) until under max_bytes."""
+    def enforce_bound(self, keep: str) -> list[str]:
+        """Delete least recently used entries (manifest mtime) until under max_bytes; returns
+        the entries deleted."""
         entries = []
         for manifest in self.manifests():
             digest = manifest.name.removesuffix(".json")
@@ -137,12 +150,30 @@ class CacheDir:
             size = sum(_size(p) for p in files)
             entries.append((_mtime(manifest), digest, size))
         total = sum(e[2] for e in entries)
+        deleted = []
         for _, digest, size in sorted(entries, key=lambda e: (e[1] == keep, e[0])):
             if total <= self.max_bytes:
                 break
             log.info("kvcache.evicted", entry=digest, bytes=size, max_bytes=self.max_bytes)
             self.delete_entry(digest)
+            deleted.append(digest)
             total -= size
+        return deleted
+
+    def conversations(self) -> list[tuple[str, dict[str, Any], float, int]]:
+        """Every committed conversation entry: digest, manifest, mtime (its LRU time), bytes."""
+        out = []
+        for manifest in self.manifests():
+            digest = manifest.name.removesuffix(".json")
+            try:
+                value = self.read_manifest(digest)
+            except (SaveFailed, ValueError, OSError):
+                continue
+            if value is None or "conversation" not in value:
+                continue
+            size = sum(_size(p) for p in [manifest, *self.entry_files(digest)])
+            out.append((digest, value, _mtime(manifest), size))
+        return out
 
     def delete_entry(self, digest: str) -> None:
         files = self.entry_files(digest)

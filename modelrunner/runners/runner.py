@@ -24,6 +24,7 @@ from modelrunner.runners.process import ChildProcess
 from modelrunner.runners.state import Event, RunnerState, next_state
 
 if TYPE_CHECKING:
+    from modelrunner.runners.kv_store import Tracked
     from modelrunner.runners.kvfiles import CacheKey
 
 Key = tuple[str, Mode]
@@ -88,6 +89,7 @@ class Runner:
         self.kv_key: CacheKey | None = None  # None: no prompt cache kept for this runner
         self.restored_tokens = 0
         self.kv_hit_pending = False  # restored; the first answer reusing it counts the hit
+        self.kv_slots: Tracked | None = None  # its slots' conversations (runners/kv_store.py)
 
     @property
     def pid(self) -> int | None:

@@ -134,6 +134,7 @@ class Supervisor:
             self._stop(runner, "shutdown")
         while self._stops or self._tasks:
             await asyncio.gather(*self._stops, *self._tasks, return_exceptions=True)
+        await self.kv.aclose()  # conversation saves still committing (runners/kv_store.py)
 
     async def __aenter__(self) -> Supervisor:
         await self.start()

@@ -113,6 +113,9 @@ async def ps(request: web.Request) -> web.Response:
             pinned=r.pinned,
             restored=r.restored_tokens > 0,  # its prompt cache came back from disk at load
             restored_tokens=r.restored_tokens,
+            # Its model's conversations on disk (runners/kv_store.py): entries, bytes, and how
+            # often a conversation no slot held came back from disk (hits) or not (misses).
+            kv_conversations=state.supervisor.kv.conversations.summary(r.model),
         )
         rows.append(row)
     return web.json_response(rows)

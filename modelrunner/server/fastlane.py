@@ -255,14 +255,19 @@ class Exchange:
 
     # -- inference.Lane
 
+    @property
+    def upstream_path(self) -> str:
+        return self._route.upstream_path
+
     def started(self) -> bool:
         return self._started
 
     async def forward(self, runner: Runner, forwarded: Forwarded) -> int:
         pool = self._lane.pool
         socket_path = runner.socket_path
+        body = self.request_body if forwarded.upstream_body is None else forwarded.upstream_body
         request = fasthttp.runner_request(
-            self._route.upstream_path, self._head, self.request_body, stream=self.stream
+            self._route.upstream_path, self._head, body, stream=self.stream
         )
         for pooled in pool.connections(socket_path):
             up = pooled or await pool.connect(socket_path)

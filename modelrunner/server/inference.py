@@ -46,6 +46,11 @@ class Lane(Protocol[T]):
     """A transport's half of ``pass_through``: what it answers with is its own type *T*."""
 
     @property
+    def upstream_path(self) -> str:
+        """llama-server's endpoint the body goes to (the prompt cache's slot choice reads it)."""
+        ...
+
+    @property
     def upstream_errors(self) -> tuple[type[BaseException], ...]:
         """The errors that mean the runner's connection failed (each lane has its client)."""
         ...
@@ -87,6 +92,7 @@ async def pass_through(
     """Acquire the model's runner and pass the request through *lane*; errors after the answer
     began end it with an error event instead of a status."""
     acquired = None
+    turn = None
     # The request log and live counters: one record per request, fed by the relay's tap.
     recorded = activity.begin(state, request, model_id, name, body, preload=preload_only)
     forwarded.tap = recorded.tap
@@ -96,6 +102,10 @@ async def pass_through(
             if preload_only:
                 recorded.status(200)
                 return lane.preloaded()
+            # The slot it gets (id_slot), and what that slot's last conversation needs first.
+            turn = await state.supervisor.kv.conversations.begin(runner, lane.upstream_path, body)
+            if turn is not None:
+                forwarded.upstream_body = turn.body
             answer = await lane.forward(runner, forwarded)
             recorded.answered(forwarded)
             return answer
@@ -129,4 +139,6 @@ async def pass_through(
             state.metrics.observe_usage(name, forwarded.usage)
             if acquired is not None:
                 state.supervisor.kv.note_usage(acquired, forwarded.usage)
+        if turn is not None:  # an answer with usage ended whole: its slot holds the conversation
+            state.supervisor.kv.conversations.end(turn, forwarded.usage, ok=True)
         recorded.finish(forwarded)

@@ -174,16 +174,21 @@ class Metrics:
         if kv is not None:
             name = "modelrunner_kv_cache_bytes"
             family(name, "gauge", "Prompt-cache files on disk.", [f"{name} {kv.bytes_on_disk}"])
+            name = "modelrunner_kv_cache_conversations"
+            help_ = "Conversations whose prompt cache is on disk."
+            family(name, "gauge", help_, [f"{name} {kv.conversations}"])
         return "\n".join(lines) + "\n"
 
 
 KV_COUNTERS = (
-    ("saves", "Prompt caches saved at a planned stop."),
+    ("saves", "Prompt caches saved (a planned stop, or a slot taken by another conversation)."),
     ("save_failures", "Prompt-cache saves that failed or timed out (the stop went on)."),
-    ("restores", "Prompt caches restored into a loading runner."),
+    ("restores", "Prompt caches restored into a runner (at load, or a conversation's return)."),
     ("restore_failures", "Prompt-cache entries refused at restore (deleted)."),
     ("restored_tokens", "Tokens restored into runners' slots."),
     ("restore_hit_tokens", "Prompt tokens not processed again thanks to a restore."),
+    ("conversation_hits", "Conversations no slot held that came back from disk."),
+    ("conversation_misses", "Conversations no slot held that the disk had nothing for."),
 )
 
 

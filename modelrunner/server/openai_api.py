@@ -278,6 +278,10 @@ class AiohttpLane:
         self._relay = relay
         self._forwarded: Forwarded | None = None
 
+    @property
+    def upstream_path(self) -> str:
+        return self._path
+
     def started(self) -> bool:
         return self._forwarded is not None and self._forwarded.response is not None
 
@@ -287,7 +291,7 @@ class AiohttpLane:
             self._request,
             runner.socket_path,
             self._path,
-            self._body,
+            self._body if forwarded.upstream_body is None else forwarded.upstream_body,
             forwarded,
             stream=self._stream,
             relay=self._relay,

@@ -93,6 +93,8 @@ class Forwarded:
     # A lane without an aiohttp response (the fast lane) says here that its answer began.
     started_status: int | None = None
     started_type: str = ""
+    # The body that goes upstream when it is not the client's (the prompt cache's id_slot).
+    upstream_body: bytes | None = None
 
     @property
     def status(self) -> int | None:

@@ -39,8 +39,18 @@ function row(r) {
     cell(String(r.in_flight ?? 0)),
     cell(r.pinned ? "never" : until(r.until)),
     cell(r.pinned ? "yes" : "no"),
+    cell(kvCell(r.kv_conversations)),
     cell(el("span", { class: "actions" }, unload, pin)),
   );
+}
+
+// The model's conversations kept on disk (runners.kv_cache.conversations): how many, their
+// size, and how often one no slot held came back from disk (hits) or was read again (misses).
+function kvCell(kv) {
+  if (!kv) return "–";
+  const text = `${kv.on_disk} conversations, ${bytes(kv.bytes)}`;
+  return el("span", { title: `${kv.hits} hits, ${kv.misses} misses since the daemon started` },
+    `${text} · ${kv.hits} hits / ${kv.misses} misses`);
 }
 
 function drawMemory() {
@@ -79,7 +89,7 @@ export function refreshRunners() {
           });
       }
       runners = await json("/engines/ps");
-      fillTable("runners-body", runners.map(row), 8, "No runner: a model loads on its first request.");
+      fillTable("runners-body", runners.map(row), 9, "No runner: a model loads on its first request.");
       drawMemory();
       bus.dispatchEvent(new Event("runners-listed"));
     } finally {
