@@ -136,7 +136,9 @@ def _stalled_client(d: DaemonHandle) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(str(d.socket_path))
-    sock.sendall(b"GET /engines/events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n")
+    sock.sendall(
+        b"GET /engines/events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n"
+    )
     return sock
 
 
