@@ -70,6 +70,12 @@ class Backend(Protocol):
         ...
 
     @property
+    def native_apis(self) -> frozenset[str]:
+        """API families its server answers itself (``openai``, ``anthropic``); the daemon
+        translates the others onto its OpenAI chat completions."""
+        ...
+
+    @property
     def saves_kv(self) -> bool:
         """Whether a planned stop can save its slots' prompt cache (runners/kvcache.py)."""
         ...

@@ -37,6 +37,7 @@ class LlamaCpp:
     process = "llama-server"
     formats = frozenset({"gguf"})
     modes: tuple[Mode, ...] = tuple(MODE_FLAGS)
+    native_apis = frozenset({"openai", "anthropic"})  # /v1/messages is llama-server's own
     saves_kv = True
 
     def __init__(self, env: Mapping[str, str]) -> None:

@@ -79,6 +79,7 @@ class Mlx:
     process = "mlx_lm.server"
     formats = frozenset({"safetensors"})
     modes: tuple[Mode, ...] = ("completion",)
+    native_apis = frozenset({"openai"})  # chat and text completions only
     saves_kv = False
 
     def __init__(self, env: Mapping[str, str]) -> None:

@@ -5,7 +5,9 @@ Served under ``/`` (the ``anthropic`` package and Claude Code with
 ``ANTHROPIC_BASE_URL=http://localhost:12434``), ``/anthropic`` (Docker's path), ``/engines`` and
 ``/engines/{backend}``.  llama-server speaks this API itself, so the body goes to the model's
 runner unchanged and a streamed answer comes back untouched, through ``openai_api.serve()``
-(the same lookup, load on demand, admission, keep-alive and metrics as the OpenAI routes).
+(the same lookup, load on demand, admission, keep-alive and metrics as the OpenAI routes).  A
+backend that does not (MLX: its ``native_apis``) gets the request as chat completions and its
+answer translated back (``anthropic_convert``), through the same ``serve()``.
 What this module adds: the checks llama-server would answer with a 500 or take the wrong way
 (a ``max_tokens`` beyond its 32-bit counter), Anthropic's error shape for the runner's errors
 (llama-server answers these routes with OpenAI's), and token counts for the metrics from
@@ -15,17 +17,18 @@ Anthropic's ``usage`` (``message_start`` carries the input, ``message_delta`` th
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from modelrunner.errors import InvalidRequest, ModelRunnerError
-from modelrunner.server import sse
+from modelrunner.errors import InvalidRequest, ModelRunnerError, UpstreamError
+from modelrunner.server import anthropic_convert, sse
 from modelrunner.server.catalog import display_name
 from modelrunner.server.middleware import anthropic_shape, parse_json_object, read_body
-from modelrunner.server.openai_api import check_backend, serve
-from modelrunner.server.proxy import Forwarded, relay_headers, runner_chunks
+from modelrunner.server.openai_api import check_backend, check_model_backend, serve
+from modelrunner.server.proxy import ClientGone, Forwarded, relay_headers, runner_chunks
 from modelrunner.server.state import STATE
 
 PREFIXES = ("/engines/{backend}", "/engines", "/anthropic", "")
@@ -137,6 +140,66 @@ class AnthropicRelay:
         return sse.encode("error", anthropic_shape(500, error.message, error.code))
 
 
+class ChatAsAnthropicRelay:
+    """A chat completions answer (whole or streamed) relayed in Anthropic's shapes."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    async def __call__(
+        self, request: web.Request, up: aiohttp.ClientResponse, state: Forwarded
+    ) -> web.StreamResponse:
+        state.error_line = AnthropicRelay().error_event
+        if up.status >= 400:
+            data = await up.read()
+            body = anthropic_shape(up.status, sse.error_message(data, up.status), "upstream_error")
+            return web.json_response(body, status=up.status)
+        if "text/event-stream" not in up.headers.get("Content-Type", ""):
+            value = sse.Event(None, (await up.read()).decode(errors="replace")).json()
+            if not isinstance(value, dict):
+                raise UpstreamError("the runner's answer was not a JSON object")
+            state.usage = value.get("usage") if isinstance(value.get("usage"), dict) else None
+            return web.json_response(anthropic_convert.whole(value, self.model))
+        response = web.StreamResponse(status=200, headers=dict(sse.SSE_HEADERS))
+        await response.prepare(request)
+        state.response, state.streaming = response, True
+        parser = sse.SSEParser()
+        translator = anthropic_convert.StreamTranslator(self.model)
+        try:
+            async for chunk in runner_chunks(up, state):
+                await self._write(response, translator, parser.feed(chunk))
+            await self._write(response, translator, parser.close())
+            await response.write(_events(translator.finish()))
+        except ConnectionResetError as e:
+            raise ClientGone(response) from e
+        finally:
+            usage = translator.usage
+            state.usage = {
+                "prompt_tokens": usage["input_tokens"],
+                "completion_tokens": usage["output_tokens"],
+            }
+        await response.write_eof()
+        return response
+
+    @staticmethod
+    async def _write(
+        response: web.StreamResponse,
+        translator: anthropic_convert.StreamTranslator,
+        events: list[sse.Event],
+    ) -> None:
+        out: list[anthropic_convert.Event] = []
+        for event in events:
+            value = event.json() if event.data != "[DONE]" else None
+            if isinstance(value, dict):
+                out += translator.feed(value)
+        if out:
+            await response.write(_events(out))
+
+
+def _events(events: list[anthropic_convert.Event]) -> bytes:
+    return b"".join(sse.encode(kind, data) for kind, data in events)
+
+
 def messages_handler(upstream_path: str, *, counting: bool) -> Any:
     async def handler(request: web.Request) -> web.StreamResponse:
         check_backend(request)
@@ -144,6 +207,27 @@ def messages_handler(upstream_path: str, *, counting: bool) -> Any:
         body = await read_body(request, state.config.server.max_body_bytes)
         payload = parse_json_object(body)
         model = await state.catalog.lookup(check_request(payload, counting=counting))
+        check_model_backend(state, model, request.match_info.get("backend"))
+        backend = state.supervisor.backends.for_format(model.format)
+        if backend is not None and "anthropic" not in backend.native_apis:
+            if counting:
+                raise InvalidRequest(
+                    f"count_tokens is not available for model {display_name(model)!r}: its "
+                    f"backend ({backend.name}) has no tokenizer endpoint"
+                )
+            chat = anthropic_convert.chat_body(payload)
+            return await serve(
+                state,
+                request,
+                model.id,
+                display_name(model),
+                "completion",
+                "/v1/chat/completions",
+                json.dumps(chat).encode(),
+                None,
+                stream=chat.get("stream") is True,
+                relay=ChatAsAnthropicRelay(display_name(model)),
+            )
         return await serve(
             state,
             request,

@@ -64,6 +64,7 @@ class Route:
     mode: Mode
     upstream_path: str
     canonical: str  # the route's name in the metrics, as aiohttp's router names it
+    backend: str | None = None  # the backend /engines/<backend>/… names, if it names one
 
 
 def routes() -> dict[str, Route]:
@@ -71,8 +72,8 @@ def routes() -> dict[str, Route]:
     table: dict[str, Route] = {}
     for prefix in PREFIXES:
         for suffix, mode, upstream in INFERENCE:
-            route = Route(mode, upstream, prefix + suffix)
             for backend in BACKENDS if "{backend}" in prefix else ("",):
+                route = Route(mode, upstream, prefix + suffix, backend or None)
                 table[prefix.replace("{backend}", backend) + suffix] = route
     return table
 
@@ -156,7 +157,7 @@ class FastLane:
             body = conn.take_body(head.length)  # whole in the first read, as a rule
             if body is None:
                 body = await conn.body(head.length, state.config.server.body_timeout_s)
-            got = await read_inference(state, body, route.mode, head.headers)
+            got = await read_inference(state, body, route.mode, head.headers, route.backend)
             exchange.stream = got.stream
             exchange.request_body = body
             status = await inference.pass_through(

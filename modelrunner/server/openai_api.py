@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from modelrunner.distribution.model import Model
     from modelrunner.runners.supervisor import Runner
 
-BACKENDS = ("llama.cpp",)
+BACKENDS = ("llama.cpp", "mlx")  # runners/backend.py's names: /engines/<backend>/v1/…
 PREFIXES = ("/engines/{backend}", "/engines", "")
 
 # (path suffix, mode, path sent to llama-server)
@@ -49,8 +49,24 @@ INFERENCE: tuple[tuple[str, Mode, str], ...] = (
 def check_backend(request: web.Request) -> None:
     backend = request.match_info.get("backend")
     if backend is not None and backend not in BACKENDS:
+        raise InvalidRequest(f"unknown backend {backend!r}; the backends are {', '.join(BACKENDS)}")
+
+
+def model_backend(state: ServerState, model: Model) -> str:
+    """The backend that runs *model* (by its format), or "" when none does."""
+    backend = state.supervisor.backends.for_format(model.format)
+    return backend.name if backend is not None else ""
+
+
+def check_model_backend(state: ServerState, model: Model, route_backend: str | None) -> None:
+    """``/engines/<backend>/…`` must name the model's own backend (``/engines/v1`` picks it)."""
+    if route_backend is None:
+        return
+    runs_on = model_backend(state, model)
+    if runs_on and route_backend != runs_on:
         raise InvalidRequest(
-            f"unknown backend {backend!r}; the only backend is {', '.join(BACKENDS)}"
+            f"model {display_name(model)!r} ({model.format}) runs on the {runs_on} backend, not "
+            f"{route_backend}; use /engines/{runs_on}/v1/… or /engines/v1/… (picks by model)"
         )
 
 
@@ -140,14 +156,20 @@ class Inference:
 
 
 async def read_inference(
-    state: ServerState, body: bytes, mode: Mode, headers: Mapping[str, str]
+    state: ServerState,
+    body: bytes,
+    mode: Mode,
+    headers: Mapping[str, str],
+    backend: str | None = None,
 ) -> Inference:
-    """The request's model (looked up), its client errors refused, and its few options."""
+    """The request's model (looked up, on the route's *backend* if it names one), its client
+    errors refused, and its few options."""
     payload = parse_json_object(body)
     if "model" not in payload:
         raise InvalidRequest("request body has no 'model' field")
     ref = payload["model"]
     model = state.catalog.cached(ref) or await state.catalog.lookup(ref)
+    check_model_backend(state, model, backend)
     check_client_errors(payload, mode, has_projector=model.mmproj_path is not None)
     return Inference(
         model,
@@ -163,7 +185,9 @@ def inference_handler(mode: Mode, upstream_path: str) -> Any:
         check_backend(request)
         state = request.app[STATE]
         body = await read_body(request, state.config.server.max_body_bytes)
-        got = await read_inference(state, body, mode, request.headers)
+        got = await read_inference(
+            state, body, mode, request.headers, request.match_info.get("backend")
+        )
         return await serve(
             state,
             request,

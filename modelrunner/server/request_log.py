@@ -169,6 +169,7 @@ class Record:
     dropped: int = 0
     last: bytes = b""
     done: bool = False
+    backend: str = ""  # the engine that served it (llama.cpp, mlx); "" until a runner took it
     _api: dict[str, Any] | None = None
 
     def tap(self, chunk: bytes) -> None:
@@ -216,6 +217,7 @@ class Record:
             "user_agent": self.user_agent,
             "model_id": self.model_id,
             "duration_ms": self.duration_ms,
+            "backend": self.backend,  # ours, beyond Docker's keys
         }
         if self.done:
             self._api = api

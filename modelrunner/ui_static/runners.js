@@ -33,6 +33,7 @@ function row(r) {
     "tr",
     { "data-runner": name, "data-state": r.state },
     el("th", { scope: "row" }, name),
+    cell(r.backend_name || "llama.cpp"),
     cell(r.mode),
     cell(el("span", { class: `state state-${r.state}` }, r.state)),
     cell(bytes(r.rss_bytes)),
@@ -79,7 +80,7 @@ export function refreshRunners() {
           });
       }
       runners = await json("/engines/ps");
-      fillTable("runners-body", runners.map(row), 8, "No runner: a model loads on its first request.");
+      fillTable("runners-body", runners.map(row), 9, "No runner: a model loads on its first request.");
       drawMemory();
       bus.dispatchEvent(new Event("runners-listed"));
     } finally {

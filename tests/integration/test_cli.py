@@ -129,7 +129,7 @@ def test_store_verbs(daemon, tiny_gguf) -> None:
     """ls (table, --json, -q, --openai, a filter), inspect, tag, rm, df, and their errors."""
     env = daemon.env
     assert ok("ls", env=env).splitlines() == [
-        "MODEL NAME  PARAMETERS  QUANTIZATION  ARCHITECTURE  MODEL ID  CREATED  SIZE"
+        "MODEL NAME  PARAMETERS  QUANTIZATION  ARCHITECTURE  FORMAT  MODEL ID  CREATED  SIZE"
     ]
     daemon.add_model(TINY, tiny_gguf)
     header, row = ok("ls", env=env).splitlines()
