@@ -8,7 +8,7 @@ only), the name its process has in error messages, and whether it saves a slot's
 Readiness is the same contract for all: ``GET /health`` over the socket answers 200 once the model
 is loaded (``process.ChildProcess.wait_ready``).
 
-Two implementations: ``llamacpp.LlamaCpp`` (GGUF) and ``mlx.Mlx`` (safetensors in MLX's layout).
+Two implementations: ``llamacpp.LlamaCpp`` (GGUF) and ``mlxlm.Mlx`` (safetensors in MLX's layout).
 A third (vLLM, SGLang) is one more module implementing this protocol, added to
 ``default_backends``; docs/architecture.md says how.  Knows nothing of HTTP routes or OCI.
 """
@@ -136,6 +136,6 @@ class Backends:
 def default_backends(env: Mapping[str, str]) -> Backends:
     """llama.cpp and MLX, in that order (a format both ran would go to the first)."""
     from modelrunner.runners.llamacpp import LlamaCpp
-    from modelrunner.runners.mlx import Mlx
+    from modelrunner.runners.mlxlm import Mlx
 
     return Backends([LlamaCpp(env), Mlx(env)])

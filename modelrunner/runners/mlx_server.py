@@ -10,7 +10,11 @@ model a request names (a path, or a Hugging Face download).  Here:
   names (the daemon already routed it here by name), and ``adapters``/``draft_model`` paths a client
   sends are ignored;
 * the model is loaded before the socket exists, so ``GET /health`` answering 200 means ready (the
-  stock server loads on the first request and is "healthy" before).
+  stock server loads on the first request and is "healthy" before);
+* answers are HTTP/1.1, framed (``Content-Length`` or chunked): the stock handler speaks HTTP/1.0
+  and ends a stream by closing the connection, so a runner killed mid-stream looked to the daemon
+  like an answer that ended normally.  Framed, a cut stream is a cut stream (reported as a crash),
+  and connections are kept alive between requests.
 
 SIGTERM ends the process at once (the default action): the daemon's stop is SIGTERM, grace, SIGKILL.
 """
@@ -25,6 +29,11 @@ import socket
 import sys
 from http.server import ThreadingHTTPServer
 from typing import Any
+
+# Run as a script, this file's directory (modelrunner/runners) heads sys.path: nothing there may
+# shadow a package mlx_lm imports.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 # Options passed through to mlx_lm's own parser (the daemon checks them against an allowlist).
 _DEFAULTS = ["--host", "unix", "--port", "0"]
@@ -51,6 +60,69 @@ class UnixHTTPServer(ThreadingHTTPServer):
         conn, _ = self.socket.accept()
         # BaseHTTPRequestHandler logs client_address[0]: an AF_UNIX peer has no address.
         return conn, ("unix", 0)
+
+
+class _Chunked:
+    """A writer that sends each write as one HTTP/1.1 chunk."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+    def write(self, data: bytes) -> int:
+        if data:
+            self.raw.write(b"%x\r\n%s\r\n" % (len(data), data))
+        return len(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+def framed(base: Any) -> Any:
+    """*base* (mlx_lm's APIHandler) answering in HTTP/1.1 with every body framed."""
+
+    class Framed(base):  # type: ignore[misc]
+        protocol_version = "HTTP/1.1"
+
+        def send_response(self, code: int, message: str | None = None) -> None:
+            self._has_length = False
+            self._chunked: _Chunked | None = None
+            super().send_response(code, message)
+
+        def send_header(self, keyword: str, value: str) -> None:
+            if keyword.lower() == "content-length":
+                self._has_length = True
+            super().send_header(keyword, value)
+
+        def end_headers(self) -> None:
+            chunk = not getattr(self, "_has_length", True)
+            if chunk:
+                super().send_header("Transfer-Encoding", "chunked")
+            super().end_headers()
+            if chunk:
+                raw: Any = self.wfile
+                self._chunked = _Chunked(raw)
+                self.wfile = self._chunked
+
+        def _framed(self, method: Any) -> None:
+            self._chunked = None
+            method()  # an exception leaves the chunked body unfinished: the client sees a cut
+            chunked: _Chunked | None = getattr(self, "_chunked", None)  # set by end_headers
+            if chunked is not None:
+                self.wfile = chunked.raw
+                chunked.raw.write(b"0\r\n\r\n")
+                chunked.raw.flush()
+                self._chunked = None
+
+        def do_GET(self) -> None:
+            self._framed(super().do_GET)
+
+        def do_POST(self) -> None:
+            self._framed(super().do_POST)
+
+        def do_OPTIONS(self) -> None:
+            self._framed(super().do_OPTIONS)
+
+    return Framed
 
 
 def _parse(argv: list[str]) -> tuple[str, list[str]]:
@@ -86,8 +158,10 @@ def main(argv: list[str] | None = None) -> None:
     cache = mlx_server.LRUPromptCache(parser_args.prompt_cache_size)
     generator = mlx_server.ResponseGenerator(provider, cache)
 
+    handler_class = framed(mlx_server.APIHandler)
+
     def handler(*args: Any, **kwargs: Any) -> Any:
-        return mlx_server.APIHandler(generator, *args, **kwargs)
+        return handler_class(generator, *args, **kwargs)
 
     httpd = UnixHTTPServer(sock_path, handler)  # type: ignore[arg-type]
     logging.getLogger("modelrunner.mlx").info("mlx runner listening on %s", sock_path)

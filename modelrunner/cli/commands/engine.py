@@ -154,7 +154,7 @@ async def _status(configured: Any, engine: str) -> dict[str, Any]:
 
 async def _mlx_status(runners: Any) -> dict[str, Any]:
     """The MLX backend (an optional extra): installed in which Python, which versions."""
-    from modelrunner.runners.mlx import Mlx
+    from modelrunner.runners.mlxlm import Mlx
 
     status = await Mlx(os.environ).status(runners)
     return {"installed": status.installed, "version": status.version, "detail": status.detail}
