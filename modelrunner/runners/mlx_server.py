@@ -99,7 +99,7 @@ def framed(base: Any) -> Any:
                 super().send_header("Transfer-Encoding", "chunked")
             super().end_headers()
             if chunk:
-                raw: Any = self.wfile
+                raw: Any = getattr(self, "wfile")  # noqa: B009 (the base class is untyped)
                 self._chunked = _Chunked(raw)
                 self.wfile = self._chunked
 
