@@ -199,8 +199,13 @@ class LocalStore:
         """A safetensors model: its directory built from the layers, its shape from config.json."""
         lay = self.layout
         weights = parsed.of_type(mt.SAFETENSORS)
-        directory = model_dir(lay, model_id, parsed)
-        hf_config = read_hf_config(directory / "config.json")
+        directory: Path | None = None
+        hf_config: dict[str, Any] = {}
+        try:
+            directory = model_dir(lay, model_id, parsed)
+            hf_config = read_hf_config(directory / "config.json")
+        except StoreError as e:  # listed and inspectable all the same; resolve refuses to run it
+            log.warning("store.no_model_dir", model=model_id, error=e.message)
         template = parsed.of_type(mt.CHAT_TEMPLATE)
         return Model(
             id=model_id,
