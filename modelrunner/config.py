@@ -71,6 +71,8 @@ class RunnersConfig:
     llama_server_path: Path | None = None
     engine: str = "auto"  # which llama-server: auto | native (our build only) | wheel
     llama_args: tuple[str, ...] = ()
+    # The Python that has mlx and mlx-lm, for the MLX backend; None = the daemon's own.
+    mlx_python: Path | None = None
     run_dir: Path = Path("~/.modelrunner/run")
     log_dir: Path = Path("~/.modelrunner/logs")
     max_loaded: int = 2
@@ -233,6 +235,7 @@ ENV_VARS: dict[str, str] = {
     "LLAMA_SERVER_PATH": "runners.llama_server_path",
     "LLAMA_ARGS": "runners.llama_args",
     "MODEL_RUNNER_ENGINE": "runners.engine",
+    "MLX_SERVER_PATH": "runners.mlx_python",  # Docker's: the python3 that runs mlx_lm.server
     "DMR_ORIGINS": "server.origins",
     "DISABLE_METRICS": "server.disable_metrics",
     "LOG_LEVEL": "log_level",

@@ -16,6 +16,7 @@ Every error modelrunner raises on purpose; nothing here knows HTTP or the CLI.
     + UpstreamError           llama-server closed or garbled the stream
     + BinaryNotFound          no usable llama-server binary anywhere we looked
       + EngineUnusable        the explicitly configured llama-server fails the probe here
+      + BackendNotInstalled   an engine's packages (MLX: mlx, mlx-lm) are not installed
   x UpstreamTimeout           (504 upstream_timeout) the runner sent nothing for
                               server.upstream_read_timeout_s (slow, not overloaded)
   x EngineBuildError          (500 engine_build_failed) the native build of llama-server failed
@@ -151,6 +152,12 @@ class BinaryNotFound(Unavailable):
 
 class EngineUnusable(BinaryNotFound):
     code = "llama_server_unusable"
+
+
+class BackendNotInstalled(BinaryNotFound):
+    """The engine's packages are not in the Python that would run it; the message says how."""
+
+    code = "backend_not_installed"
 
 
 class EngineBuildError(ModelRunnerError):

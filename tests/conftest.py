@@ -75,6 +75,17 @@ def tiny_gguf(tiny_gguf_factory: Callable[..., Path]) -> Path:
     return tiny_gguf_factory()
 
 
+@pytest.fixture(scope="session")
+def tiny_mlx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight Llama in MLX's layout (scripts/make_tiny_mlx.py; ~93 k parameters).
+    Needs the mlx extra, which `make test` installs."""
+    pytest.importorskip("mlx.core", reason="the MLX backend is not installed (pip install .[mlx])")
+    pytest.importorskip("mlx_lm", reason="mlx-lm is not installed (pip install .[mlx])")
+    from scripts.make_tiny_mlx import build as build_tiny_mlx
+
+    return build_tiny_mlx(tmp_path_factory.mktemp("tiny-mlx") / "model")
+
+
 def find_llama_server() -> Path:
     """The llama-server the tests use: the engine's own choice (LLAMA_SERVER_PATH, PATH, the
     native build, the wheel: the first that passes the probe on this CPU)."""

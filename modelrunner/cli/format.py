@@ -109,6 +109,7 @@ def model_rows(models: Sequence[Mapping[str, Any]], now: float) -> list[list[str
             str(cfg.get("parameters") or "-"),
             quantization(str(cfg.get("quantization") or "-")),
             str(cfg.get("architecture") or "-"),
+            str(cfg.get("format") or "-"),
             short_id(str(m.get("id", ""))),
             created_ago(m.get("created") or 0, now),
             str(cfg.get("size") or "-"),

@@ -94,11 +94,17 @@ def build_config(
     return go_json(doc)
 
 
-def build_manifest(config_digest: str, config_size: int, layers: list[dict[str, Any]]) -> bytes:
+def build_manifest(
+    config_digest: str,
+    config_size: int,
+    layers: list[dict[str, Any]],
+    config_media_type: str = mt.CONFIG_V01,
+) -> bytes:
+    """The manifest; v0.1 config for a GGUF, v0.2 (layer per file) for a directory (Docker's)."""
     doc = {
         "schemaVersion": 2,
         "mediaType": mt.OCI_MANIFEST,
-        "config": {"mediaType": mt.CONFIG_V01, "size": config_size, "digest": config_digest},
+        "config": {"mediaType": config_media_type, "size": config_size, "digest": config_digest},
         "layers": layers,
     }
     return go_json(doc)

@@ -32,11 +32,14 @@ from ..errors import Conflict, InvalidReference, ModelNotFound, ModelRunnerError
 from . import mediatypes as mt
 from . import stamps
 from .artifact import ParsedManifest, config_object, parse_manifest
+from .bundle import model_dir
 from .digest import is_digest, is_full_hex, is_short_id, sha256_digest
 from .gguf import GGUFError, arch_params, read_gguf, trained_context
 from .layout import Entry, Index, Layout, StoreLock, atomic_write, os_error, sweep, walk_files
 from .model import GCResult, Model, ProgressFn, RemoveResult
 from .reference import Reference, parse_reference, try_parse
+from .safetensors import arch_params as hf_arch_params
+from .safetensors import context_length, read_hf_config
 
 __all__ = ["GCResult", "LocalStore", "Model", "ProgressFn", "RemoveResult"]
 
@@ -161,6 +164,9 @@ class LocalStore:
         except OSError as e:
             raise StoreError(f"model {model_id} has no readable config: {e.strerror}") from e
         config, created = config_object(cfg_raw)
+        weights = parsed.of_type(mt.SAFETENSORS)
+        if weights and not parsed.of_type(mt.GGUF):
+            return self._build_safetensors(model_id, parsed, config, created)
         ggufs = parsed.of_type(mt.GGUF)
         gguf_paths = self._gguf_paths(model_id, [lay.blob(d.digest) for d in ggufs])
         mmproj = parsed.of_type(*mt.MMPROJ_TYPES)
@@ -186,6 +192,38 @@ class LocalStore:
             arch_params=arch_params(gguf_map),
             gguf=gguf_map,
             manifest_path=lay.manifest(model_id),
+        )
+
+    def _build_safetensors(
+        self, model_id: str, parsed: ParsedManifest, config: dict[str, Any], created: int
+    ) -> Model:
+        """A safetensors model: its directory built from the layers, its shape from config.json."""
+        lay = self.layout
+        weights = parsed.of_type(mt.SAFETENSORS)
+        directory: Path | None = None
+        hf_config: dict[str, Any] = {}
+        try:
+            directory = model_dir(lay, model_id, parsed)
+            hf_config = read_hf_config(directory / "config.json")
+        except StoreError as e:  # listed and inspectable all the same; resolve refuses to run it
+            log.warning("store.no_model_dir", model=model_id, error=e.message)
+        template = parsed.of_type(mt.CHAT_TEMPLATE)
+        return Model(
+            id=model_id,
+            tags=(),
+            store_tags=(),
+            created=created,
+            config=config,
+            gguf_paths=(),
+            chat_template_path=lay.blob(template[0].digest) if template else None,
+            license_paths=tuple(lay.blob(d.digest) for d in parsed.of_type(mt.LICENSE)),
+            size_bytes=parsed.layer_bytes,
+            trained_context=context_length(hf_config),
+            estimated_bytes=sum(d.size for d in weights),
+            arch_params=hf_arch_params(hf_config),
+            manifest_path=lay.manifest(model_id),
+            safetensors_paths=tuple(lay.blob(d.digest) for d in weights),
+            model_dir=directory,
         )
 
     def _gguf_paths(self, model_id: str, blobs: list[Path]) -> list[Path]:

@@ -18,6 +18,11 @@ MMPROJ_TYPES = frozenset({MMPROJ, MMPROJ_SPEC})
 CHAT_TEMPLATE = "application/vnd.docker.ai.chat.template.jinja"
 LICENSE = "application/vnd.docker.ai.license"
 SAFETENSORS = "application/vnd.docker.ai.safetensors"
+MODEL_FILE = "application/vnd.docker.ai.model.file"  # config.json, tokenizer files (v0.2 layers)
+# Older safetensors artifacts (config v0.1): the config files as one tar, or directories as tars.
+VLLM_CONFIG_TAR = "application/vnd.docker.ai.vllm.config.tar"
+DIR_TAR = "application/vnd.docker.ai.dir.tar"
+DDUF = "application/vnd.docker.ai.dduf"
 LORA = "application/vnd.docker.ai.gguf.v3.lora"
 
 # Layer annotations Docker's packager writes (readers must not require them).

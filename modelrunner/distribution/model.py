@@ -35,6 +35,20 @@ class Model:
     # carries no map) read from the first GGUF file once, when the store first builds the model.
     gguf: Mapping[str, str] = field(default_factory=dict)
     manifest_path: Path | None = None
+    # A safetensors model: its weight files (blobs), and the directory an engine is given
+    # (bundles/<id>/model, rebuilt from the layers; distribution/bundle.py).
+    safetensors_paths: tuple[Path, ...] = ()
+    model_dir: Path | None = None
+
+    @property
+    def format(self) -> str:
+        """``gguf`` or ``safetensors``: the config's word, else what the layers hold."""
+        declared = self.config.get("format")
+        if isinstance(declared, str) and declared:
+            return declared
+        if self.gguf_paths:
+            return "gguf"
+        return "safetensors" if self.safetensors_paths else ""
 
     @property
     def short_id(self) -> str:

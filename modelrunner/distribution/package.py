@@ -1,4 +1,5 @@
-"""Package a local GGUF (shards, optional license and chat template) into the store.
+"""Package a local GGUF (shards, optional license and chat template) or a safetensors model
+directory into the store.
 
 Each file is copied into ``blobs/`` while it is hashed (one pass; a copy, never a link, so a
 later edit of the user's file cannot corrupt the store), then config and manifest are built as
@@ -28,6 +29,7 @@ from .gguf import read_gguf, shard_paths
 from .layout import TMP_MARK, atomic_write, fsync_dir, os_error
 from .model import MIB, Model, ProgressEvent, ProgressFn
 from .reference import Reference
+from .safetensors import config_values, scan_dir
 
 if TYPE_CHECKING:
     from .local import LocalStore
@@ -109,10 +111,53 @@ async def package(
         return values, [p.stat() for _, p in files]
 
     values, stats = await asyncio.to_thread(check)
+    if context_size is not None:
+        values["context_size"] = context_size
+    named = [(kind, path, path.name) for kind, path in files]
+    return await _commit(store, named, stats, values, ref, mt.CONFIG_V01, progress)
+
+
+async def package_dir(
+    store: LocalStore,
+    directory: Path,
+    ref: Reference,
+    *,
+    context_size: int | None = None,
+    progress: ProgressFn | None = None,
+) -> Model:
+    """A safetensors model directory as Docker packages it: a layer per file, config v0.2."""
+    if context_size is not None and not 0 < context_size <= 2**31 - 1:
+        raise InvalidRequest(f"context size must be a positive integer, got {context_size}")
+
+    def scan() -> tuple[list[tuple[str, Path, str]], list[os.stat_result], dict[str, object]]:
+        found = scan_dir(Path(directory))
+        values = config_values(found)
+        return (
+            [(f.media_type, f.path, f.relpath) for f in found],
+            [f.path.stat() for f in found],
+            values,
+        )
+
+    named, stats, values = await asyncio.to_thread(scan)
+    if context_size is not None:
+        values["context_size"] = context_size
+    return await _commit(store, named, stats, values, ref, mt.CONFIG_V02, progress)
+
+
+async def _commit(
+    store: LocalStore,
+    files: list[tuple[str, Path, str]],
+    stats: list[os.stat_result],
+    values: dict[str, object],
+    ref: Reference,
+    config_media_type: str,
+    progress: ProgressFn | None,
+) -> Model:
+    """Copy each (media type, path, name in the artifact) into the store, then commit."""
     total = sum(st.st_size for st in stats)
     done = 0
 
-    def report(kind: str, digest: str, size: int, current: int) -> None:
+    def report(digest: str, size: int, current: int) -> None:
         if progress is not None:
             progress(
                 ProgressEvent(
@@ -129,7 +174,7 @@ async def package(
 
     with contextlib.ExitStack() as held:  # our new blobs stay out of gc/remove until committed
         layers = []
-        for (kind, path), st in zip(files, stats, strict=True):
+        for (kind, path, name), st in zip(files, stats, strict=True):
             try:
                 digest, size = await asyncio.to_thread(
                     ingest_file, store.layout.blobs_dir, path, None
@@ -139,11 +184,9 @@ async def package(
             except OSError as e:
                 raise os_error(e, f"copying {path} into the store") from e
             held.enter_context(store.writing(digest))
-            report(kind, digest, size, size)
+            report(digest, size, size)
             done += size
-            layers.append(layer(kind, digest, size, path.name, st.st_mtime_ns))
-        if context_size is not None:
-            values["context_size"] = context_size
+            layers.append(layer(kind, digest, size, name, st.st_mtime_ns))
         config = build_config(values, [x["digest"] for x in layers])
         config_digest = sha256_digest(config)
         held.enter_context(store.writing(config_digest))
@@ -151,7 +194,7 @@ async def package(
             await asyncio.to_thread(atomic_write, store.layout.blob(config_digest), config)
         except OSError as e:
             raise os_error(e, "writing the config blob") from e
-        raw = build_manifest(config_digest, len(config), layers)
+        raw = build_manifest(config_digest, len(config), layers, config_media_type)
         model = await store.commit(raw, parse_manifest(raw, ref.display), ref.store_name)
     log.info("store.packaged", model=model.id, tag=ref.store_name, bytes=total)
     if progress is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from .archive import load_archive
 from .local import LocalStore, tag_ref
 from .model import GCResult, Model, ProgressFn, RemoveResult
-from .package import package
+from .package import package, package_dir
 from .pull import pull
 from .push import push
 from .reference import parse_reference
@@ -45,6 +45,19 @@ class Store(LocalStore):
             context_size=context_size,
             mmproj=mmproj,
             progress=progress,
+        )
+
+    async def package_dir(
+        self,
+        directory: str | Path,
+        tag: str,
+        *,
+        context_size: int | None = None,
+        progress: ProgressFn | None = None,
+    ) -> Model:
+        """Build Docker's artifact from a safetensors model directory (a layer per file)."""
+        return await package_dir(
+            self, Path(directory), tag_ref(tag), context_size=context_size, progress=progress
         )
 
     async def pull(self, ref: str, progress: ProgressFn | None = None) -> Model:

@@ -165,6 +165,8 @@ def build_argv(
         )
     if mode not in MODE_FLAGS:
         raise InvalidRequest(f"unsupported backend mode {mode!r} (one of {', '.join(MODE_FLAGS)})")
+    if files.gguf_path is None:
+        raise InvalidRequest(f"model {files.name!r} has no GGUF file for llama-server")
     argv = [str(binary), *(base_args(supported=supported) if base is None else base)]
     # --alias: llama-server names the model in every answer ("model": …) after it; without it a
     # client would read the blob's path in the store.  It accepts any model name in requests.

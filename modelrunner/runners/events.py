@@ -43,6 +43,7 @@ class RunnerEvent:
     reason: str | None = None
     detail: str | None = None
     exit_code: int | None = None
+    backend: str = "llama.cpp"  # the engine: llama.cpp, mlx
 
 
 RunnerObserver = Callable[[RunnerEvent], None]

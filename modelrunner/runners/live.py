@@ -20,7 +20,7 @@ from modelrunner.runners.policy import Loaded
 
 K = TypeVar("K", bound=Hashable)
 
-RESTART_KEYS = frozenset({"llama_server_path", "engine", "run_dir", "log_dir"})
+RESTART_KEYS = frozenset({"llama_server_path", "engine", "mlx_python", "run_dir", "log_dir"})
 # Live keys that reach only runners started after the reload (a running one keeps its argv/log).
 NEXT_LOAD_KEYS = frozenset(
     {"llama_args", "default_context_size", "log_max_bytes", "log_backups", "log_tail_lines"}

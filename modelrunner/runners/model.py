@@ -22,7 +22,11 @@ class ModelFiles:
 
     id: str  # the store's model id (sha256:<hex>); with the mode it keys a runner
     name: str  # display reference, for ps and logs
-    gguf_path: Path  # first shard: what llama-server gets
+    # The artifact's format, which picks the backend (runners/backend.py): "gguf" -> llama.cpp,
+    # "safetensors" -> MLX.
+    format: str = "gguf"
+    gguf_path: Path | None = None  # a GGUF's first shard: what llama-server gets
+    model_dir: Path | None = None  # a safetensors model's directory: what mlx_lm gets
     mmproj_path: Path | None = None
     chat_template_path: Path | None = None
     context_size: int | None = None  # the artifact's configured context, if any

@@ -279,8 +279,10 @@ class ChildProcess:
         record: Path | None,
         socket: Path | None,
         output: tuple[asyncio.StreamReader, asyncio.ReadTransport],
+        name: str = "llama-server",
     ) -> None:
         self.proc = proc
+        self.name = name  # what the child is called in errors (the backend's process)
         self._stdout, self._pipe = output  # the child's stdout and stderr (_read_end)
         # Once the runner is ready its output is read in batches (READY_BATCH_S apart), not line
         # by line: llama-server logs ~10 lines a request, and each read woke the event loop
@@ -308,6 +310,7 @@ class ChildProcess:
         env: Mapping[str, str] | None = None,
         record_dir: Path | None = None,
         socket: Path | None = None,
+        name: str = "llama-server",
     ) -> ChildProcess:
         """Start *argv* in its own process group, output to *sink*, with a pid record."""
         try:
@@ -334,7 +337,7 @@ class ChildProcess:
         finally:
             os.close(write_fd)
         output = await _read_end(read_fd)
-        child = cls(proc, argv, sink, None, socket, output)
+        child = cls(proc, argv, sink, None, socket, output, name)
         log.info("runner.spawned", pid=proc.pid, argv=list(argv))
         if record_dir is not None:
             try:
@@ -472,7 +475,7 @@ class ChildProcess:
         lines = self.tail()
         reason = diagnose(lines)
         rc = self.proc.returncode
-        msg = f"llama-server {what} (exit code {rc})"
+        msg = f"{self.name} {what} (exit code {rc})"
         if rc == -signal.SIGILL:
             # "exit code -4" tells a user nothing: name the cause and the fix.
             msg = f"{sigill_reason(self.argv[0], cpu, lines)} ({what}, exit code {rc})"

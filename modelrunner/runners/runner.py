@@ -60,13 +60,22 @@ class RunnerStatus:
     until: float | None  # when the idle TTL unloads it; None = loading, busy or never
     pinned: bool
     restored_tokens: int = 0  # prompt-cache tokens restored into it at load (runners/kvcache)
+    backend: str = "llama.cpp"  # the engine serving it (runners/backend.py)
 
 
 class Runner:
     """One llama-server instance as the supervisor sees it; what ``acquire`` hands out."""
 
-    def __init__(self, key: Key, files: ModelFiles, socket_path: Path, log_path: Path) -> None:
+    def __init__(
+        self,
+        key: Key,
+        files: ModelFiles,
+        socket_path: Path,
+        log_path: Path,
+        backend: str = "llama.cpp",
+    ) -> None:
         self.key = key
+        self.backend = backend  # the engine's name (runners/backend.py)
         self.model_id, self.mode = key
         self.model = files
         self.socket_path = socket_path

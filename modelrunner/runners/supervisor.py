@@ -1,10 +1,12 @@
-"""The supervisor: one llama-server per (model, mode), which ones stay loaded, and who waits.
+"""The supervisor: one runner per (model, mode), which ones stay loaded, and who waits.
 
 Owns every runner, load and stop task (a dict of tasks, not a TaskGroup: one failed load must not
 cancel the others).  Loads belong to the supervisor; requests only wait on them, so a client that
 leaves cancels its wait, never the load.  Decisions follow "read state, call ``policy``, commit to
 the maps, then await": no ``await`` between a read that gates a mutation and the mutation.
-Knows nothing of HTTP routes or OCI: models come from the injected ``resolve`` callable.
+Knows nothing of HTTP routes or OCI: models come from the injected ``resolve`` callable.  What
+differs between engines (llama.cpp, MLX) is the backends' (``runners/backend.py``): the policy
+here is the same for all.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ from modelrunner.errors import (
     UpstreamError,
 )
 from modelrunner.runners import live, policy
-from modelrunner.runners.args import build_argv, context_size, validate_llama_args
+from modelrunner.runners.args import context_size
+from modelrunner.runners.backend import Backend, Backends, EngineStatus, default_backends
 from modelrunner.runners.events import RunnerEvent, RunnerObserver, Transition, notify, stop_reason
 from modelrunner.runners.kvcache import KVCache
-from modelrunner.runners.locate import BinaryInfo, locate
+from modelrunner.runners.llamacpp import LlamaCpp
+from modelrunner.runners.locate import BinaryInfo
 from modelrunner.runners.memory import estimate_bytes, rss_bytes, total_memory_bytes
 from modelrunner.runners.model import Mode, ModelFiles, ResolveFn
 from modelrunner.runners.process import ChildFailed, ChildProcess, LogSink, is_oom, sweep_leftovers
@@ -60,7 +64,7 @@ PINNED_RETRY_AFTER_S = 30  # all slots pinned: only an operator frees one (unloa
 
 
 class Supervisor:
-    """Starts, shares, evicts and stops llama-server runners; see docs/architecture.md."""
+    """Starts, shares, evicts and stops runners of every backend; see docs/architecture.md."""
 
     def __init__(
         self,
@@ -68,11 +72,14 @@ class Supervisor:
         resolve: ResolveFn,
         *,
         env: Mapping[str, str] | None = None,
+        backends: Backends | None = None,
     ) -> None:
-        validate_llama_args(config.llama_args)
+        self._env = dict(os.environ if env is None else env)
+        self.backends = default_backends(self._env) if backends is None else backends
+        for backend in self.backends:
+            backend.check(config)
         self._config = config
         self._resolve = resolve
-        self._env = dict(os.environ if env is None else env)
         self._runners: dict[Key, Runner] = {}
         # Not a TaskGroup: one failed load must not cancel the other models' loads.
         self._loads: dict[Key, asyncio.Task[Runner]] = {}
@@ -82,8 +89,6 @@ class Supervisor:
         self._queued: collections.Counter[Key] = collections.Counter()
         self._failures: dict[Key, int] = {}
         self._changed = Changed()
-        self._binary: BinaryInfo | None = None
-        self._binary_lock = asyncio.Lock()
         self._start_lock = asyncio.Lock()
         self._started = False
         self._closed = False
@@ -300,20 +305,17 @@ class Supervisor:
             log.warning("runner.backoff", model=model_id, mode=mode, delay_s=delay)
             await asyncio.sleep(delay)
         files = await self._resolve(model_id)
-        binary = await self.binary()
+        backend = self.backends.for_files(files, mode)
         oom_retry = True
         while True:
-            runner = self._new_runner(key, files)
-            argv = build_argv(
-                binary.path, files, mode, runner.socket_path, cfg, supported=binary.flags
-            )
-            argv += self.kv.args(runner, files, binary, argv)
+            runner = self._new_runner(key, files, backend)
+            argv = await backend.command(runner, cfg, self.kv)
             await self._reserve(runner)
             try:
                 # At most max_loaded processes: let the victims (and any other stop) exit first.
                 if self._stops:
                     await asyncio.gather(*(asyncio.shield(t) for t in list(self._stops)))
-                await self._spawn(runner, argv)
+                await self._spawn(runner, argv, backend)
                 return runner
             except ChildFailed as e:
                 lines = runner.child.tail() if runner.child is not None else []
@@ -331,10 +333,10 @@ class Supervisor:
                 await self._abort_load(runner, failed=False)
                 raise
 
-    def _new_runner(self, key: Key, files: ModelFiles) -> Runner:
+    def _new_runner(self, key: Key, files: ModelFiles, backend: Backend) -> Runner:
         tag = hashlib.sha256(f"{key[0]}\0{key[1]}".encode()).hexdigest()[:10]
         socket = self._socket_dir / f"r-{tag}-{next(self._generation)}.sock"
-        runner = Runner(key, files, socket, self.runner_log(*key))
+        runner = Runner(key, files, socket, self.runner_log(*key), backend.name)
         runner.need_bytes = estimate_bytes(files, context_size(files, self._config))
         return runner
 
@@ -392,7 +394,7 @@ class Supervisor:
                 f"{cfg.queue_timeout_s:g}s (runners.max_loaded={cfg.max_loaded}); retry later"
             ) from None
 
-    async def _spawn(self, runner: Runner, argv: list[str]) -> None:
+    async def _spawn(self, runner: Runner, argv: list[str], backend: Backend) -> None:
         cfg = self._config
         started = time.monotonic()
         sink = LogSink(
@@ -402,9 +404,20 @@ class Supervisor:
             tail_lines=cfg.log_tail_lines,
         )
         runner.child = await ChildProcess.spawn(
-            argv, sink=sink, env=self._env, record_dir=self._record_dir, socket=runner.socket_path
+            argv,
+            sink=sink,
+            env=self._env,
+            record_dir=self._record_dir,
+            socket=runner.socket_path,
+            name=backend.process,
         )
-        log.info("runner.loading", model=runner.model.name, mode=runner.mode, pid=runner.pid)
+        log.info(
+            "runner.loading",
+            model=runner.model.name,
+            mode=runner.mode,
+            backend=runner.backend,
+            pid=runner.pid,
+        )
         self._emit("loading", runner)
         await runner.child.wait_ready(
             runner.socket_path,
@@ -707,7 +720,8 @@ class Supervisor:
         cfg = change.config
         if not change.applied:
             return
-        validate_llama_args(cfg.llama_args)
+        for backend in self.backends:
+            backend.check(cfg)
         total = await total_memory_bytes() if cfg.memory_fraction is not None else 0
         # Committed with no await from here on: decide, then act.
         self._config = cfg
@@ -747,6 +761,7 @@ class Supervisor:
                 until=r.expires_at,
                 pinned=r.model.settings.pinned,
                 restored_tokens=r.restored_tokens,
+                backend=r.backend,
             )
             for r in runners
         ]
@@ -767,20 +782,15 @@ class Supervisor:
         return self._config.log_dir / f"{slug(model_id)}-{mode}.log"
 
     async def binary(self) -> BinaryInfo:
-        """The llama-server in use, its version and backend (looked up once)."""
-        async with self._binary_lock:
-            if self._binary is None:
-                self._binary = await locate(
-                    self._config.llama_server_path, self._env, engine=self._config.engine
-                )
-                log.info(
-                    "runner.binary",
-                    path=str(self._binary.path),
-                    version=self._binary.version,
-                    backend=self._binary.backend,
-                    chosen=self._binary.source,
-                )
-            return self._binary
+        """The llama-server in use, its version and device (looked up once)."""
+        llama = self.backends[LlamaCpp.name]
+        if not isinstance(llama, LlamaCpp):  # a test's backends may replace it
+            raise TypeError(f"the {LlamaCpp.name} backend is not llama-server: {llama!r}")
+        return await llama.binary(self._config)
+
+    async def engines(self) -> list[EngineStatus]:
+        """Each backend and whether it is installed here (``GET /engines/status``)."""
+        return list(await asyncio.gather(*(b.status(self._config) for b in self.backends)))
 
     # --- helpers -------------------------------------------------------------------------------
 
@@ -802,6 +812,7 @@ class Supervisor:
                 reason=stop_reason(detail) if detail is not None else None,
                 detail=detail,
                 exit_code=exit_code,
+                backend=runner.backend,
             )
             notify(self.observers, event)
 

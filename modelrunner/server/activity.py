@@ -93,6 +93,12 @@ class Recorded:
             if self.record is not None:
                 self.record.tap(body)
 
+    def served_by(self, backend: str) -> None:
+        """The backend whose runner took the request (the request log shows it)."""
+        self.open()
+        if self.record is not None:
+            self.record.backend = backend
+
     def status(self, status: int) -> None:
         """An answer this daemon gave without the runner (a preload's 200)."""
         self._status = status

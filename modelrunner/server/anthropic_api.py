@@ -14,29 +14,42 @@ with OpenAI's), and token counts for the metrics from Anthropic's ``usage`` (``m
 carries the input, ``message_delta`` the output).  ``x-api-key``, ``anthropic-version`` and
 ``anthropic-beta`` are accepted and not checked.
 
-``tool_choice``: a forced one (``{"type": "any"}``, ``{"type": "tool", "name": ...}``) goes to
-the runner's chat completions instead, held to the call (``anthropic_convert``,
-``forced_tools``); ``{"type": "none"}``, which llama-server's converter drops (leaving the model
-free to call), goes without the tools.
+Two kinds of request go to the runner's chat completions instead, translated there and back by
+``anthropic_convert`` (``ChatRelay``), through the same ``serve()``: a forced ``tool_choice``
+(``{"type": "any"}``, ``{"type": "tool", "name": ...}``), held to the call (``forced_tools``),
+and every request for a backend without the Messages API (MLX: its ``native_apis``; no
+count_tokens there).  ``{"type": "none"}``, which llama-server's converter drops (leaving the
+model free to call), goes without the tools.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
 
-from modelrunner.errors import InvalidRequest, ModelRunnerError
+from modelrunner.errors import InvalidRequest, ModelRunnerError, UpstreamError
 from modelrunner.server import anthropic_convert as convert
 from modelrunner.server import sse
 from modelrunner.server.catalog import display_name
-from modelrunner.server.forced_tools import ChatCall, Forced, forced
+from modelrunner.server.forced_tools import ChatCall, Forced
 from modelrunner.server.middleware import anthropic_shape, parse_json_object, read_body
-from modelrunner.server.openai_api import CHAT, check_backend, serve
+from modelrunner.server.openai_api import (
+    CHAT,
+    check_backend,
+    check_client_errors,
+    check_model_backend,
+    forcing,
+    serve,
+)
 from modelrunner.server.proxy import Forwarded, Relay, relay_headers, runner_chunks
 from modelrunner.server.state import STATE
+
+if TYPE_CHECKING:
+    from modelrunner.distribution.model import Model
+    from modelrunner.server.state import ServerState
 
 PREFIXES = ("/engines/{backend}", "/engines", "/anthropic", "")
 MAX_TOKENS = 2**31 - 1  # llama-server's n_predict is an int32: beyond it the count wraps
@@ -163,14 +176,14 @@ def error_event(error: ModelRunnerError) -> bytes:
     return sse.encode("error", anthropic_shape(500, error.message, error.code))
 
 
-class ForcedCallRelay:
-    """The runner's chat answer to a forced tool choice as an Anthropic message (or events):
-    its text read as the call (``ChatCall``), then Anthropic's shape (``anthropic_convert``)."""
+class ChatRelay:
+    """The runner's chat completions answer (whole or streamed) in Anthropic's shapes
+    (``anthropic_convert``); for a forced *call*, its text read as that call first
+    (``ChatCall``)."""
 
-    def __init__(self, call: Forced, model: str, stream: bool) -> None:
-        self.call = ChatCall(call)
+    def __init__(self, model: str, call: Forced | None = None) -> None:
         self.model = model
-        self.stream = stream
+        self.call = ChatCall(call) if call is not None else None
 
     async def __call__(
         self, request: web.Request, up: aiohttp.ClientResponse, state: Forwarded
@@ -180,11 +193,15 @@ class ForcedCallRelay:
             data = await up.read()
             body = anthropic_shape(up.status, sse.error_message(data, up.status), "upstream_error")
             return web.json_response(body, status=up.status)
-        if not self.stream:
+        if "text/event-stream" not in up.headers.get("Content-Type", ""):
             completion = sse.Event(None, (await up.read()).decode(errors="replace")).json()
-            if isinstance(completion, dict) and isinstance(completion.get("usage"), dict):
+            if not isinstance(completion, dict):
+                raise UpstreamError("the runner's answer was not a JSON object")
+            if isinstance(completion.get("usage"), dict):
                 state.usage = completion["usage"]
-            return web.json_response(convert.message(self.call.whole(completion), self.model))
+            if self.call is not None:
+                completion = self.call.whole(completion)
+            return web.json_response(convert.message(completion, self.model))
         headers = relay_headers(up)
         headers.update(sse.SSE_HEADERS)
         response = web.StreamResponse(status=200, headers=headers)
@@ -223,7 +240,9 @@ class ForcedCallRelay:
             return False
         if isinstance(value.get("usage"), dict):
             state.usage = value["usage"]
-        await self._send(response, events.chunk(self.call.chunk(value)))
+        if self.call is not None:
+            value = self.call.chunk(value)
+        await self._send(response, events.chunk(value))
         return True
 
     @staticmethod
@@ -239,12 +258,10 @@ def messages_handler(upstream_path: str, *, counting: bool) -> Any:
         body = await read_body(request, state.config.server.max_body_bytes)
         payload = parse_json_object(body)
         model = await state.catalog.lookup(check_request(payload, counting=counting))
+        check_model_backend(state, model, request.match_info.get("backend"))
         name = display_name(model)
         stream = payload.get("stream") is True and not counting
-        relay: Relay = AnthropicRelay()
-        path, sent = upstream_path, body
-        if not counting and "tool_choice" in payload:
-            path, sent, relay = _tool_choice(payload, upstream_path, body, name, stream)
+        path, sent, relay = _route(state, model, payload, upstream_path, body, counting=counting)
         return await serve(
             state,
             request,
@@ -261,20 +278,39 @@ def messages_handler(upstream_path: str, *, counting: bool) -> Any:
     return handler
 
 
-def _tool_choice(
-    payload: dict[str, Any], path: str, body: bytes, name: str, stream: bool
+def _route(
+    state: ServerState,
+    model: Model,
+    payload: dict[str, Any],
+    path: str,
+    body: bytes,
+    *,
+    counting: bool,
 ) -> tuple[str, bytes, Relay]:
-    """Where a request with a ``tool_choice`` goes, with what, and how its answer comes back:
-    a forced call to the chat completions (held to it), ``none`` without the tools."""
+    """Where a request goes, with what, and how its answer comes back: the runner's own
+    Messages API as it came (``none`` without the tools), or its chat completions, translated,
+    for a forced call (held to it) or a backend without that API."""
+    backend = state.supervisor.backends.for_format(model.format)
+    native = backend is None or "anthropic" in backend.native_apis
+    if counting:
+        if backend is not None and not native:
+            raise InvalidRequest(
+                f"count_tokens is not available for model {display_name(model)!r}: its "
+                f"backend ({backend.name}) has no tokenizer endpoint"
+            )
+        return path, body, AnthropicRelay()
     choice = convert.chat_tool_choice(payload.get("tool_choice"))
-    call = forced(convert.chat_tools(payload.get("tools")), choice)
-    if call is not None:
-        chat = call.constrain(convert.chat_body(payload, choice))
-        return CHAT, json.dumps(chat).encode(), ForcedCallRelay(call, name, stream)
     if choice == "none":
-        unused = ("tools", "tool_choice")
-        body = json.dumps({k: v for k, v in payload.items() if k not in unused}).encode()
-    return path, body, AnthropicRelay()
+        payload = {k: v for k, v in payload.items() if k not in ("tools", "tool_choice")}
+        body, choice = json.dumps(payload).encode(), None
+    call = forcing(state, model, convert.chat_tools(payload.get("tools")), choice)
+    if call is None and native:
+        return path, body, AnthropicRelay()
+    chat = convert.chat_body(payload, choice)
+    check_client_errors(chat, "completion", has_projector=model.mmproj_path is not None)
+    if call is not None:
+        chat = call.constrain(chat)
+    return CHAT, json.dumps(chat).encode(), ChatRelay(display_name(model), call)
 
 
 def add_routes(app: web.Application) -> None:

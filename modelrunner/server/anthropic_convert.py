@@ -1,15 +1,21 @@
 """
 Anthropic's Messages request as a chat completions request, and the chat answer back as an
-Anthropic message or its stream of events: for a forced tool choice, which llama-server's own
-``/v1/messages`` cannot serve.  Its converter keeps a few fields only (no grammar reaches the
-chat code) and turns both ``{"type": "any"}`` and ``{"type": "tool", ...}`` into ``"required"``,
-which is not enforced (``forced_tools`` says why); so those requests go to the runner's chat
-completions, held to the call there, and come back here as a ``tool_use`` block with
-``stop_reason: "tool_use"``.  Every other request keeps llama-server's own translation.
+Anthropic message or its stream of events: the one translation for every request that goes to a
+runner's chat completions instead of its own ``/v1/messages``.  Two kinds do:
 
-What is carried over: ``system``, text, image, ``tool_use``, ``tool_result`` and ``thinking``
-blocks, ``tools``, ``max_tokens``, ``stop_sequences``, ``temperature``, ``top_p``, ``top_k`` and
-``stream``.  Pure: no I/O.
+- a forced tool choice (``{"type": "any"}``, ``{"type": "tool", ...}``), which llama-server's own
+  converter turns into an unenforced ``"required"`` (``forced_tools`` says why): the chat body is
+  held to the call there, and the call comes back here as a ``tool_use`` block with
+  ``stop_reason: "tool_use"``;
+- every request for a backend without ``/v1/messages`` (MLX: mlx_lm.server has chat completions
+  only; ``Backend.native_apis``).
+
+Every other request keeps llama-server's own translation.  What is carried over: ``system``,
+text, image, ``tool_use``, ``tool_result`` and ``thinking`` blocks, ``tools`` and ``tool_choice``,
+``max_tokens``, ``stop_sequences``, ``temperature``, ``top_p``, ``top_k`` and ``stream``; a
+``document`` block, a role other than user/assistant or a bad ``tool_choice`` is a 400 (images
+for a text-only model are refused by ``openai_api.check_client_errors`` on the chat body).
+Pure: no I/O; the relay in ``anthropic_api`` feeds it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ Event = tuple[str, dict[str, Any]]
 CHOICES = ("auto", "any", "tool", "none")
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 SAMPLING = ("temperature", "top_p", "top_k")
+ROLES = ("user", "assistant")
 
 
 def chat_tool_choice(choice: Any) -> Any:
@@ -65,10 +72,12 @@ def _image(block: dict[str, Any]) -> dict[str, Any] | None:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
-def _message(message: dict[str, Any]) -> list[dict[str, Any]]:
+def _message(message: dict[str, Any], i: int) -> list[dict[str, Any]]:
     """One Anthropic message as chat messages: its tool results first (each a ``tool``
     message, answering the turn before), then the rest."""
     role = message.get("role")
+    if role not in ROLES:
+        raise InvalidRequest(f"messages.{i}.role: must be 'user' or 'assistant'")
     content = message.get("content")
     if isinstance(content, str):
         return [{"role": role, "content": content}]
@@ -96,7 +105,10 @@ def _message(message: dict[str, Any]) -> list[dict[str, Any]]:
             )
         elif kind == "thinking":
             reasoning += block.get("thinking", "")
-    if not (parts or calls or reasoning):
+        elif kind == "document":
+            raise InvalidRequest(f"messages.{i}.content: document blocks are not supported here")
+        # redacted thinking and unknown blocks carry nothing a model can be given back: skipped
+    if results and not (parts or calls or reasoning):
         return results
     text_only = all(p["type"] == "text" for p in parts)
     out: dict[str, Any] = {
@@ -130,8 +142,8 @@ def chat_body(payload: dict[str, Any], tool_choice: Any) -> dict[str, Any]:
     messages: list[dict[str, Any]] = []
     if payload.get("system"):
         messages.append({"role": "system", "content": _text(payload["system"])})
-    for message in payload["messages"]:
-        messages += _message(message)
+    for i, message in enumerate(payload["messages"]):
+        messages += _message(message, i)
     body: dict[str, Any] = {"model": payload["model"], "messages": messages}
     tools = chat_tools(payload.get("tools"))
     if tools:
@@ -150,6 +162,7 @@ def chat_body(payload: dict[str, Any], tool_choice: Any) -> dict[str, Any]:
 
 
 def new_id(prefix: str) -> str:
+    """An id in Anthropic's form (``msg_…``, ``toolu_…``): the runner's ids are chat's."""
     return f"{prefix}_{uuid.uuid4().hex[:24]}"
 
 

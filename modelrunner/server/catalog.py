@@ -121,7 +121,9 @@ class Catalog:
         return ModelFiles(
             id=model.id,
             name=display_name(model),
-            gguf_path=model.gguf_paths[0],
+            format=model.format,
+            gguf_path=model.gguf_paths[0] if model.gguf_paths else None,
+            model_dir=model.model_dir,
             mmproj_path=model.mmproj_path,
             chat_template_path=model.chat_template_path,
             context_size=chosen_context_size(model),
@@ -137,6 +139,9 @@ class Catalog:
     async def resolve(self, model_id: str) -> ModelFiles:
         """The supervisor's ResolveFn: called once per load."""
         model = await self.store.get(model_id)
-        if not model.gguf_paths:
-            raise InvalidRequest(f"model {display_name(model)!r} has no GGUF file to run")
+        if not model.gguf_paths and model.model_dir is None:
+            raise InvalidRequest(
+                f"model {display_name(model)!r} has neither a GGUF file nor a safetensors model "
+                "directory to run"
+            )
         return self.files(model)

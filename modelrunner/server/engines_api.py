@@ -29,7 +29,7 @@ from modelrunner.runners.model import MODES
 from modelrunner.server import activity_api, provenance
 from modelrunner.server.catalog import display_name
 from modelrunner.server.middleware import parse_json_object, read_body
-from modelrunner.server.openai_api import check_backend
+from modelrunner.server.openai_api import BACKENDS, check_backend, model_backend
 from modelrunner.server.settings import format_keep_alive, parse_keep_alive
 from modelrunner.server.state import STATE
 from modelrunner.server.ui import UI_PREFIX, wants_html
@@ -59,14 +59,9 @@ async def version(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    try:
-        info = await state.supervisor.binary()
-    except BinaryNotFound as e:
-        return web.json_response({BACKEND: f"Error: {e.message}"})
-    return web.json_response(
-        {BACKEND: f"Running: llama.cpp {info.version} ({info.backend}; {info.source})"}
-    )
+    """Docker's map of backend -> ``Running: …`` / ``Not Installed: …`` / ``Error: …``."""
+    engines = await request.app[STATE].supervisor.engines()
+    return web.json_response({e.backend: e.text for e in engines})
 
 
 def _rfc3339(ts: float | None) -> str:
@@ -80,7 +75,7 @@ async def ps(request: web.Request) -> web.Response:
     rows = []
     for r in await state.supervisor.status():
         row: dict[str, Any] = {
-            "backend_name": BACKEND,
+            "backend_name": r.backend,
             "model_name": r.name,
             "mode": r.mode,
             # Docker stamps it whenever the refcount drops to 0, a preload's included (its CLI
@@ -164,8 +159,8 @@ async def unload(request: web.Request) -> web.Response:
     models = payload.get("models", [])
     if not isinstance(all_, bool):
         raise InvalidRequest("'all' must be a boolean")
-    if not isinstance(backend, str) or backend not in ("", BACKEND):
-        raise InvalidRequest(f"'backend' must be {BACKEND!r} or empty")
+    if not isinstance(backend, str) or backend not in ("", *BACKENDS):
+        raise InvalidRequest(f"'backend' must be one of {', '.join(BACKENDS)}, or empty")
     if models is None:
         models = []
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
@@ -173,7 +168,10 @@ async def unload(request: web.Request) -> web.Response:
     # Pinned runners are stopped too: pinning guards against eviction and idle unloads, not
     # against an explicit unload (the answer counts them; they load again on their next request).
     pinned = {(r.model, r.mode) for r in await state.supervisor.status() if r.pinned}
-    if all_:
+    if all_ and backend:  # only that backend's runners
+        ids = [r.model for r in await state.supervisor.status() if r.backend == backend]
+        stopped = await state.supervisor.unload(ids)
+    elif all_:
         stopped = await state.supervisor.unload(None)
     elif models:
         ids = []
@@ -258,7 +256,7 @@ async def get_configure(request: web.Request) -> web.Response:
     only = model.id if model is not None else None
     rows = [
         {
-            "Backend": BACKEND,
+            "Backend": BACKEND,  # the model's own, filled in below once it is looked up
             "Model": s.model,
             "ModelID": model_id,
             "Mode": s.mode,
@@ -276,6 +274,7 @@ async def get_configure(request: web.Request) -> web.Response:
             found = await state.catalog.lookup(row["ModelID"])
         except ModelNotFound:
             continue  # settings of a model removed since
+        row["Backend"] = model_backend(state, found) or BACKEND
         row["Sources"] = provenance.sources(state.catalog, found, config_file)
     return web.json_response(rows)
 

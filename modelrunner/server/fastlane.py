@@ -67,6 +67,7 @@ class Route:
     upstream_path: str
     canonical: str  # the route's name in the metrics, as aiohttp's router names it
     chat: bool  # to the runner's chat completions (where a tool call can be forced)
+    backend: str | None = None  # the backend /engines/<backend>/… names, if it names one
 
 
 def routes() -> dict[str, Route]:
@@ -74,8 +75,8 @@ def routes() -> dict[str, Route]:
     table: dict[str, Route] = {}
     for prefix in PREFIXES:
         for suffix, mode, upstream in INFERENCE:
-            route = Route(mode, upstream, prefix + suffix, upstream == CHAT)
             for backend in BACKENDS if "{backend}" in prefix else ("",):
+                route = Route(mode, upstream, prefix + suffix, upstream == CHAT, backend or None)
                 table[prefix.replace("{backend}", backend) + suffix] = route
     return table
 
@@ -160,7 +161,9 @@ class FastLane:
             body = conn.take_body(head.length)  # whole in the first read, as a rule
             if body is None:
                 body = await conn.body(head.length, state.config.server.body_timeout_s)
-            got = await read_inference(state, body, route.mode, head.headers, chat=route.chat)
+            got = await read_inference(
+                state, body, route.mode, head.headers, route.backend, chat=route.chat
+            )
             if got.forced is not None:
                 handed = True  # aiohttp's lane translates the answer (and logs the request)
                 conn.hand_back(body)

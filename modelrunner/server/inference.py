@@ -99,6 +99,7 @@ async def pass_through(
     try:
         async with state.supervisor.acquire(model_id, mode, keep_alive_s) as runner:
             acquired = runner
+            recorded.served_by(runner.backend)
             if preload_only:
                 recorded.status(200)
                 return lane.preloaded()

@@ -143,8 +143,10 @@ class Metrics:
             "gauge",
             "Runners by state.",
             (
-                f"modelrunner_runners{_labels(state=state)} {n}"
-                for state, n in sorted(collections.Counter(r.state for r in runners).items())
+                f"modelrunner_runners{_labels(state=state, backend=backend)} {n}"
+                for (state, backend), n in sorted(
+                    collections.Counter((r.state, r.backend) for r in runners).items()
+                )
             ),
         )
         family(
@@ -152,8 +154,7 @@ class Metrics:
             "gauge",
             "Resident memory of each runner.",
             (
-                f"modelrunner_runner_memory_bytes"
-                f"{_labels(model=r.name, model_id=r.model, mode=r.mode)} {r.rss_bytes}"
+                f"modelrunner_runner_memory_bytes{_runner_labels(r)} {r.rss_bytes}"
                 for r in runners
                 if r.rss_bytes is not None
             ),
@@ -162,11 +163,7 @@ class Metrics:
             "modelrunner_runner_in_flight",
             "gauge",
             "Requests being served by each runner.",
-            (
-                f"modelrunner_runner_in_flight"
-                f"{_labels(model=r.name, model_id=r.model, mode=r.mode)} {r.in_flight}"
-                for r in runners
-            ),
+            (f"modelrunner_runner_in_flight{_runner_labels(r)} {r.in_flight}" for r in runners),
         )
         for field_name, help_ in KV_COUNTERS if kv is not None else ():
             name = f"modelrunner_kv_cache_{field_name}_total"
@@ -190,6 +187,10 @@ KV_COUNTERS = (
     ("conversation_hits", "Conversations no slot held that came back from disk."),
     ("conversation_misses", "Conversations no slot held that the disk had nothing for."),
 )
+
+
+def _runner_labels(r: RunnerStatus) -> str:
+    return _labels(model=r.name, model_id=r.model, mode=r.mode, backend=r.backend)
 
 
 def route_label(template: str | None, path: str) -> str:

@@ -7,7 +7,8 @@ from the body (plus Ollama's optional ``keep_alive``, and the two client errors 
 answers with a 500: see ``check_client_errors``); the bytes go to that model's runner as they
 came.  The one exception: a chat request that forces a tool call (``tool_choice: "required"`` or
 a named function), whose body is held to the call and whose answer is rewritten into
-``tool_calls`` (``forced_tools``; the fast lane hands such a request to aiohttp's lane).
+``tool_calls`` (``forced_tools``; the fast lane hands such a request to aiohttp's lane); on a
+backend that takes no grammar (MLX) it is a 400 (``forcing``).
 ``GET .../v1/models[/{name}]`` answers from the store, one entry per model.
 """
 
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from modelrunner.distribution.model import Model
     from modelrunner.runners.supervisor import Runner
 
-BACKENDS = ("llama.cpp",)
+BACKENDS = ("llama.cpp", "mlx")  # runners/backend.py's names: /engines/<backend>/v1/…
 PREFIXES = ("/engines/{backend}", "/engines", "")
 CHAT = "/v1/chat/completions"
 
@@ -64,9 +65,38 @@ INFERENCE: tuple[tuple[str, Mode, str], ...] = (
 def check_backend(request: web.Request) -> None:
     backend = request.match_info.get("backend")
     if backend is not None and backend not in BACKENDS:
+        raise InvalidRequest(f"unknown backend {backend!r}; the backends are {', '.join(BACKENDS)}")
+
+
+def model_backend(state: ServerState, model: Model) -> str:
+    """The backend that runs *model* (by its format), or "" when none does."""
+    backend = state.supervisor.backends.for_format(model.format)
+    return backend.name if backend is not None else ""
+
+
+def check_model_backend(state: ServerState, model: Model, route_backend: str | None) -> None:
+    """``/engines/<backend>/…`` must name the model's own backend (``/engines/v1`` picks it)."""
+    if route_backend is None:
+        return
+    runs_on = model_backend(state, model)
+    if runs_on and route_backend != runs_on:
         raise InvalidRequest(
-            f"unknown backend {backend!r}; the only backend is {', '.join(BACKENDS)}"
+            f"model {display_name(model)!r} ({model.format}) runs on the {runs_on} backend, not "
+            f"{route_backend}; use /engines/{runs_on}/v1/… or /engines/v1/… (picks by model)"
         )
+
+
+def forcing(state: ServerState, model: Model, tools: Any, tool_choice: Any) -> Forced | None:
+    """The forced tools of a chat request for *model* (``forced_tools.forced``); a 400 on a
+    backend whose server takes no grammar, as nothing there could hold the answer to a call."""
+    call = forced(tools, tool_choice)
+    backend = state.supervisor.backends.for_format(model.format)
+    if call is not None and backend is not None and not backend.grammar:
+        raise InvalidRequest(
+            f"tool_choice: model {display_name(model)!r} runs on the {backend.name} backend, "
+            "which cannot force a tool call; leave tool_choice at auto"
+        )
+    return call
 
 
 def _keep_alive(value: Any) -> float | None:
@@ -157,15 +187,23 @@ class Inference:
 
 
 async def read_inference(
-    state: ServerState, body: bytes, mode: Mode, headers: Mapping[str, str], *, chat: bool
+    state: ServerState,
+    body: bytes,
+    mode: Mode,
+    headers: Mapping[str, str],
+    backend: str | None = None,
+    *,
+    chat: bool,
 ) -> Inference:
-    """The request's model (looked up), its client errors refused, and its few options;
-    *chat*: it goes to the runner's chat completions (where a tool call can be forced)."""
+    """The request's model (looked up, on the route's *backend* if it names one), its client
+    errors refused, and its few options; *chat*: it goes to the runner's chat completions
+    (where a tool call can be forced)."""
     payload = parse_json_object(body)
     if "model" not in payload:
         raise InvalidRequest("request body has no 'model' field")
     ref = payload["model"]
     model = state.catalog.cached(ref) or await state.catalog.lookup(ref)
+    check_model_backend(state, model, backend)
     check_client_errors(payload, mode, has_projector=model.mmproj_path is not None)
     return Inference(
         model,
@@ -174,7 +212,7 @@ async def read_inference(
         payload.get("stream") is True,
         headers.get("X-Preload-Only", "").lower() == "true",
         payload,
-        forced(payload.get("tools"), payload["tool_choice"])
+        forcing(state, model, payload.get("tools"), payload["tool_choice"])
         if chat and "tool_choice" in payload
         else None,
     )
@@ -185,7 +223,14 @@ def inference_handler(mode: Mode, upstream_path: str) -> Any:
         check_backend(request)
         state = request.app[STATE]
         body = await read_body(request, state.config.server.max_body_bytes)
-        got = await read_inference(state, body, mode, request.headers, chat=upstream_path == CHAT)
+        got = await read_inference(
+            state,
+            body,
+            mode,
+            request.headers,
+            request.match_info.get("backend"),
+            chat=upstream_path == CHAT,
+        )
         relay: Relay | None = None
         if got.forced is not None:
             body = json.dumps(got.forced.constrain(got.payload)).encode()

@@ -172,6 +172,7 @@ class Record:
     dropped: int = 0
     last: bytes = b""
     done: bool = False
+    backend: str = ""  # the engine that served it (llama.cpp, mlx); "" until a runner took it
     _api: dict[str, Any] | None = None
 
     def tap(self, chunk: bytes) -> None:
@@ -223,6 +224,7 @@ class Record:
             "duration_ms": self.duration_ms,
             "prompt": prompt_text(request),
             "answer": answer_text(response) if response else "",
+            "backend": self.backend,  # ours, beyond Docker's keys
         }
         if self.done:
             self._api = api

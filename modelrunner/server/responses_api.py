@@ -29,9 +29,9 @@ from modelrunner.errors import InvalidRequest, ModelRunnerError, NotFound, Store
 from modelrunner.server import responses_convert as convert
 from modelrunner.server import sse
 from modelrunner.server.catalog import display_name
-from modelrunner.server.forced_tools import ChatCall, forced
+from modelrunner.server.forced_tools import ChatCall
 from modelrunner.server.middleware import error_body, parse_json_object, read_body
-from modelrunner.server.openai_api import check_backend, serve
+from modelrunner.server.openai_api import check_backend, check_model_backend, forcing, serve
 from modelrunner.server.proxy import Forwarded, relay_headers, runner_chunks
 from modelrunner.server.responses_store import ResponseStore
 from modelrunner.server.responses_stream import Event, StreamTranslator
@@ -180,13 +180,14 @@ async def create(request: web.Request) -> web.StreamResponse:
     body = await read_body(request, state.config.server.max_body_bytes)
     parsed = convert.parse_create(parse_json_object(body))
     model = await state.catalog.lookup(parsed.model)
+    check_model_backend(state, model, request.match_info.get("backend"))
     earlier: list[dict[str, Any]] = []
     if parsed.previous_response_id is not None:
         earlier = await history(_store(request), parsed.previous_response_id)
     name = display_name(model)
     response = convert.base_response(convert.new_id("resp"), parsed, name)
     chat = convert.chat_body(parsed, earlier, name)
-    call = forced(chat.get("tools"), chat.get("tool_choice"))
+    call = forcing(state, model, chat.get("tools"), chat.get("tool_choice"))
     if call is not None:
         chat = call.constrain(chat)
     return await serve(

@@ -33,6 +33,7 @@ function row(r) {
     "tr",
     { "data-runner": name, "data-state": r.state },
     el("th", { scope: "row" }, name),
+    cell(r.backend_name || "llama.cpp"),
     cell(r.mode),
     cell(el("span", { class: `state state-${r.state}` }, r.state)),
     cell(bytes(r.rss_bytes)),

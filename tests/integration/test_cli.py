@@ -129,7 +129,7 @@ def test_store_verbs(daemon, tiny_gguf) -> None:
     """ls (table, --json, -q, --openai, a filter), inspect, tag, rm, df, and their errors."""
     env = daemon.env
     assert ok("ls", env=env).splitlines() == [
-        "MODEL NAME  PARAMETERS  QUANTIZATION  ARCHITECTURE  MODEL ID  CREATED  SIZE"
+        "MODEL NAME  PARAMETERS  QUANTIZATION  ARCHITECTURE  FORMAT  MODEL ID  CREATED  SIZE"
     ]
     daemon.add_model(TINY, tiny_gguf)
     header, row = ok("ls", env=env).splitlines()
@@ -139,7 +139,8 @@ def test_store_verbs(daemon, tiny_gguf) -> None:
     model_id = models[0]["id"]
     assert models[0]["tags"] == ["docker.io/cli/tiny:v1"]
     assert ok("ls", "-q", env=env) == model_id[7:19] + "\n"
-    assert row.split()[4] == model_id[7:19]
+    assert row.split()[4] == "gguf"  # FORMAT
+    assert row.split()[5] == model_id[7:19]
     assert re.search(r"  (Less than a second|\d+ seconds?) ago  513\.25KiB$", row), row
     openai = json.loads(ok("ls", "--openai", env=env))
     assert openai["object"] == "list"

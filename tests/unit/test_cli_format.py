@@ -118,6 +118,7 @@ class TestModelRows:
             "361.82M",
             "Q4_K_M",
             "llama",
+            "gguf",
             "354bf30d0aa3",
             "3 months ago",
             "256.35MiB",
@@ -129,7 +130,7 @@ class TestModelRows:
 
     def test_missing_config_values_show_a_dash(self) -> None:
         rows = fmt.model_rows([{"id": ID, "tags": ["a/b:c"], "created": 0, "config": {}}], NOW)
-        assert rows[0] == ["a/b:c", "-", "-", "-", "354bf30d0aa3", "-", "-"]
+        assert rows[0] == ["a/b:c", "-", "-", "-", "-", "354bf30d0aa3", "-", "-"]
 
     def test_ls_filter_keeps_matching_tags_and_whole_models_by_id(self) -> None:
         m = model(["docker.io/ai/smollm2:360M", "docker.io/me/other:latest"])

@@ -285,6 +285,91 @@ class TestAnthropic:
         assert (body["max_tokens"], body["stop"], body["temperature"]) == (9, ["\n"], 0)
         assert body["stream_options"] == {"include_usage": True}
 
+    def test_a_plain_request_for_a_backend_without_messages(self) -> None:
+        """No tool_choice (the MLX path): text blocks joined, thinking as reasoning_content,
+        sampling carried, an empty turn kept as an empty message, no stream options."""
+        payload = {
+            "model": "m",
+            "max_tokens": 4,
+            "system": "Be brief.",
+            "top_p": 0.9,
+            "top_k": 5,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+                },
+                {"role": "assistant", "content": [{"type": "thinking", "thinking": "hm"}]},
+                {"role": "user", "content": []},
+            ],
+        }
+        body = convert.chat_body(payload, None)
+        assert body["messages"] == [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "ab"},
+            {"role": "assistant", "content": "", "reasoning_content": "hm"},
+            {"role": "user", "content": ""},
+        ]
+        assert (body["top_p"], body["top_k"], body["max_tokens"]) == (0.9, 5, 4)
+        assert "tool_choice" not in body
+        assert "stream" not in body
+
+    def test_an_image_is_an_image_url_part(self) -> None:
+        source = {"type": "base64", "media_type": "image/png", "data": "AAAA"}
+        message = {"role": "user", "content": [{"type": "image", "source": source}]}
+        body = convert.chat_body({"model": "m", "messages": [message]}, None)
+        assert body["messages"][0]["content"] == [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+        ]
+
+    def test_a_bad_role_or_a_document_is_a_400_naming_the_message(self) -> None:
+        bad_role = {"model": "m", "messages": [{"role": "system", "content": "x"}]}
+        with pytest.raises(InvalidRequest, match=r"messages\.0\.role"):
+            convert.chat_body(bad_role, None)
+        document = {"type": "document", "source": {"type": "text", "data": "x"}}
+        turns = [{"role": "user", "content": "a"}, {"role": "user", "content": [document]}]
+        with pytest.raises(InvalidRequest, match=r"messages\.1\.content: document"):
+            convert.chat_body({"model": "m", "messages": turns}, None)
+
+    def test_a_plain_text_completion_is_a_text_message(self) -> None:
+        completion = {
+            "choices": [{"finish_reason": "length", "message": {"content": "hi"}}],
+            "usage": {
+                "prompt_tokens": 7,
+                "completion_tokens": 2,
+                "prompt_tokens_details": {"cached_tokens": 3},
+            },
+        }
+        message = convert.message(completion, "m")
+        assert message["id"].startswith("msg_")
+        assert message["content"] == [{"type": "text", "text": "hi"}]
+        assert message["stop_reason"] == "max_tokens"
+        assert message["usage"] == {
+            "input_tokens": 4,
+            "cache_read_input_tokens": 3,
+            "output_tokens": 2,
+        }
+
+    def test_streamed_text_is_one_text_block(self) -> None:
+        events = convert.EventStream("m")
+        out = events.start()
+        for piece in ("he", "llo"):
+            out += events.chunk(chunk(piece))
+        out += events.chunk(chunk(finish="stop"))
+        out += events.finish()
+        assert [kind for kind, _ in out] == [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop",
+        ]
+        said = "".join(d["delta"]["text"] for k, d in out if k == "content_block_delta")
+        assert said == "hello"
+        assert out[-2][1]["delta"]["stop_reason"] == "end_turn"
+
     def test_a_completion_with_a_call_is_a_tool_use_message(self) -> None:
         completion = {
             "choices": [

@@ -66,7 +66,11 @@ class Upstream:
 class FakeSupervisor:
     def __init__(self, socket_path: Path) -> None:
         self.runner = SimpleNamespace(
-            socket_path=socket_path, kv_hit_pending=False, restored_tokens=0, kv_slots=None
+            socket_path=socket_path,
+            kv_hit_pending=False,
+            restored_tokens=0,
+            kv_slots=None,
+            backend="llama.cpp",
         )
         self.kv = KVCache(KVCacheConfig(path=socket_path.parent / "kv"))  # note_usage only
 

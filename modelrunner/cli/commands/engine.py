@@ -1,4 +1,5 @@
-"""`modelrunner engine install|build|status`: which llama-server runs here, and a native build.
+"""`modelrunner engine install|build|status`: which llama-server runs here, and a native build;
+``status`` also says whether the MLX backend (an optional extra) is installed.
 
 Works without the daemon: it is what `make run` and `make test` call before anything starts.
 """
@@ -79,6 +80,7 @@ class Engine(Command):
             raise InvalidRequest(f"--jobs: must be >= 1, got {args.jobs}")
         if args.action == "status":
             info = asyncio.run(_status(config.runners.llama_server_path, config.runners.engine))
+            info["mlx"] = asyncio.run(_mlx_status(config.runners))
             _print_status(info, args.json)
             return 0 if info.get("path") else 1
         out = BuildProgress(sys.stdout)
@@ -150,6 +152,14 @@ async def _status(configured: Any, engine: str) -> dict[str, Any]:
     return info
 
 
+async def _mlx_status(runners: Any) -> dict[str, Any]:
+    """The MLX backend (an optional extra): installed in which Python, which versions."""
+    from modelrunner.runners.mlxlm import Mlx
+
+    status = await Mlx(os.environ).status(runners)
+    return {"installed": status.installed, "version": status.version, "detail": status.detail}
+
+
 def _print_status(info: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(info, indent=2))
@@ -174,3 +184,9 @@ def _print_status(info: dict[str, Any], as_json: bool) -> None:
         print("looked at:")
         for line in info["tried"]:
             print(f"  - {line}")
+    mlx = info.get("mlx")
+    if mlx is not None:
+        if mlx["installed"]:
+            print(f"mlx:          installed: mlx {mlx['version']} ({mlx['detail']})")
+        else:
+            print(f"mlx:          not installed: {mlx['detail']}")

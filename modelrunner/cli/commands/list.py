@@ -15,6 +15,7 @@ HEADERS = (
     "PARAMETERS",
     "QUANTIZATION",
     "ARCHITECTURE",
+    "FORMAT",  # ours: gguf (llama.cpp) or safetensors (MLX)
     "MODEL ID",
     "CREATED",
     "SIZE",

@@ -1,9 +1,11 @@
-"""`modelrunner package --gguf FILE [...] REF`: turn a local GGUF into a model in the store.
+"""`modelrunner package (--gguf FILE | --safetensors-dir DIR) [...] REF`: a model into the store.
 
-As Docker's CLI does, the artifact is built here (config from the GGUF header, one layer per
-file) and streamed as a tar to ``POST /models/load``, so packaging works against a daemon on
-another machine too.  The tar holds ``blobs/sha256/<hex>`` for every layer and the config, then
-``manifest.json``; file contents are streamed, never held in memory.
+As Docker's CLI does, the artifact is built here (a GGUF: config v0.1 from its header, one layer
+per file; a safetensors directory: config v0.2, one layer per file named by its path in the
+directory, ``distribution/safetensors.py``) and streamed as a tar to ``POST /models/load``, so
+packaging works against a daemon on another machine too.  The tar holds ``blobs/sha256/<hex>``
+for every layer and the config, then ``manifest.json``; file contents are streamed, never held in
+memory.
 """
 
 from __future__ import annotations
@@ -120,16 +122,47 @@ def build_artifact(
     return blobs, build_manifest(config_digest, len(config), layers)
 
 
+def build_dir_artifact(directory: Path, *, context_size: int | None) -> tuple[list[Blob], bytes]:
+    """A safetensors model directory as Docker's ``FromDirectory`` packages it."""
+    from modelrunner.distribution import mediatypes as mt
+    from modelrunner.distribution.artifact import build_config, build_manifest, layer
+    from modelrunner.distribution.digest import sha256_digest
+    from modelrunner.distribution.safetensors import config_values, scan_dir
+
+    found = scan_dir(directory)
+    values = config_values(found)
+    if context_size is not None:
+        values["context_size"] = context_size
+    blobs, layers = [], []
+    for f in found:
+        digest, size = file_digest(f.path)
+        blobs.append(Blob(digest, size, path=f.path))
+        layers.append(layer(f.media_type, digest, size, f.relpath, f.path.stat().st_mtime_ns))
+    config = build_config(values, [str(x["digest"]) for x in layers])
+    config_digest = sha256_digest(config)
+    blobs.append(Blob(config_digest, len(config), data=config))
+    return blobs, build_manifest(config_digest, len(config), layers, mt.CONFIG_V02)
+
+
 class Package(Command):
     name = "package"
-    help = "Package a GGUF file (with license, chat template) into a model in the store"
+    help = "Package a GGUF file or a safetensors (MLX) model directory into a model in the store"
     epilog = (
-        "example:\n"
-        "  modelrunner package --gguf ./tiny.gguf --license LICENSE --context-size 4096 me/tiny:v1"
+        "examples:\n"
+        "  modelrunner package --gguf ./tiny.gguf --license LICENSE --context-size 4096 "
+        "me/tiny:v1\n"
+        "  modelrunner package --safetensors-dir ./tiny-mlx me/tiny-mlx:v1"
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--gguf", required=True, type=Path, metavar="FILE", help="weights")
+        source = parser.add_mutually_exclusive_group(required=True)
+        source.add_argument("--gguf", type=Path, metavar="FILE", help="weights (llama.cpp)")
+        source.add_argument(
+            "--safetensors-dir",
+            type=Path,
+            metavar="DIR",
+            help="a model directory: *.safetensors, config.json, tokenizer files (MLX)",
+        )
         parser.add_argument(
             "--license", action="append", type=Path, default=[], metavar="FILE", help="repeatable"
         )
@@ -145,12 +178,22 @@ class Package(Command):
             raise InvalidRequest(
                 f"--context-size must be a positive integer, got {args.context_size}"
             )
-        blobs, manifest = build_artifact(
-            args.gguf.expanduser(),
-            licenses=[p.expanduser() for p in args.license],
-            chat_template=args.chat_template.expanduser() if args.chat_template else None,
-            context_size=args.context_size,
-        )
+        if args.safetensors_dir is not None:
+            if args.license or args.chat_template:
+                raise InvalidRequest(
+                    "--license and --chat-template go with --gguf; with --safetensors-dir put "
+                    "those files in the directory (every file in it is packaged)"
+                )
+            blobs, manifest = build_dir_artifact(
+                args.safetensors_dir.expanduser(), context_size=args.context_size
+            )
+        else:
+            blobs, manifest = build_artifact(
+                args.gguf.expanduser(),
+                licenses=[p.expanduser() for p in args.license],
+                chat_template=args.chat_template.expanduser() if args.chat_template else None,
+                context_size=args.context_size,
+            )
         query = urllib.parse.urlencode({"tag": ref.display})
         response = connect(args).request(
             "POST",
