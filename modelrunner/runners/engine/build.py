@@ -193,10 +193,27 @@ async def _download(url: str, dest: Path, say: Say, size: int) -> None:
         ) from e
 
 
+def _safe_member(m: tarfile.TarInfo) -> bool:
+    """What the ``data`` filter admits, for Pythons without it: regular files and directories
+    (and links) that stay inside the destination; no devices, no absolute or ``..`` paths."""
+    parts = Path(m.name).parts
+    if Path(m.name).is_absolute() or ".." in parts:
+        return False
+    if m.issym() or m.islnk():
+        target = Path(m.linkname)
+        base = Path(*parts[:-1]) if m.issym() else Path()
+        return not target.is_absolute() and ".." not in Path(os.path.normpath(base / target)).parts
+    return m.isfile() or m.isdir()
+
+
 def _extract(archive: Path, dest: Path, src: Source) -> Path:
     with tarfile.open(archive) as tar:
         members = [m for m in tar.getmembers() if m.name.startswith(src.tree.split("/")[0])]
-        tar.extractall(dest, members=members, filter="data")
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dest, members=members, filter="data")
+        else:
+            # Python 3.11 before 3.11.4 (Debian 12's 3.11.2, the container image's): no filters.
+            tar.extractall(dest, members=[m for m in members if _safe_member(m)])  # noqa: S202
     tree = dest / src.tree
     if not (tree / "CMakeLists.txt").is_file():
         raise EngineBuildError(f"{archive.name} has no {src.tree}/CMakeLists.txt")
