@@ -3,7 +3,8 @@
 Which binary is the engine's decision (``runners/engine/choose.py``: candidates in order, each
 proven by a probe); this module describes the one chosen.  Version and backend come from
 ``--version`` and ``--list-devices``, run as subprocesses; so does the CPU variant a portable
-build picked on this machine (ggml logs the module it loads while listing the devices).
+build picked on this machine (ggml logs the module it loads while listing the devices, at
+``-lv 4``).
 """
 
 from __future__ import annotations
@@ -82,10 +83,14 @@ async def describe(
     path: Path, tried: tuple[str, ...], source: str = "", probe: str = ""
 ) -> BinaryInfo:
     """Run the binary to learn its version and backend (subprocesses, never blocking the loop)."""
-    (_, version_out), (_, devices_out), (rc, help_out) = await asyncio.gather(
+    (_, version_out), (_, devices_out), (rc, help_out), (_, loaded_out) = await asyncio.gather(
         run_capture([str(path), "--version"]),
         run_capture([str(path), "--list-devices"]),
         run_capture([str(path), "--help"]),
+        # ggml names the CPU module it loads only at log verbosity 4 and up, and only if the
+        # verbosity is parsed before --list-devices runs; apart, so a binary without -lv still
+        # reports its backend above.
+        run_capture([str(path), "-lv", "4", "--list-devices"]),
     )
     flags = parse_flags(help_out) if rc == 0 else None
     return BinaryInfo(
@@ -96,7 +101,7 @@ async def describe(
         source,
         probe,
         flags,
-        parse_cpu_variant(devices_out),
+        parse_cpu_variant(loaded_out),
     )
 
 

@@ -64,8 +64,10 @@ async def status(request: web.Request) -> web.Response:
         info = await state.supervisor.binary()
     except BinaryNotFound as e:
         return web.json_response({BACKEND: f"Error: {e.message}"})
+    # A portable build names the CPU module ggml chose here: "(cpu zen4; …)".
+    backend = f"{info.backend} {info.cpu_variant}" if info.cpu_variant else info.backend
     return web.json_response(
-        {BACKEND: f"Running: llama.cpp {info.version} ({info.backend}; {info.source})"}
+        {BACKEND: f"Running: llama.cpp {info.version} ({backend}; {info.source})"}
     )
 
 
