@@ -143,3 +143,20 @@ def test_the_keys_file_comes_from_the_environment() -> None:
     """MODEL_RUNNER_API_KEYS_FILE: what a mounted Kubernetes Secret is pointed at."""
     config = Config.load(None, {"HOME": "/h", "MODEL_RUNNER_API_KEYS_FILE": "/run/secrets/k"})
     assert config.server.api_keys_file == Path("/run/secrets/k")
+
+
+def test_an_explicit_path_we_may_not_enter_is_named_not_a_crash(tmp_path: Path) -> None:
+    """The image's first build had its engine under a 0700 directory: stat raised
+    PermissionError, and /version answered 500 instead of saying where it looked."""
+    from modelrunner.errors import BinaryNotFound
+
+    locked = tmp_path / "locked"
+    fake_binary(locked / "bin")
+    locked.chmod(0)
+    try:
+        if (locked / "bin").exists():  # root reads through any mode
+            pytest.skip("running as a user whom directory modes do not stop")
+        with pytest.raises(BinaryNotFound, match="cannot look there: Permission denied"):
+            candidates(locked / "bin" / "llama-server", env={})
+    finally:
+        locked.chmod(0o700)

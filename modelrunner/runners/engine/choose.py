@@ -92,7 +92,11 @@ def candidates(
         explicit.append(("LLAMA_SERVER_PATH", Path(env["LLAMA_SERVER_PATH"])))
     for label, raw in explicit:
         p = raw.expanduser()
-        found = _in_dir(p) if p.is_dir() else (p if executable(p) else None)
+        try:
+            found = _in_dir(p) if p.is_dir() else (p if executable(p) else None)
+        except OSError as e:  # a directory on the way we may not enter: say so, not a 500
+            empty.append(f"{label}={p} (cannot look there: {e.strerror or e})")
+            continue
         if found:
             return [Candidate(found, f"{label}={p}", explicit=True)], empty
         empty.append(f"{label}={p} (no executable llama-server there)")
