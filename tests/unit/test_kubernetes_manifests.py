@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 import yaml
 
-kubernetes = pytest.importorskip("kubernetes")
-from kubernetes import client as k8s  # noqa: E402
+# In the test extras (pyproject.toml), so `make test` installs it: a missing client fails here.
+from kubernetes import client as k8s
 
 ROOT = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 BASE = ROOT / "base"
