@@ -242,6 +242,7 @@ ENV_VARS: dict[str, str] = {
     "MODEL_RUNNER_LOG_DIR": "runners.log_dir",
     "INSECURE_REGISTRY": "store.insecure_registries",
     "MODEL_RUNNER_API_KEYS": "server.api_keys",
+    "MODEL_RUNNER_API_KEYS_FILE": "server.api_keys_file",  # a mounted Secret (Kubernetes)
     "MODEL_RUNNER_ALLOWED_HOSTS": "server.allowed_hosts",
 }
 

@@ -70,7 +70,9 @@ class LlamaCpp:
             info = await self.binary(config)
         except BinaryNotFound as e:
             return EngineStatus(self.name, False, detail=e.message, broken=True)
-        return EngineStatus(self.name, True, info.version, f"{info.backend}; {info.source}")
+        # A portable build names the CPU module ggml chose here: "(cpu zen4; …)".
+        device = f"{info.backend} {info.cpu_variant}" if info.cpu_variant else info.backend
+        return EngineStatus(self.name, True, info.version, f"{device}; {info.source}")
 
     async def command(self, runner: Runner, config: RunnersConfig, kv: KVCache) -> list[str]:
         binary = await self.binary(config)

@@ -2,7 +2,9 @@
 
 Which binary is the engine's decision (``runners/engine/choose.py``: candidates in order, each
 proven by a probe); this module describes the one chosen.  Version and backend come from
-``--version`` and ``--list-devices``, run as subprocesses.
+``--version`` and ``--list-devices``, run as subprocesses; so does the CPU variant a portable
+build picked on this machine (ggml logs the module it loads while listing the devices, at
+``-lv 4``).
 """
 
 from __future__ import annotations
@@ -27,9 +29,15 @@ class BinaryInfo:
     source: str = ""  # how it was chosen: "PATH (…)", "native build (…)", "LLAMA_SERVER_PATH=…"
     probe: str = ""  # the probe's verdict on this machine
     flags: frozenset[str] | None = None  # what its --help lists (None: unknown)
+    # The CPU module a portable build loaded here (``haswell``, ``icelake``…); None when the
+    # binary has its CPU kernels built in (a native build) or loads no module by that name.
+    cpu_variant: str | None = None
 
 
 _VERSION = re.compile(r"version:\s*(.+)")
+# ggml's loader, once per backend module it loads (ggml-backend-reg.cpp, load_backend):
+# ``load_backend: loaded CPU backend from /opt/engine/bin/libggml-cpu-icelake.so``
+_CPU_LOADED = re.compile(r"loaded CPU backend from \S*?libggml-cpu(?:-([\w.]+?))?\.so\b")
 _DEVICE = re.compile(r"^\s{2}(\w+?)\d*:\s", re.M)
 
 
@@ -62,18 +70,38 @@ def parse_backend(devices_output: str, system: str = sys.platform) -> str:
     return "cpu"
 
 
+def parse_cpu_variant(output: str) -> str | None:
+    """The CPU variant ggml says it loaded (``icelake``), ``cpu`` for a single unnamed module,
+    None when no CPU module was loaded (its kernels are linked in)."""
+    m = _CPU_LOADED.search(output)
+    if m is None:
+        return None
+    return m.group(1) or "cpu"
+
+
 async def describe(
     path: Path, tried: tuple[str, ...], source: str = "", probe: str = ""
 ) -> BinaryInfo:
     """Run the binary to learn its version and backend (subprocesses, never blocking the loop)."""
-    (_, version_out), (_, devices_out), (rc, help_out) = await asyncio.gather(
+    (_, version_out), (_, devices_out), (rc, help_out), (_, loaded_out) = await asyncio.gather(
         run_capture([str(path), "--version"]),
         run_capture([str(path), "--list-devices"]),
         run_capture([str(path), "--help"]),
+        # ggml names the CPU module it loads only at log verbosity 4 and up, and only if the
+        # verbosity is parsed before --list-devices runs; apart, so a binary without -lv still
+        # reports its backend above.
+        run_capture([str(path), "-lv", "4", "--list-devices"]),
     )
     flags = parse_flags(help_out) if rc == 0 else None
     return BinaryInfo(
-        path, parse_version(version_out), parse_backend(devices_out), tried, source, probe, flags
+        path,
+        parse_version(version_out),
+        parse_backend(devices_out),
+        tried,
+        source,
+        probe,
+        flags,
+        parse_cpu_variant(loaded_out),
     )
 
 

