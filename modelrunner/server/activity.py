@@ -3,8 +3,8 @@ What ``inference.pass_through()`` — the one path every inference request takes
 tells the request log and the live-event counters about each request.
 
 ``begin`` makes a ``Recorded`` for one request (opened off the path to the runner, see its
-docstring); ``pass_through`` hands its tap to the relay (``feeds``) (one list append per chunk), calls
-``answered`` once the answer is relayed, ``failed`` with an error, and ``finish`` from its
+docstring); ``pass_through`` hands its tap to the relay (``feeds``: one list append per chunk),
+calls ``answered`` once the answer is relayed, ``failed`` with an error, and ``finish`` from its
 ``finally`` (which also runs when the client's disconnect cancels the handler).  Every method
 is synchronous and cheap: nothing here awaits or parses.
 """

@@ -165,13 +165,13 @@ class RunnerConnection(asyncio.Protocol):
                 self._hold = 0.0
 
     def _hold_on(self, batch: int) -> None:
-        """Tokens are coming faster than hold_s apart: let the next ones gather in the socket,
-        to be read and written on in one go (a read and a write per token were most of a
-        streamed token's cost).  The first hold is hold_s, each next one HOLD_STEP times as long
-        up to HOLD_GROWTH times (a wake-up per read is what a fast stream costs), and no longer
-        than would gather ``HOLD_TARGET_BYTES`` at the pace of the last read (*batch* bytes).  A slower stream (a real model's tokens, tens of ms apart) is
-        never held, nor a stream whose runner has hung up: the rest of its answer is in the
-        socket already."""
+        """Tokens are coming faster than hold_s apart: let the next ones gather in the socket, to be
+        read and written on in one go (a read and a write per token were most of a streamed token's
+        cost).  The first hold is hold_s, each next one HOLD_STEP times as long up to HOLD_GROWTH
+        times (a wake-up per read is what a fast stream costs), and no longer than would gather
+        ``HOLD_TARGET_BYTES`` at the pace of the last read (*batch* bytes).  A slower stream (a real
+        model's tokens, tens of ms apart) is never held, nor a stream whose runner has hung up: the
+        rest of its answer is in the socket already."""
         if self._held or self._gone or self.transport is None or self._loop is None:
             return
         last = self._hold

@@ -1,12 +1,13 @@
 """A fast stream's end reaches the client when the runner ends it, not when a hold's timer does.
 
 The fast lane holds a quick stream (stops reading the runner for a few ms, so that tokens share
-a read and a write).  llama-server closes a streamed answer's connection right after its last
+a read and a write). llama-server closes a streamed answer's connection right after its last
 chunk; that hang-up must end a hold at once, and no hold may gather so much that the runner's
 writes block (an AF_UNIX socket takes ~40 unread small writes), which made a fast stream's last
-batch arrive 15-40 ms after it was generated, with the default 2 ms hold.  Lateness is measured against llama-server's own clock: the time from sending the request to the
-answer's last byte, less the runner's ``prompt_ms + predicted_ms``, through the daemon and
-straight from the runner's socket, alternated."""
+batch arrive 15-40 ms after it was generated, with the default 2 ms hold. Lateness is measured
+against llama-server's own clock: the time from sending the request to the answer's last byte,
+less the runner's ``prompt_ms + predicted_ms``, through the daemon and straight from the
+runner's socket, alternated."""
 
 from __future__ import annotations
 

@@ -289,7 +289,8 @@ def test_a_read_of_one_whole_chunk_takes_the_short_path_and_nothing_else_does() 
     conn.data_received(whole[7:])
     assert sink.tokens == 1 + (1 if size.upper() == size else 0)
     conn.data_received(b"0\r\n\r\n")
-    assert sink.ended and sink.error is None
+    assert sink.ended
+    assert sink.error is None
     assert b"".join(sink.body_parts) == event * 7
 
 
