@@ -10,6 +10,9 @@ PATH | "tcp": [HOST, PORT], "prefix": "/engines", "model": NAME}}, "body_pad": B
 - stream: N streams of 64 tokens (``ignore_eos``; ``"tokens": K`` for another length) per
   target, interleaved likewise, each on a connection of its own (llama-server closes a streamed
   answer's connection): wall and tokens.
+- lag: N streams (``"tokens": K``, ``timings_per_token``) per target, interleaved: for each, the
+  receive time of every token (s from the request) with the runner's ``predicted_ms`` for it,
+  and the end (the answer's last byte, and the runner's ``prompt_ms + predicted_ms``).
 - concurrent: 16 threads, one stream each, per target in turn, the targets in a fresh seeded
   order each time: total tokens/s, N times.
 """
@@ -99,6 +102,42 @@ def stream(t: dict[str, Any], payload: bytes) -> tuple[float, int]:
     return wall, tokens
 
 
+def lag(t: dict[str, Any], payload: bytes) -> dict[str, Any]:
+    """One stream read off a raw socket, each read timed (every event in it shares the time)."""
+    if "unix" in t:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(t["unix"])
+    else:
+        sock = socket.create_connection(tuple(t["tcp"]))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    head = (
+        f"POST {t['prefix']}/v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+        f"Content-Type: application/json\r\nConnection: close\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    ).encode()
+    reads: list[tuple[float, bytes]] = []
+    t0 = time.perf_counter()
+    sock.sendall(head + payload)
+    while data := sock.recv(65536):
+        reads.append((time.perf_counter() - t0, data))
+    sock.close()
+    tokens: list[tuple[float, float]] = []
+    end = {"received": reads[-1][0], "runner": 0.0}
+    rest = b""
+    for at, data in reads:
+        lines = (rest + data).split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            i = line.find(b'"timings":')
+            if not line.startswith(b"data: {") or i < 0:
+                continue
+            timings = json.loads(line[i + 10 :].split(b"}", 1)[0] + b"}")
+            end["runner"] = (timings["prompt_ms"] + timings["predicted_ms"]) / 1000
+            if b'"content"' in line:
+                tokens.append((at, timings["predicted_ms"] / 1000))
+    return {"tokens": tokens, "end": end}
+
+
 def main() -> None:
     job = json.loads(sys.argv[1])
     targets: dict[str, dict[str, Any]] = job["targets"]
@@ -125,6 +164,23 @@ def main() -> None:
             rng.shuffle(order)
             for k in order:
                 out[k].append(stream(targets[k], payloads[k]))
+    elif job["mode"] == "lag":
+        payloads = {
+            k: body(
+                t,
+                0,
+                max_tokens=job.get("tokens", TOKENS),
+                stream=True,
+                ignore_eos=True,
+                temperature=0,
+                timings_per_token=True,
+            )
+            for k, t in targets.items()
+        }
+        for _ in range(job["n"]):
+            rng.shuffle(order)
+            for k in order:
+                out[k].append(lag(targets[k], payloads[k]))
     else:
         for _ in range(job["n"]):
             rng.shuffle(order)

@@ -13,6 +13,11 @@ alternated between targets; medians.  ``--write`` updates the "## Proxy" section
 docs/benchmarks.md.
 
     .venv/bin/python scripts/bench_proxy.py --requests 1000 --rounds 5 --streams 200 --write
+
+The same on a real model's stream (Gemma 3 270M, one token per read: per-token CPU against a
+bare relay, router mode, 256-token walls, delivery lag) is its "real" section:
+
+    .venv/bin/python scripts/bench_proxy.py --real --rounds 3 --write   (bench_real_stream.py)
 """
 
 from __future__ import annotations
@@ -548,6 +553,12 @@ def cli(
 
 
 def main() -> None:
+    if "--real" in sys.argv:  # the real-model section (its own flags: --rounds, --pairs, --write)
+        sys.argv.remove("--real")
+        from scripts import bench_real_stream
+
+        bench_real_stream.main()
+        return
     cli(run, __doc__ or "", rounds=5, title="Proxy")
 
 

@@ -3,8 +3,8 @@ What ``inference.pass_through()`` — the one path every inference request takes
 tells the request log and the live-event counters about each request.
 
 ``begin`` makes a ``Recorded`` for one request (opened off the path to the runner, see its
-docstring); ``pass_through`` hands its ``tap`` to the relay (one list append per chunk), calls
-``answered`` once the answer is relayed, ``failed`` with an error, and ``finish`` from its
+docstring); ``pass_through`` hands its tap to the relay (``feeds``: one list append per chunk),
+calls ``answered`` once the answer is relayed, ``failed`` with an error, and ``finish`` from its
 ``finally`` (which also runs when the client's disconnect cancels the handler).  Every method
 is synchronous and cheap: nothing here awaits or parses.
 """
@@ -55,6 +55,7 @@ class Recorded:
         self._opened = False
         self.record: Record | None = None
         self.tap = self._tap if logged else None
+        self._forwarded: Forwarded | None = None
         self._status: int | None = None
         self._error = ""
 
@@ -77,7 +78,17 @@ class Recorded:
                 body=self._body,
                 started=self._started,
             )
+            if self._forwarded is not None:
+                self._forwarded.tap = self.record.tap
         state.events.request_started(self._name)
+
+    def feeds(self, forwarded: Forwarded) -> None:
+        """Give the relay the tap (``forwarded.tap``): this object's until the record is open,
+        then the record's own, so that each streamed chunk costs one call, not two."""
+        self._forwarded = forwarded
+        forwarded.tap = self.tap
+        if self.record is not None:
+            forwarded.tap = self.record.tap
 
     def _tap(self, chunk: bytes) -> None:
         if not self._opened:

@@ -355,6 +355,20 @@ class Exchange:
     def frames(self, data: bytes) -> None:
         self._out.append(data)
 
+    def token(self, data: bytes, payload: bytes) -> None:
+        out = self._out
+        if out:  # the answer's head, read on its own before this
+            out.append(data)
+            self.flush()
+        else:
+            transport = self._conn.transport
+            if transport is not None:
+                transport.write(data)
+        tap = self.forwarded.tap
+        if tap is not None:
+            tap(payload)
+        self._scan.recent(payload)
+
     def flush(self) -> None:
         out = self._out
         if out:

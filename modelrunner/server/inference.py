@@ -95,7 +95,7 @@ async def pass_through(
     turn = None
     # The request log and live counters: one record per request, fed by the relay's tap.
     recorded = activity.begin(state, request, model_id, name, body, preload=preload_only)
-    forwarded.tap = recorded.tap
+    recorded.feeds(forwarded)
     try:
         async with state.supervisor.acquire(model_id, mode, keep_alive_s) as runner:
             acquired = runner

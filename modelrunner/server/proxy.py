@@ -65,6 +65,7 @@ _STALE_CONNECTION = (
 
 STALE_RETRIES = 3
 _MAX_PENDING = 1 << 20  # an SSE line longer than this is not a usage line
+RECENT_CHUNKS = 4  # a stream's last chunks searched for its usage (UsageScan.recent)
 MAX_SESSIONS = 16
 SESSION_IDLE_S = 60.0  # one per runner socket; old runners' sessions are closed beyond this
 
@@ -287,20 +288,37 @@ class UpstreamPool:
 
 class UsageScan:
     """Token usage read off an SSE answer as it streams: only the lines that may hold it are
-    parsed, so a token's chunk costs two substring searches."""
+    parsed, so a token's chunk costs two substring searches, or none (``recent``)."""
 
     def __init__(self, state: Forwarded) -> None:
         self._state = state
         self._pending = b""  # the start of an SSE line cut across chunks (the usage line may be)
+        self._recent: collections.deque[bytes] = collections.deque(maxlen=RECENT_CHUNKS)
+        # A chunk kept for later, unsearched (a bound C method: no Python call per token).  Only
+        # a stream's last chunks carry its usage (OpenAI's last event; llama-server's final
+        # ``timings``), so the fast lane's one-chunk reads are searched only when the answer
+        # ends, or when a read of another kind comes, which keeps the order.
+        self.recent = self._recent.append
 
     def feed(self, chunk: bytes) -> None:
+        if self._recent:
+            self._catch_up()
+        self._feed(chunk)
+
+    def _feed(self, chunk: bytes) -> None:
         pending = self._pending
         if pending or not chunk.endswith(b"\n") or b'"usage"' in chunk or b'"timings"' in chunk:
             complete, _, pending = (pending + chunk).rpartition(b"\n")
             self._pending = b"" if len(pending) > _MAX_PENDING else pending
             _take_usage(self._state, complete)
 
+    def _catch_up(self) -> None:
+        recent = self._recent
+        while recent:
+            self._feed(recent.popleft())
+
     def close(self) -> None:
+        self._catch_up()
         _take_usage(self._state, self._pending)
         self._pending = b""
 

@@ -32,6 +32,11 @@ IDLE_S = 60.0  # an idle pooled connection older than this is closed, not reused
 MAX_HEAD = 64 * 1024
 HOLD_GROWTH = 8  # a stream that stays quick is held up to this many times hold_s at a time
 HOLD_STEP = 4  # each next hold of a quick stream this many times the last (2, 8, 16 ms)
+# What a hold should gather at most: llama-server writes a chunk per token, and an AF_UNIX
+# socket takes only about 40 small writes that nobody reads (~10 KiB of tokens) before the
+# writer blocks; a hold past that stalls the runner's answer (and its end then waits for the
+# hold's timer, not the hang-up).  Each next hold is sized from what the last one gathered.
+HOLD_TARGET_BYTES = 4 * 1024
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
@@ -54,6 +59,12 @@ class Sink(Protocol):
 
     def frames(self, data: bytes) -> None:
         """A chunked answer's body as chunks to relay: complete ones as the runner framed them."""
+        ...
+
+    def token(self, data: bytes, payload: bytes) -> None:
+        """A read that is one whole chunk (*data*, as framed; *payload*, its body): relay it now.
+        A real model's stream is one token per read, so this is its whole per-token path: no
+        ``body``, ``frames`` or ``flush``."""
         ...
 
     def flush(self) -> None:
@@ -91,6 +102,7 @@ class RunnerConnection(asyncio.Protocol):
         self._blocked = False  # reading paused by the client's back-pressure
         self._hangups = hangups  # the pool's: ends a hold when the runner closes meanwhile
         self._fd = -1  # the socket's, once watched for a hang-up (the first hold)
+        self._gone = False  # the runner hung up (what it sent before is still to be read)
 
     # -- asyncio.Protocol
 
@@ -111,12 +123,26 @@ class RunnerConnection(asyncio.Protocol):
             sink.lost(exc or UpstreamClosed("the runner closed the connection"))
 
     def data_received(self, data: bytes) -> None:
-        self.received += len(data)
         now = time.monotonic()
         # Quick: less than hold_s since the last read, or since a hold ended (what came while
         # held is read right after it).
         quick = now - max(self.last_rx, self._released) < self.hold_s
         self.last_rx = now
+        self.received += len(data)
+        sink = self.sink
+        if self._state == _CHUNK_SIZE and not self._buf and sink is not None:
+            # One whole chunk, framed as llama-server frames (its size in lower-case hex without
+            # leading zeros): a real model's token, relayed with the fewest steps (the per-token
+            # cost is most of a stream's, docs/benchmarks.md "Proxy on a real model").
+            eol = data.find(b"\r\n")
+            size = len(data) - eol - 4
+            if eol > 0 and size > 0 and data[-2:] == b"\r\n" and data[:eol] == b"%x" % size:
+                sink.token(data, data[eol + 2 : -2])
+                if quick:
+                    self._hold_on(len(data))
+                else:
+                    self._hold = 0.0
+                return
         if self._buf:
             data = self._buf + data
             self._buf = b""
@@ -133,22 +159,33 @@ class RunnerConnection(asyncio.Protocol):
         sink = self.sink
         if sink is not None:
             sink.flush()
-            if not quick:
+            if quick:
+                self._hold_on(len(data))
+            else:
                 self._hold = 0.0
-            elif not self._held and self.transport is not None and self._loop:
-                # Tokens are coming faster than hold_s apart: let the next ones gather in the
-                # socket, to be read and written on in one go (a read and a write per token
-                # were most of a streamed token's cost).  The first hold is hold_s, each next
-                # one HOLD_STEP times as long up to HOLD_GROWTH times (a wake-up per read is
-                # what a fast stream costs).  A slower stream (a real model's tokens, tens of
-                # ms apart) is never held.
-                top = self.hold_s * HOLD_GROWTH
-                hold = self._hold = min(self._hold * HOLD_STEP or self.hold_s, top)
-                self._held = True
-                self.transport.pause_reading()
-                self._loop.call_later(hold, self._release)
-                if self._fd < 0 and self._hangups is not None:
-                    self._watch(self._hangups)
+
+    def _hold_on(self, batch: int) -> None:
+        """Tokens are coming faster than hold_s apart: let the next ones gather in the socket, to be
+        read and written on in one go (a read and a write per token were most of a streamed token's
+        cost).  The first hold is hold_s, each next one HOLD_STEP times as long up to HOLD_GROWTH
+        times (a wake-up per read is what a fast stream costs), and no longer than would gather
+        ``HOLD_TARGET_BYTES`` at the pace of the last read (*batch* bytes).  A slower stream (a real
+        model's tokens, tens of ms apart) is never held, nor a stream whose runner has hung up: the
+        rest of its answer is in the socket already."""
+        if self._held or self._gone or self.transport is None or self._loop is None:
+            return
+        last = self._hold
+        if not last:
+            hold = self.hold_s
+        else:
+            hold = min(last * HOLD_STEP, last * HOLD_TARGET_BYTES / max(batch, 1))
+            hold = max(min(hold, self.hold_s * HOLD_GROWTH), self.hold_s / HOLD_GROWTH)
+        self._hold = hold
+        self._held = True
+        self.transport.pause_reading()
+        self._loop.call_later(hold, self._release)
+        if self._fd < 0 and self._hangups is not None:
+            self._watch(self._hangups)
 
     def _watch(self, hangups: Hangups) -> None:
         """The runner closing this connection (as llama-server does after a stream's last
@@ -159,6 +196,9 @@ class RunnerConnection(asyncio.Protocol):
             hangups.watch(self._fd, self._hung_up)
 
     def _hung_up(self) -> None:
+        # Noted even when not held: the hang-up may come in the same turn of the loop as the
+        # read before it, which would otherwise hold the answer's end for the whole timer.
+        self._gone = True
         if self._held:
             self._release()
 

@@ -116,6 +116,7 @@ class Sink:
         self.framed = b""
         self.ended = False
         self.error: BaseException | None = None
+        self.tokens = 0  # reads relayed as one whole chunk (RunnerConnection's short path)
 
     def head(self, status: int, headers: tuple[tuple[str, str], ...], chunked: bool) -> None:
         self.status, self.headers, self.chunked = status, headers, chunked
@@ -125,6 +126,11 @@ class Sink:
 
     def frames(self, data: bytes) -> None:
         self.framed += data
+
+    def token(self, data: bytes, payload: bytes) -> None:
+        self.tokens += 1
+        self.body(payload)
+        self.frames(data)
 
     def flush(self) -> None:
         pass
@@ -256,6 +262,57 @@ class Loop:
 
     def call_later(self, delay: float, callback: object) -> None:
         self.holds.append(delay)
+
+
+def test_a_read_of_one_whole_chunk_takes_the_short_path_and_nothing_else_does() -> None:
+    """A real model's token (one chunk per read) goes to ``Sink.token`` as framed; a chunk
+    framed otherwise (upper-case hex, leading zeros, an extension), a partial one, the last
+    chunk, or several in one read take the general parser, with the same result."""
+    conn = upstream.RunnerConnection()
+    conn.transport = Transport()  # type: ignore[assignment]
+    sink = Sink()
+    conn.send(b"POST / HTTP/1.1\r\n\r\n", sink)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    event = SSE[0]
+    size = b"%x" % len(event)
+    conn.data_received(size + b"\r\n" + event + b"\r\n")
+    assert sink.tokens == 1
+    for framed in (
+        size.upper() + b"\r\n" + event + b"\r\n",
+        b"0" + size + b"\r\n" + event + b"\r\n",
+        size + b";x=1\r\n" + event + b"\r\n",
+        (size + b"\r\n" + event + b"\r\n") * 2,
+    ):
+        conn.data_received(framed)
+    whole = size + b"\r\n" + event + b"\r\n"
+    conn.data_received(whole[:7])  # a chunk cut across reads
+    conn.data_received(whole[7:])
+    assert sink.tokens == 1 + (1 if size.upper() == size else 0)
+    conn.data_received(b"0\r\n\r\n")
+    assert sink.ended
+    assert sink.error is None
+    assert b"".join(sink.body_parts) == event * 7
+
+
+def test_a_runner_that_hung_up_is_never_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hang-up can be seen in the same turn of the loop as the read before it, while the
+    connection is not held: the next read must not start a hold then, or the answer's end
+    waits for the hold's timer (the last batch 15-40 ms late on a fast stream)."""
+    now = [1000.0]
+    monkeypatch.setattr(upstream.time, "monotonic", lambda: now[0])
+    conn = upstream.RunnerConnection()
+    transport, loop = Transport(), Loop()
+    conn.transport, conn._loop = transport, loop  # type: ignore[assignment]
+    conn.hold_s = 0.002
+    sink = Sink()
+    conn.send(b"POST / HTTP/1.1\r\n\r\n", sink)
+    event = b"%x\r\n%b\r\n" % (len(SSE[0]), SSE[0])
+    conn.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + event)
+    conn._hung_up()  # not held: nothing to release, but noted
+    now[0] += 0.0005
+    conn.data_received(event)  # quick, yet the runner is gone: read on
+    assert transport.reading
+    assert loop.holds == []
 
 
 def test_a_quick_stream_is_held_longer_and_longer_up_to_eight_times(
