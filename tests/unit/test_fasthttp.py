@@ -294,18 +294,25 @@ def test_a_read_of_one_whole_chunk_takes_the_short_path_and_nothing_else_does() 
     assert b"".join(sink.body_parts) == event * 7
 
 
-def test_a_runner_that_hung_up_is_never_held(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The hang-up can be seen in the same turn of the loop as the read before it, while the
-    connection is not held: the next read must not start a hold then, or the answer's end
-    waits for the hold's timer (the last batch 15-40 ms late on a fast stream)."""
+def held_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[list[float], upstream.RunnerConnection, Transport, Loop]:
+    """A runner connection sent a request, holding at 2 ms, on a clock the test moves."""
     now = [1000.0]
     monkeypatch.setattr(upstream.time, "monotonic", lambda: now[0])
     conn = upstream.RunnerConnection()
     transport, loop = Transport(), Loop()
     conn.transport, conn._loop = transport, loop  # type: ignore[assignment]
     conn.hold_s = 0.002
-    sink = Sink()
-    conn.send(b"POST / HTTP/1.1\r\n\r\n", sink)
+    conn.send(b"POST / HTTP/1.1\r\n\r\n", Sink())
+    return now, conn, transport, loop
+
+
+def test_a_runner_that_hung_up_is_never_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hang-up can be seen in the same turn of the loop as the read before it, while the
+    connection is not held: the next read must not start a hold then, or the answer's end
+    waits for the hold's timer (the last batch 15-40 ms late on a fast stream)."""
+    now, conn, transport, loop = held_stream(monkeypatch)
     event = b"%x\r\n%b\r\n" % (len(SSE[0]), SSE[0])
     conn.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + event)
     conn._hung_up()  # not held: nothing to release, but noted
@@ -320,14 +327,7 @@ def test_a_quick_stream_is_held_longer_and_longer_up_to_eight_times(
 ) -> None:
     """The first token goes at once; a stream that stays quick is held for 2, 8, 16, 16 ms;
     one that slows down starts over at 2 ms."""
-    now = [1000.0]
-    monkeypatch.setattr(upstream.time, "monotonic", lambda: now[0])
-    conn = upstream.RunnerConnection()
-    transport, loop = Transport(), Loop()
-    conn.transport, conn._loop = transport, loop  # type: ignore[assignment]
-    conn.hold_s = 0.002
-    sink = Sink()
-    conn.send(b"POST / HTTP/1.1\r\n\r\n", sink)
+    now, conn, transport, loop = held_stream(monkeypatch)
     head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
     event = b"%x\r\n%b\r\n" % (len(SSE[0]), SSE[0])
     conn.data_received(head + event)
