@@ -529,6 +529,12 @@ async def run(args: argparse.Namespace) -> str:
         shutil.rmtree(home, ignore_errors=True)
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM (``timeout``, a CI's cancel) unwinds like Ctrl-C, so that every daemon, runner and
+    router this benchmark started is stopped by its context manager, not left running."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def cli(
     run: Callable[[argparse.Namespace], Awaitable[str]],
     doc: str,
@@ -546,6 +552,7 @@ def cli(
     )
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
+    stop_on_sigterm()
     body = asyncio.run(run(args))
     print(body)
     if args.write:

@@ -48,6 +48,7 @@ from scripts.bench_proxy import (  # noqa: E402
     free_port,
     router,
     runner_socket,
+    stop_on_sigterm,
 )
 from scripts.benchdoc import write_section  # noqa: E402
 from scripts.machine import machine_line  # noqa: E402
@@ -285,6 +286,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=PAIRS)
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
+    stop_on_sigterm()
     body = asyncio.run(run(args))
     print(body)
     if args.write:
