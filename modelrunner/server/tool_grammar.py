@@ -12,9 +12,11 @@ One tool: the arguments object alone.  Several: ``{"name":"<tool>","arguments":{
 alternative per tool.  Enforced: ``type`` (also a list), an object's ``properties`` in the
 schema's order with each ``required`` one present (and no others), ``enum``, ``const``,
 ``anyOf``/``oneOf``, ``allOf`` of objects (merged), ``additionalProperties`` of an object without
-``properties``, arrays' ``items``/``minItems``/``maxItems``, strings' ``minLength``/``maxLength``,
-and ``$ref`` into the schema's own ``$defs``/``definitions``.  Not enforced (any value of the
-type): numeric bounds, ``pattern``, ``format``.  Pure: no I/O.
+``properties`` (a map: ``minProperties``/``maxProperties``, its keys' length from
+``propertyNames``), arrays' ``items``/``minItems``/``maxItems``, strings'
+``minLength``/``maxLength``, and ``$ref`` into the schema's own ``$defs``/``definitions``.  Not
+enforced (any value of the type): numeric bounds, ``pattern``, ``format``, a map's keys being
+distinct.  Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -143,8 +145,9 @@ class _Builder:
             if not isinstance(extra, dict) or not extra:
                 return "object"
             item = self.schema(extra, f"{hint}-value", root)
-            pair = f'string ":" {item}'
-            return self.add(hint, f'"{{" ( {pair} ( "," {pair} )* )? "}}"')
+            names = schema.get("propertyNames")
+            key = self._string(names, f"{hint}-key") if isinstance(names, dict) else "string"
+            return self.add(hint, self._repeated(f'{key} ":" {item}', schema, "Properties", "{}"))
         pairs = [
             (
                 f"{literal(_json(name) + ':')} {self.schema(sub, f'{hint}-{name}', root)}",
@@ -172,14 +175,20 @@ class _Builder:
     def _array(self, schema: dict[str, Any], hint: str, root: Any) -> str:
         items = schema.get("items")
         item = self.schema(items, f"{hint}-item", root) if isinstance(items, dict) else "value"
-        low = _count(schema.get("minItems")) or 0
-        high = _count(schema.get("maxItems"))
+        return self.add(hint, self._repeated(item, schema, "Items", "[]"))
+
+    @staticmethod
+    def _repeated(item: str, schema: dict[str, Any], bound: str, brackets: str) -> str:
+        """*item* between *brackets*, comma-separated, as many times as ``min``/``max`` + *bound*
+        allow (an array's items, a map's members)."""
+        opening, closing = (literal(b) for b in brackets)
+        low = _count(schema.get("min" + bound)) or 0
+        high = _count(schema.get("max" + bound))
         if high == 0:
-            return self.add(hint, '"[" "]"')
+            return f"{opening} {closing}"
         more = _repeat(f'"," {item}', max(low - 1, 0), None if high is None else high - 1)
         inner = f"{item} {more}"
-        body = f'"[" {inner} "]"' if low > 0 else f'"[" ( {inner} )? "]"'
-        return self.add(hint, body)
+        return f"{opening} {inner} {closing}" if low > 0 else f"{opening} ( {inner} )? {closing}"
 
     def _string(self, schema: dict[str, Any], hint: str) -> str:
         low = _count(schema.get("minLength")) or 0

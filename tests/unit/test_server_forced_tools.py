@@ -128,6 +128,23 @@ class TestGrammar:
         assert 't0-args ::= "{" "}"' in grammar
         assert call_grammar({"a": {}}).splitlines()[0] == "root ::= object"
 
+    def test_a_map_is_bounded_in_members_and_key_length(self) -> None:
+        schema = {
+            "type": "object",
+            "additionalProperties": {"type": "boolean"},
+            "propertyNames": {"maxLength": 3},
+            "minProperties": 1,
+            "maxProperties": 3,
+        }
+        rules = dict(
+            line.split(" ::= ", 1) for line in call_grammar({"a": schema}).splitlines()
+        )
+        assert rules["t0-args-key"] == '"\\"" ( char ){0,3} "\\""'
+        pair = 't0-args-key ":" boolean'
+        assert rules["t0-args"] == f'"{{" {pair} ( "," {pair} ){{0,2}} "}}"'
+        unbounded = call_grammar({"a": {"additionalProperties": {"type": "null"}}})
+        assert 't0-args ::= "{" ( string ":" null ( "," string ":" null )* )? "}"' in unbounded
+
     def test_literals_escape_what_gbnf_would_misread(self) -> None:
         assert literal('a"b\\c\n\x01') == '"a\\"b\\\\c\\n\\x01"'
 
