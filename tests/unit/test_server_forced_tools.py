@@ -136,9 +136,7 @@ class TestGrammar:
             "minProperties": 1,
             "maxProperties": 3,
         }
-        rules = dict(
-            line.split(" ::= ", 1) for line in call_grammar({"a": schema}).splitlines()
-        )
+        rules = dict(line.split(" ::= ", 1) for line in call_grammar({"a": schema}).splitlines())
         assert rules["t0-args-key"] == '"\\"" ( char ){0,3} "\\""'
         pair = 't0-args-key ":" boolean'
         assert rules["t0-args"] == f'"{{" {pair} ( "," {pair} ){{0,2}} "}}"'
