@@ -26,6 +26,11 @@ from modelrunner.runners.kv_prefix import Prefix
 # round trips: cheaper than a re-read of anything but a few tokens (about 16 here).
 MIN_RESTORE_CHARS = 64
 TOKEN_SLACK = 2  # a saved slot may hold this many tokens more or fewer than its answer implied
+# A displaced conversation is not saved again while its newest entry on disk covers all but this
+# share of it: a return then re-reads at most a tenth (within the 0.3x a restore must cost), and
+# a chat's turns, or a client sending the same prompts, cost no save each (a save is a slot
+# write, a checksum and a manifest).  The geometric step keeps a growing conversation's saves few.
+UNSAVED_SHARE = 0.1
 
 Source = Literal["slot", "ram", "disk", "none", "unkeyed"]
 
@@ -165,7 +170,7 @@ class SlotTable:
         saves = tuple(
             Save(s.id, s.held, s.tokens)
             for s in idle
-            if s.dirty and s.held is not None and s is not own
+            if s.dirty and s.held is not None and s is not own and not _covered(s.held, index)
         )
         # The task's start moves every other idle slot to RAM and clears it; a restore
         # overwrites its target, whose old content goes nowhere.
@@ -242,6 +247,13 @@ class SlotTable:
         self._ram[held.last] = (held, (tokens or 0) * self.bytes_per_token)
         while len(self._ram) > 4096:  # a bound on our bookkeeping, far above any real cache
             self._ram.popitem(last=False)
+
+
+def _covered(held: Prefix, index: Index | None) -> bool:
+    """Whether an entry on disk shares all but ``UNSAVED_SHARE`` of *held* (llama-server reuses
+    the common part of whatever a restore brings back)."""
+    found = index.best(held) if index is not None else None
+    return found is not None and held.size - found[1] <= UNSAVED_SHARE * held.size
 
 
 def _own_slot(idle: Iterable[Slot], prefix: Prefix | None) -> Slot | None:

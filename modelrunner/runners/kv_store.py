@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 DEFAULT_CACHE_RAM_MIB = 8192  # llama-server's --cache-ram default
+TOUCH_EVERY_S = 60.0  # how stale a used entry's mtime may get (the LRU order across restarts)
 _ERRORS = (SaveFailed, TimeoutError, aiohttp.ClientError, OSError, ValueError, KeyError)
 
 
@@ -92,6 +93,7 @@ class Conversations:
         self._indexes: dict[str, Index] = {}  # cache-key digest -> its entries
         self._commits: set[asyncio.Task[None]] = set()
         self.counts: dict[str, ModelCounts] = {}  # model id -> hits and misses
+        self._touched: dict[str, float] = {}  # entry digest -> when a request last touched it
 
     @property
     def limit(self) -> int:
@@ -138,17 +140,20 @@ class Conversations:
 
     # --- a request's path ----------------------------------------------------------------------
 
-    async def begin(self, runner: Runner, path: str, body: bytes) -> Turn | None:
+    async def begin(
+        self, runner: Runner, path: str, body: bytes, payload: Mapping[str, Any] | None = None
+    ) -> Turn | None:
         """Give the request for llama-server's *path* a slot: save what it would displace,
         restore its conversation if only the disk has it; returns the body to forward (None:
-        not ours to manage)."""
+        not ours to manage).  *payload*: *body* parsed, if the caller has it."""
         tracked: Tracked | None = runner.kv_slots
         if tracked is None or not tracked.table.slots:
             return None
         key = runner.kv_key
         if key is None:
             return None
-        payload = parse(body)
+        if payload is None:
+            payload = parse(body)
         if payload is None or "id_slot" in payload:
             return None  # not JSON (llama-server answers), or the client chose its slot
         prefix = prefix_of(payload)
@@ -158,10 +163,13 @@ class Conversations:
         turn = Turn(runner, plan.slot, prefix, body)
         try:
             if plan.known is not None and index is not None:
-                # Used now (the LRU order), before the saves below can evict what comes back.
-                index.touch(plan.known.digest, time.time())
-                manifest = self._cache.files.dir / f"{plan.known.digest}.json"
-                await asyncio.to_thread(touch, manifest)
+                # Used now (the LRU order), before the saves below can evict what comes back;
+                # the file's mtime (the order a restarted daemon reads) at most once a minute.
+                now = time.time()
+                index.touch(plan.known.digest, now)
+                if self._touch_due(plan.known.digest, now):
+                    manifest = self._cache.files.dir / f"{plan.known.digest}.json"
+                    await asyncio.to_thread(touch, manifest)
             for save in plan.saves:
                 self._start_save(runner, tracked, key, save)
             if tracked.pending:
@@ -341,6 +349,15 @@ class Conversations:
         self._update_stats()
 
     # --- queries and bookkeeping ---------------------------------------------------------------
+
+    def _touch_due(self, digest: str, now: float) -> bool:
+        """Whether *digest*'s manifest was last touched by a request ``TOUCH_EVERY_S`` ago."""
+        if now - self._touched.get(digest, 0.0) < TOUCH_EVERY_S:
+            return False
+        if len(self._touched) > 4096:  # a bound on bookkeeping, far above the entries kept
+            self._touched.clear()
+        self._touched[digest] = now
+        return True
 
     def summary(self, model_id: str) -> dict[str, int]:
         """What ``ps`` shows of a model: conversations on disk, their bytes, hits, misses."""

@@ -171,6 +171,7 @@ class FastLane:
             exchange.stream = got.stream
             exchange.model = got.name
             exchange.request_body = body
+            exchange.forwarded.payload = got.payload
             status = await inference.pass_through(
                 state,
                 head,

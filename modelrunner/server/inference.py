@@ -104,7 +104,9 @@ async def pass_through(
                 recorded.status(200)
                 return lane.preloaded()
             # The slot it gets (id_slot), and what that slot's last conversation needs first.
-            turn = await state.supervisor.kv.conversations.begin(runner, lane.upstream_path, body)
+            turn = await state.supervisor.kv.conversations.begin(
+                runner, lane.upstream_path, body, forwarded.payload
+            )
             if turn is not None:
                 forwarded.upstream_body = turn.body
             answer = await lane.forward(runner, forwarded)

@@ -247,6 +247,7 @@ def inference_handler(mode: Mode, upstream_path: str) -> Any:
             got.preload_only,
             stream=got.stream,
             relay=relay,
+            payload=got.payload if relay is None else None,
         )
 
     return handler
@@ -370,9 +371,11 @@ async def serve(
     *,
     stream: bool = False,
     relay: Relay | None = None,
+    payload: Mapping[str, Any] | None = None,
 ) -> web.StreamResponse:
     """Pass an aiohttp request through to the model's runner (or through *relay*, another
-    API family's translation): ``inference.pass_through`` on aiohttp's lane."""
+    API family's translation): ``inference.pass_through`` on aiohttp's lane.  *payload*: *body*
+    already parsed, if the caller has it."""
     lane = AiohttpLane(state, request, upstream_path, body, stream, relay, name)
     return await inference.pass_through(
         state,
@@ -383,7 +386,7 @@ async def serve(
         body,
         keep_alive_s,
         lane,
-        Forwarded(),
+        Forwarded(payload=payload),
         preload_only=preload_only,
     )
 

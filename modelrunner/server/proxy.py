@@ -16,7 +16,7 @@ import collections
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,8 @@ class Forwarded:
     started_type: str = ""
     # The body that goes upstream when it is not the client's (the prompt cache's id_slot).
     upstream_body: bytes | None = None
+    # The client's body as the lane parsed it, if it did (the prompt cache need not parse it).
+    payload: Mapping[str, Any] | None = None
 
     @property
     def status(self) -> int | None:

@@ -92,6 +92,22 @@ class TestSlotTable:
         # a is in RAM now (llama-server moved it there when b started): no restore from disk.
         assert t.take(chat("a", "c"), None).source == "ram"
 
+    def test_a_displaced_conversation_the_disk_nearly_has_is_not_saved_again(self) -> None:
+        """An entry sharing all but a tenth of it: no save (the same prompts again, a short
+        turn); one that misses more: saved."""
+        index = Index("m")
+        long_turn = "x" * (chat("a").size // 5)
+        for turn, saved in (("a",), True), (("a", "b"), False), (("a", "b", long_turn), True):
+            t = table()
+            plan = t.take(chat(*turn), index)
+            t.release(plan.slot or 0, chat(*turn), tokens=100, ok=True)
+            assert [s.prefix for s in t.take(chat("other"), index).saves] == (
+                [chat(*turn)] if saved else []
+            )
+            if turn == ("a",):
+                index.add(Entry("ea", chat("a"), 1000, 100, 1.0))
+        assert t.dirty() == []
+
     def test_a_conversation_only_the_disk_has_is_restored_into_its_slot(self) -> None:
         t = table(ram=0)
         index = Index("m")
