@@ -121,11 +121,12 @@ t2=$(stamp)
 # --- 3. build -----------------------------------------------------------------------------------
 echo "build: $tag from $base ($(ls "$ctx/deps" | wc -l) wheels," \
   "$(find "$ctx/engine-tool" -name '*.py' | wc -l) engine modules, $sdist)"
+cuda_sha=""; [ "$cuda" = 1 ] && cuda_sha="$sha"  # only the CUDA file checks it itself
 pull=never  # the local base; the CUDA image's NVIDIA base comes from its registry
 [ "$cuda" = 1 ] && pull=missing
 buildah bud --isolation chroot --format docker --pull="$pull" --layers \
   --build-arg "BASE=$base" --build-arg "LLAMA_CPP_SDIST=$sdist" \
-  --build-arg "LLAMA_CPP_SHA256=$sha" \
+  ${cuda_sha:+--build-arg "LLAMA_CPP_SHA256=$cuda_sha"} \
   ${jobs:+--build-arg "JOBS=$jobs"} \
   -f "$containerfile" -t "$tag" "$ctx"
 t3=$(stamp)
