@@ -252,7 +252,6 @@ class Exchange:
         self._start = b""  # the client's answer head but its framing (fasthttp.head_start)
         self._scan = UsageScan(self.forwarded)
         self._out: list[bytes] = []  # chunks of one read, written on in one go (flush)
-        self._kept: list[bytes] = []  # chunks relayed directly, not yet tapped or scanned
         self._done: asyncio.Future[None] | None = None
         self._up: RunnerConnection | None = None
         self._sent_at = 0.0
@@ -284,7 +283,6 @@ class Exchange:
                 raise
             finally:
                 self._conn.upstream = None
-                self.catch_up()
                 if not self._ended:
                     up.close()  # the client left, or the answer broke: generation stops
             pool.release(socket_path, up)
@@ -350,8 +348,6 @@ class Exchange:
         if whole is not None:
             whole.append(data)
             return
-        if self._kept:
-            self.catch_up()
         tap = self.forwarded.tap
         if tap is not None:
             tap(data)
@@ -360,27 +356,7 @@ class Exchange:
     def frames(self, data: bytes) -> None:
         self._out.append(data)
 
-    def direct(self) -> tuple[Callable[[bytes], object], list[bytes]] | None:
-        transport = self._conn.transport
-        if self._out or transport is None:
-            return None
-        return transport.write, self._kept
-
-    def catch_up(self) -> None:
-        kept = self._kept
-        if not kept:
-            return
-        tap, recent = self.forwarded.tap, self._scan.recent
-        for data in kept:
-            payload = data[data.find(b"\r\n") + 2 : -2]
-            if tap is not None:
-                tap(payload)
-            recent(payload)
-        kept.clear()
-
     def token(self, data: bytes, payload: bytes) -> None:
-        if self._kept:
-            self.catch_up()
         out = self._out
         if out:  # the answer's head, read on its own before this
             out.append(data)
@@ -402,7 +378,6 @@ class Exchange:
 
     def end(self) -> None:
         self._ended = True
-        self.catch_up()
         whole = self._whole
         if whole is not None:
             data = b"".join(whole)
@@ -419,7 +394,6 @@ class Exchange:
             self._done.set_result(None)
 
     def lost(self, exc: BaseException) -> None:
-        self.catch_up()
         if self._done is not None and not self._done.done():
             self._done.set_exception(exc)
 
@@ -510,8 +484,6 @@ class FrontConnection(asyncio.Protocol):
         if self._linger is not None:
             self._linger.cancel()
         self.transport = None
-        if self.upstream is not None:
-            self.upstream.undirect()  # its cached write is this transport's
         if self._task is not None:
             self._task.cancel()  # handler cancellation: the runner's connection closes
 

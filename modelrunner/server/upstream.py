@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -30,7 +30,6 @@ STALE_RETRIES = 3
 MAX_IDLE_PER_SOCKET = 8
 IDLE_S = 60.0  # an idle pooled connection older than this is closed, not reused
 MAX_HEAD = 64 * 1024
-KEPT_CHUNKS = 64  # chunks a direct path lets pile up before the sink catches up
 HOLD_GROWTH = 8  # a stream that stays quick is held up to this many times hold_s at a time
 HOLD_STEP = 4  # each next hold of a quick stream this many times the last (2, 8, 16 ms)
 # What a hold should gather at most: llama-server writes a chunk per token, and an AF_UNIX
@@ -64,21 +63,8 @@ class Sink(Protocol):
 
     def token(self, data: bytes, payload: bytes) -> None:
         """A read that is one whole chunk (*data*, as framed; *payload*, its body): relay it now.
-        A real model's stream is one token per read, so this is its per-token path when
-        ``direct`` offers none: no ``body``, ``frames`` or ``flush``."""
-        ...
-
-    def direct(self) -> tuple[Callable[[bytes], object], list[bytes]] | None:
-        """The cheapest per-token path, once the answer's head is out: the client transport's
-        ``write`` and a list for the chunks relayed but not yet seen by the sink's bookkeeping
-        (the request log, the usage scan), so a token costs the relay two C calls and no Python
-        call of the sink's (docs/benchmarks.md, "Proxy on a real model").  The sink catches up
-        on the list before anything else it does, and when the list is long (``catch_up``).
-        None: not now (``token`` then)."""
-        ...
-
-    def catch_up(self) -> None:
-        """Give the chunks ``direct``'s list holds to the bookkeeping, in order."""
+        A real model's stream is one token per read, so this is its whole per-token path: no
+        ``body``, ``frames`` or ``flush``."""
         ...
 
     def flush(self) -> None:
@@ -117,8 +103,6 @@ class RunnerConnection(asyncio.Protocol):
         self._hangups = hangups  # the pool's: ends a hold when the runner closes meanwhile
         self._fd = -1  # the socket's, once watched for a hang-up (the first hold)
         self._gone = False  # the runner hung up (what it sent before is still to be read)
-        self._write: Callable[[bytes], object] | None = None  # the sink's direct path, if any
-        self._kept: list[bytes] = []
 
     # -- asyncio.Protocol
 
@@ -153,20 +137,7 @@ class RunnerConnection(asyncio.Protocol):
             eol = data.find(b"\r\n")
             size = len(data) - eol - 4
             if eol > 0 and size > 0 and data[-2:] == b"\r\n" and data[:eol] == b"%x" % size:
-                write = self._write
-                if write is None:
-                    direct = sink.direct()
-                    if direct is not None:
-                        write, self._kept = direct
-                        self._write = write
-                if write is not None:
-                    write(data)
-                    kept = self._kept
-                    kept.append(data)
-                    if len(kept) >= KEPT_CHUNKS:
-                        sink.catch_up()
-                else:
-                    sink.token(data, data[eol + 2 : -2])
+                sink.token(data, data[eol + 2 : -2])
                 if quick:
                     self._hold_on(len(data))
                 else:
@@ -242,7 +213,6 @@ class RunnerConnection(asyncio.Protocol):
     def send(self, request: bytes, sink: Sink) -> None:
         """Write one whole request; its answer goes to *sink*."""
         self.sink = sink
-        self._write = None
         self.reusable = False
         self.received = 0
         self.last_rx = 0.0
@@ -257,14 +227,9 @@ class RunnerConnection(asyncio.Protocol):
             return
         self.transport.write(request)
 
-    def undirect(self) -> None:
-        """The client's transport is gone: no more direct writes (the sink's ``token`` knows)."""
-        self._write = None
-
     def close(self) -> None:
         """Drop the connection now (a client that left: llama-server stops generating)."""
         self.sink = None
-        self._write = None
         self._state = _DONE
         if self.transport is not None:
             self.transport.abort()

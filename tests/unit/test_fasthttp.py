@@ -3,8 +3,6 @@ the runner answer parser fed in every possible split, and the answer heads it wr
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 
 from modelrunner.server import fasthttp, upstream
@@ -134,12 +132,6 @@ class Sink:
         self.body(payload)
         self.frames(data)
 
-    def direct(self) -> tuple[Callable[[bytes], object], list[bytes]] | None:
-        return None
-
-    def catch_up(self) -> None:
-        pass
-
     def flush(self) -> None:
         pass
 
@@ -148,23 +140,6 @@ class Sink:
 
     def lost(self, exc: BaseException) -> None:
         self.error = exc
-
-
-class DirectSink(Sink):
-    """A sink offering the direct path, as the fast lane's Exchange does once its head is out."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written: list[bytes] = []
-        self.kept: list[bytes] = []
-        self.caught_up: list[bytes] = []
-
-    def direct(self) -> tuple[Callable[[bytes], object], list[bytes]] | None:
-        return self.written.append, self.kept
-
-    def catch_up(self) -> None:
-        self.caught_up += self.kept
-        self.kept.clear()
 
 
 def unchunk(data: bytes) -> bytes:
@@ -317,27 +292,6 @@ def test_a_read_of_one_whole_chunk_takes_the_short_path_and_nothing_else_does() 
     assert sink.ended
     assert sink.error is None
     assert b"".join(sink.body_parts) == event * 7
-
-
-def test_a_sink_with_a_direct_path_gets_each_token_written_and_kept_for_later() -> None:
-    """The direct path: the client's write and the kept list, no call of the sink's per token;
-    it catches up every ``KEPT_CHUNKS`` tokens; a client gone (``undirect``) falls back to
-    ``token``."""
-    conn = upstream.RunnerConnection()
-    conn.transport = Transport()  # type: ignore[assignment]
-    sink = DirectSink()
-    conn.send(b"POST / HTTP/1.1\r\n\r\n", sink)
-    conn.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-    event = SSE[0]
-    whole = b"%x\r\n" % len(event) + event + b"\r\n"
-    for _ in range(upstream.KEPT_CHUNKS + 1):
-        conn.data_received(whole)
-    assert sink.written == [whole] * (upstream.KEPT_CHUNKS + 1)
-    assert (len(sink.caught_up), len(sink.kept), sink.tokens) == (upstream.KEPT_CHUNKS, 1, 0)
-    conn.undirect()
-    conn.data_received(whole)
-    assert sink.tokens == 0  # direct() is asked again: this sink still offers it
-    assert len(sink.written) == upstream.KEPT_CHUNKS + 2
 
 
 def held_stream(
