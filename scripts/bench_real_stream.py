@@ -7,7 +7,7 @@ In one run, on one machine, the same Gemma GGUF:
 - bare relay (tcp): ``scripts/bare_relay.py``, a uvloop Protocol pair copying bytes between the
   client's TCP connection and the same runner's socket: the floor for a relay in Python;
 - router mode (tcp): ``llama-server --models-dir DIR --models-max 1`` (llama.cpp's C++ router).
-Measured: CPU per streamed token of each proxy's process (psutil ``cpu_times``, user + system;
+Measured: CPU per streamed token of each proxy's process (``bench_proxy.cpu_s``: schedstat's ns;
 router mode's parent, not its child) over 4 x 256-token streams per target per round, the
 targets alternated in a fresh seeded order; the wall of a 256-token stream through the daemon vs
 straight from the runner (pairs, the order alternated); and delivery lag from
