@@ -40,14 +40,17 @@ class CacheKey:
     flags: tuple[str, ...]  # runtime flags + LLAMA_ARGS, conservatively all of them
     swa_full: bool
     engine: str  # llama-server's version and path (a rebuild may change the file format)
+    # The key's name on disk, computed once: every request of a runner asks for it.
+    digest: str = dataclasses.field(init=False, repr=False, compare=False)
 
-    @property
-    def digest(self) -> str:
-        raw = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
-        return hashlib.sha256(raw).hexdigest()[:24]
+    def __post_init__(self) -> None:
+        raw = json.dumps(self.to_json(), sort_keys=True).encode()
+        object.__setattr__(self, "digest", hashlib.sha256(raw).hexdigest()[:24])
 
     def to_json(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
+        out: dict[str, Any] = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init
+        }
         out["flags"] = list(self.flags)
         return out
 
