@@ -574,6 +574,16 @@ def cli(
     parser.add_argument(
         "--blocks", type=int, default=5, help="CPU jobs per target per round, alternated"
     )
+    run_and_write(parser, run, title)
+
+
+def run_and_write(
+    parser: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], Awaitable[str]],
+    title: str,
+) -> None:
+    """Parse *parser*'s flags (plus --write), run, print the section, and with --write put it in
+    docs/benchmarks.md under *title*; SIGTERM stops it cleanly."""
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
     stop_on_sigterm()

@@ -47,10 +47,9 @@ from scripts.bench_proxy import (  # noqa: E402
     daemon,
     free_port,
     router,
+    run_and_write,
     runner_socket,
-    stop_on_sigterm,
 )
-from scripts.benchdoc import write_section  # noqa: E402
 from scripts.machine import machine_line  # noqa: E402
 from scripts.make_tiny_gguf import build as build_tiny_gguf  # noqa: E402
 
@@ -284,13 +283,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pairs", type=int, default=PAIRS)
-    parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
-    args = parser.parse_args()
-    stop_on_sigterm()
-    body = asyncio.run(run(args))
-    print(body)
-    if args.write:
-        write_section("Proxy on a real model", body)
+    run_and_write(parser, run, "Proxy on a real model")
 
 
 if __name__ == "__main__":
