@@ -30,6 +30,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,18 +102,27 @@ def files_for(work: Path, gemma: Path) -> dict[str, ModelFiles]:
     }
 
 
-async def one_variant(work: Path, files: dict[str, ModelFiles], enabled: bool) -> dict[str, Any]:
-    config = RunnersConfig(
+async def runners_config(work: Path, kv_cache: KVCacheConfig) -> RunnersConfig:
+    """One runner at a time (the tiny model evicts Gemma), none idle-evicted, *kv_cache*."""
+    return RunnersConfig(
         llama_server_path=(await locate(None)).path,
         run_dir=work / "run",
         log_dir=work / "logs",
         idle_ttl_s=-1,
         max_loaded=1,
-        kv_cache=KVCacheConfig(enabled=enabled, path=work / f"kv-{enabled}"),
+        kv_cache=kv_cache,
     )
 
+
+def resolver(files: dict[str, ModelFiles]) -> Callable[[str], Awaitable[ModelFiles]]:
     async def resolve(model_id: str) -> ModelFiles:
         return files[model_id]
+
+    return resolve
+
+
+async def one_variant(work: Path, files: dict[str, ModelFiles], enabled: bool) -> dict[str, Any]:
+    config = await runners_config(work, KVCacheConfig(enabled=enabled, path=work / f"kv-{enabled}"))
 
     stops: dict[str, float] = {}
     finish_stop = Supervisor._finish_stop
@@ -125,7 +135,7 @@ async def one_variant(work: Path, files: dict[str, ModelFiles], enabled: bool) -
     Supervisor._finish_stop = timed_stop  # type: ignore[method-assign]
     try:
         with structlog.testing.capture_logs() as logs:
-            async with Supervisor(config, resolve) as sup:
+            async with Supervisor(config, resolver(files)) as sup:
                 await sup.binary()
                 first = await turn(sup, "gemma", TURN1)
                 t0 = time.perf_counter()
@@ -246,20 +256,12 @@ async def managed_turn(
 async def conversations_variant(
     work: Path, files: dict[str, ModelFiles], count: int, kept: int
 ) -> dict[str, Any]:
-    config = RunnersConfig(
-        llama_server_path=(await locate(None)).path,
-        run_dir=work / "run",
-        log_dir=work / "logs",
-        idle_ttl_s=-1,
-        max_loaded=1,
-        kv_cache=KVCacheConfig(path=work / f"kvc-{kept}", conversations=kept),
+    config = await runners_config(
+        work, KVCacheConfig(path=work / f"kvc-{kept}", conversations=kept)
     )
 
-    async def resolve(model_id: str) -> ModelFiles:
-        return files[model_id]
-
     with structlog.testing.capture_logs() as logs:
-        async with Supervisor(config, resolve) as sup:
+        async with Supervisor(config, resolver(files)) as sup:
             await sup.binary()
             firsts = [await managed_turn(sup, "gemma", conversation(n, 1)) for n in range(count)]
             await managed_turn(sup, "tiny", [{"role": "user", "content": "hi"}])  # evicts gemma
