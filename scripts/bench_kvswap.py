@@ -127,9 +127,11 @@ async def one_variant(work: Path, files: dict[str, ModelFiles], enabled: bool) -
     stops: dict[str, float] = {}
     finish_stop = Supervisor._finish_stop
 
-    async def timed_stop(self: Supervisor, runner: Any, save: bool = False) -> None:
+    async def timed_stop(
+        self: Supervisor, runner: Any, reason: str = "", *, save: bool = False
+    ) -> None:
         t0 = time.perf_counter()
-        await finish_stop(self, runner, save)
+        await finish_stop(self, runner, reason, save=save)
         stops.setdefault(runner.model_id, time.perf_counter() - t0)
 
     Supervisor._finish_stop = timed_stop  # type: ignore[method-assign]
