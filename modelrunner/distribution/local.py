@@ -170,29 +170,38 @@ class LocalStore:
         ggufs = parsed.of_type(mt.GGUF)
         gguf_paths = self._gguf_paths(model_id, [lay.blob(d.digest) for d in ggufs])
         mmproj = parsed.of_type(*mt.MMPROJ_TYPES)
-        template = parsed.of_type(mt.CHAT_TEMPLATE)
         header = config.get("gguf") if isinstance(config.get("gguf"), dict) else None
         gguf_map = {str(k): str(v) for k, v in (header or {}).items()}
         if not gguf_map and gguf_paths:
             with contextlib.suppress(GGUFError):
                 gguf_map = read_gguf(gguf_paths[0]).gguf
         return Model(
-            id=model_id,
-            tags=(),
-            store_tags=(),
-            created=created,
-            config=config,
+            **self._common(model_id, parsed, config, created),
             gguf_paths=tuple(gguf_paths),
             mmproj_path=lay.blob(mmproj[0].digest) if mmproj else None,
-            chat_template_path=lay.blob(template[0].digest) if template else None,
-            license_paths=tuple(lay.blob(d.digest) for d in parsed.of_type(mt.LICENSE)),
-            size_bytes=parsed.layer_bytes,
             trained_context=trained_context(gguf_map),
             estimated_bytes=sum(d.size for d in ggufs) + sum(d.size for d in mmproj),
             arch_params=arch_params(gguf_map),
             gguf=gguf_map,
-            manifest_path=lay.manifest(model_id),
         )
+
+    def _common(
+        self, model_id: str, parsed: ParsedManifest, config: dict[str, Any], created: int
+    ) -> dict[str, Any]:
+        """What a model of any format takes from its manifest and config alike."""
+        lay = self.layout
+        template = parsed.of_type(mt.CHAT_TEMPLATE)
+        return {
+            "id": model_id,
+            "tags": (),
+            "store_tags": (),
+            "created": created,
+            "config": config,
+            "chat_template_path": lay.blob(template[0].digest) if template else None,
+            "license_paths": tuple(lay.blob(d.digest) for d in parsed.of_type(mt.LICENSE)),
+            "size_bytes": parsed.layer_bytes,
+            "manifest_path": lay.manifest(model_id),
+        }
 
     def _build_safetensors(
         self, model_id: str, parsed: ParsedManifest, config: dict[str, Any], created: int
@@ -207,21 +216,12 @@ class LocalStore:
             hf_config = read_hf_config(directory / "config.json")
         except StoreError as e:  # listed and inspectable all the same; resolve refuses to run it
             log.warning("store.no_model_dir", model=model_id, error=e.message)
-        template = parsed.of_type(mt.CHAT_TEMPLATE)
         return Model(
-            id=model_id,
-            tags=(),
-            store_tags=(),
-            created=created,
-            config=config,
+            **self._common(model_id, parsed, config, created),
             gguf_paths=(),
-            chat_template_path=lay.blob(template[0].digest) if template else None,
-            license_paths=tuple(lay.blob(d.digest) for d in parsed.of_type(mt.LICENSE)),
-            size_bytes=parsed.layer_bytes,
             trained_context=context_length(hf_config),
             estimated_bytes=sum(d.size for d in weights),
             arch_params=hf_arch_params(hf_config),
-            manifest_path=lay.manifest(model_id),
             safetensors_paths=tuple(lay.blob(d.digest) for d in weights),
             model_dir=directory,
         )
