@@ -46,6 +46,18 @@ def calls_of(chunks: list[dict[str, Any]]) -> tuple[str, str, set[str]]:
     return name, arguments, ids
 
 
+# Anthropic's events for an answer of one block streamed in two pieces.
+ONE_BLOCK_TWO_DELTAS = [
+    "message_start",
+    "content_block_start",
+    "content_block_delta",
+    "content_block_delta",
+    "content_block_stop",
+    "message_delta",
+    "message_stop",
+]
+
+
 class TestWhichChoicesForce:
     def test_required_and_a_named_function_force_auto_and_none_do_not(self) -> None:
         """``required`` forces any of the tools, a named function that one; the rest none."""
@@ -372,15 +384,7 @@ class TestAnthropic:
             out += events.chunk(chunk(piece))
         out += events.chunk(chunk(finish="stop"))
         out += events.finish()
-        assert [kind for kind, _ in out] == [
-            "message_start",
-            "content_block_start",
-            "content_block_delta",
-            "content_block_delta",
-            "content_block_stop",
-            "message_delta",
-            "message_stop",
-        ]
+        assert [kind for kind, _ in out] == ONE_BLOCK_TWO_DELTAS
         said = "".join(d["delta"]["text"] for k, d in out if k == "content_block_delta")
         assert said == "hello"
         assert out[-2][1]["delta"]["stop_reason"] == "end_turn"
@@ -433,15 +437,7 @@ class TestAnthropic:
         out += events.chunk({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}})
         out += events.finish()
         kinds = [kind for kind, _ in out]
-        assert kinds == [
-            "message_start",
-            "content_block_start",
-            "content_block_delta",
-            "content_block_delta",
-            "content_block_stop",
-            "message_delta",
-            "message_stop",
-        ]
+        assert kinds == ONE_BLOCK_TWO_DELTAS
         start = out[1][1]["content_block"]
         assert (start["type"], start["name"], start["input"]) == ("tool_use", "a", {})
         partial = "".join(d["delta"]["partial_json"] for k, d in out if k == "content_block_delta")
