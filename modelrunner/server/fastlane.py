@@ -89,7 +89,9 @@ class FastLane:
         self.state = state
         self.guard = guard
         self.routes = routes()
-        self.pool = RunnerPool(connect_timeout_s=server.upstream_connect_timeout_s)
+        self.pool = RunnerPool(
+            connect_timeout_s=server.upstream_connect_timeout_s, pump_threads=server.stream_threads
+        )
         self.hold_s = server.stream_coalesce_ms / 1000  # upstream.RunnerConnection.hold_s
         self.connections: set[FrontConnection] = set()
         self.waiting: set[Exchange] = set()  # for the runner's answer (see _sweep_now)
@@ -314,6 +316,7 @@ class Exchange:
         self._conn.upstream = up
         self._up = up
         up.hold_s = lane.hold_s if self.stream else 0.0
+        up.pump_target = self._pump_target if self.stream else None
         self._sent_at = time.monotonic()
         up.send(request, self)
         lane.waiting.add(self)
@@ -365,10 +368,25 @@ class Exchange:
             transport = self._conn.transport
             if transport is not None:
                 transport.write(data)
+        self.relayed(payload)
+
+    def relayed(self, payload: bytes) -> None:
+        """A one-chunk read's payload, written on: to the request log, kept for the usage.
+        Also called by a pump's thread (server/pump.py), while the loop leaves this exchange be."""
         tap = self.forwarded.tap
         if tap is not None:
             tap(payload)
         self._scan.recent(payload)
+
+    def _pump_target(self) -> tuple[int, Callable[[bytes], None]] | None:
+        """The client socket a pump may write this stream to (``upstream.PumpTarget``)."""
+        transport = self._conn.transport
+        if self._out or transport is None or transport.is_closing():
+            return None
+        if transport.get_write_buffer_size():
+            return None
+        sock = transport.get_extra_info("socket")
+        return None if sock is None else (sock.fileno(), self.relayed)
 
     def flush(self) -> None:
         out = self._out

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -25,6 +25,7 @@ import httptools
 
 from modelrunner.server.fasthttp import ByRestOfHead
 from modelrunner.server.hangups import Hangups
+from modelrunner.server.pump import Pump, Pumps
 
 STALE_RETRIES = 3
 MAX_IDLE_PER_SOCKET = 8
@@ -38,6 +39,10 @@ HOLD_STEP = 4  # each next hold of a quick stream this many times the last (2, 8
 # hold's timer, not the hang-up).  Each next hold is sized from what the last one gathered.
 HOLD_TARGET_BYTES = 4 * 1024
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+PUMP_AFTER = 2  # slow one-chunk reads in a row before a stream goes to a pump (server/pump.py)
+# Where a pump writes a streamed answer: the client socket's fd and the sink's tap for each
+# chunk's payload, or None while the client's transport holds unwritten bytes.
+PumpTarget = Callable[[], "tuple[int, Callable[[bytes], None]] | None"]
 
 
 class UpstreamClosed(ConnectionError):
@@ -82,7 +87,7 @@ _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILER, _UNTIL_CLOSE, _
 class RunnerConnection(asyncio.Protocol):
     """One connection to a runner, one exchange at a time; parses the answer into its sink."""
 
-    def __init__(self, hangups: Hangups | None = None) -> None:
+    def __init__(self, hangups: Hangups | None = None, pumps: Pumps | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self.sink: Sink | None = None
         self.closed = False
@@ -103,6 +108,10 @@ class RunnerConnection(asyncio.Protocol):
         self._hangups = hangups  # the pool's: ends a hold when the runner closes meanwhile
         self._fd = -1  # the socket's, once watched for a hang-up (the first hold)
         self._gone = False  # the runner hung up (what it sent before is still to be read)
+        self._pumps = pumps  # the pool's: a slow stream's tokens copied by a thread
+        self.pump_target: PumpTarget | None = None  # set by the sink's lane, for a stream
+        self._pump: Pump | None = None  # copying now: reading is paused on the loop
+        self._slow = 0  # slow one-chunk reads in a row
 
     # -- asyncio.Protocol
 
@@ -139,10 +148,15 @@ class RunnerConnection(asyncio.Protocol):
             if eol > 0 and size > 0 and data[-2:] == b"\r\n" and data[:eol] == b"%x" % size:
                 sink.token(data, data[eol + 2 : -2])
                 if quick:
+                    self._slow = 0
                     self._hold_on(len(data))
                 else:
                     self._hold = 0.0
+                    self._slow += 1
+                    if self._slow >= PUMP_AFTER and self.pump_target is not None:
+                        self._start_pump(self.pump_target)
                 return
+        self._slow = 0
         if self._buf:
             data = self._buf + data
             self._buf = b""
@@ -187,6 +201,46 @@ class RunnerConnection(asyncio.Protocol):
         if self._fd < 0 and self._hangups is not None:
             self._watch(self._hangups)
 
+    def _start_pump(self, target: PumpTarget) -> None:
+        """Hand the stream's reading to a pump thread (server/pump.py), if one is free and
+        nothing is waiting to be written either way."""
+        pumps, transport, loop = self._pumps, self.transport, self._loop
+        if pumps is None or transport is None or loop is None or self._blocked or self._held:
+            return
+        if transport.get_write_buffer_size() or self._gone:
+            return
+        client = target()
+        sock = transport.get_extra_info("socket")
+        if client is None or sock is None:
+            return
+        client_fd, relayed = client
+        pump = Pump(self, sock.fileno(), client_fd, relayed, self.hold_s)
+        transport.pause_reading()
+        done = pumps.start(pump, loop)
+        if done is None:
+            pump.close()
+            transport.resume_reading()
+            return
+        self._pump = pump
+        done.add_done_callback(lambda d: self._pumped(pump, d))
+
+    def _pumped(self, pump: Pump, done: asyncio.Future[tuple[bytes, bytes]]) -> None:
+        """The pump stopped: the loop reads on, from what it left."""
+        self._pump = None
+        self._slow = 0
+        pump.close()
+        rest, unsent = (b"", b"") if done.cancelled() or done.exception() else done.result()
+        sink = self.sink
+        if self.closed or sink is None or self.transport is None:
+            return
+        if unsent:
+            sink.frames(unsent)
+            sink.flush()
+        if not self._blocked and not self._held:
+            self.transport.resume_reading()
+        if rest:
+            self.data_received(rest)
+
     def _watch(self, hangups: Hangups) -> None:
         """The runner closing this connection (as llama-server does after a stream's last
         chunk) ends a hold at once: the answer's end is not kept waiting for the timer."""
@@ -205,7 +259,12 @@ class RunnerConnection(asyncio.Protocol):
     def _release(self) -> None:
         self._held = False
         self._released = time.monotonic()
-        if not self._blocked and self.transport is not None and not self.closed:
+        if (
+            self._pump is None
+            and not self._blocked
+            and self.transport is not None
+            and not self.closed
+        ):
             self.transport.resume_reading()
 
     # -- the exchange
@@ -218,6 +277,7 @@ class RunnerConnection(asyncio.Protocol):
         self.last_rx = 0.0
         self._hold = 0.0
         self._released = -1.0  # the first token is never held
+        self._slow = 0
         self._state = _HEAD
         self._buf = b""
         if self._blocked:  # the last client's back-pressure is not this one's
@@ -231,6 +291,8 @@ class RunnerConnection(asyncio.Protocol):
         """Drop the connection now (a client that left: llama-server stops generating)."""
         self.sink = None
         self._state = _DONE
+        if self._pump is not None:
+            self._pump.stop()  # before the loop's close: it writes nothing after this
         if self.transport is not None:
             self.transport.abort()
 
@@ -242,7 +304,7 @@ class RunnerConnection(asyncio.Protocol):
 
     def resume(self) -> None:
         self._blocked = False
-        if not self._held and self.transport is not None and not self.closed:
+        if not self._held and self._pump is None and self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
     # -- parsing
@@ -442,8 +504,9 @@ def _answer_head(raw: bytes) -> Parsed | str:
 class RunnerPool:
     """Idle keep-alive connections per runner socket; a runner that is gone leaves none."""
 
-    def __init__(self, *, connect_timeout_s: float) -> None:
+    def __init__(self, *, connect_timeout_s: float, pump_threads: int = 0) -> None:
         self.connect_timeout_s = connect_timeout_s
+        self.pumps = Pumps(pump_threads) if pump_threads else None
         self._idle: dict[Path, list[RunnerConnection]] = {}
         self._warming: dict[Path, asyncio.Task[None]] = {}
         self.hangups = Hangups()  # one epoll set for all held connections
@@ -464,7 +527,7 @@ class RunnerPool:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.connect_timeout_s or None):
             _, conn = await loop.create_unix_connection(
-                lambda: RunnerConnection(self.hangups), str(socket_path)
+                lambda: RunnerConnection(self.hangups, self.pumps), str(socket_path)
             )
         return conn
 
@@ -508,6 +571,8 @@ class RunnerPool:
             task.cancel()
         await asyncio.gather(*self._warming.values(), return_exceptions=True)
         self.hangups.close()
+        if self.pumps is not None:
+            await self.pumps.close()
         for idle in self._idle.values():
             for conn in idle:
                 conn.close()

@@ -1,0 +1,143 @@
+"""
+A slow stream's tokens copied from the runner's socket to the client's by a thread.
+
+At one token per read (a real model's stream, tokens tens of ms apart) each token cost the event
+loop a wake-up: epoll, uvloop's callbacks and the Python of ``upstream.RunnerConnection`` and the
+fast lane's sink, cache-cold every time, since llama-server's threads have run on both cores in
+between.  That was 1.5-1.7x what a bare byte-copying relay costs per token; a thread that blocks
+in ``recv`` and ``send``s what it got costs about what the bare relay does
+(docs/benchmarks.md, "Proxy on a real model").  So once a stream has shown itself slow, its
+connection's reading is paused on the loop and a ``Pump`` copies whole chunks (llama-server
+writes one per token) until anything else comes: a read that is not exactly one chunk (the
+answer's end, a partial chunk), a read that came quick (the loop holds those to batch them), a
+client that cannot take a write at once (the loop's buffering and back-pressure take over), or
+the end of the connection.  Then the loop reads on from there, with nothing lost or reordered.
+
+Knows sockets and threads only; ``Pumps`` owns the worker threads and stops what runs at close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+READ = 65536
+
+
+class Watched(Protocol):
+    """What the pump keeps up to date on the runner connection it reads for."""
+
+    last_rx: float  # when the runner last sent something (the silence check reads it)
+    received: int
+
+
+class Pump:
+    """One stretch of one stream: runner socket to client socket, chunk by chunk."""
+
+    def __init__(
+        self,
+        conn: Watched,
+        runner_fd: int,
+        client_fd: int,
+        relayed: Callable[[bytes], None],
+        quick_s: float,
+    ) -> None:
+        self._conn = conn
+        self._runner = socket.socket(fileno=os.dup(runner_fd))
+        self._client = socket.socket(fileno=os.dup(client_fd))
+        self._relayed = relayed  # each chunk's payload, once it is written (the tap, the usage)
+        self._quick_s = quick_s
+        self._lock = threading.Lock()  # a write and its tap, or stop: never one inside the other
+        self._stopped = False
+
+    def run(self) -> tuple[bytes, bytes]:
+        """Copy until the loop must take over; returns (a read not relayed, the part of a
+        written chunk the client did not take).  Runs on a worker thread."""
+        runner, client, conn = self._runner, self._client, self._conn
+        runner.setblocking(True)  # the loop does not read it while this runs (shared flags)
+        client.setblocking(False)  # the loop still reads the client (its hang-up, pipelining)
+        try:
+            while True:
+                data = runner.recv(READ)
+                now = time.monotonic()
+                if not data:
+                    return b"", b""  # the runner closed: the loop's reading sees it too
+                eol = data.find(b"\r\n")
+                size = len(data) - eol - 4
+                if (
+                    now - conn.last_rx < self._quick_s
+                    or eol <= 0
+                    or size <= 0
+                    or data[-2:] != b"\r\n"
+                    or data[:eol] != b"%x" % size
+                ):
+                    return data, b""
+                conn.last_rx = now
+                conn.received += len(data)
+                with self._lock:
+                    if self._stopped:
+                        return b"", b""
+                    try:
+                        sent = client.send(data)
+                    except BlockingIOError:
+                        sent = 0
+                    except OSError:
+                        return b"", b""  # the client left: its connection_lost ends the request
+                    self._relayed(data[eol + 2 : -2])
+                if sent < len(data):
+                    return b"", data[sent:]
+        except OSError:
+            return b"", b""  # stopped (the socket shut down under the read), or reset
+        finally:
+            with contextlib.suppress(OSError):
+                runner.setblocking(False)
+
+    def stop(self) -> None:
+        """No write after this returns; the runner's connection is shut down, which ends a
+        read in progress and tells llama-server to stop generating.  Any thread."""
+        with self._lock:
+            self._stopped = True
+        with contextlib.suppress(OSError):
+            self._runner.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """The pump's own handles on the two sockets (the loop's stay open)."""
+        self._runner.close()
+        self._client.close()
+
+
+class Pumps:
+    """The worker threads pumps run on; a stream that finds none free stays on the loop."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._executor: ThreadPoolExecutor | None = None
+        self._running: set[Pump] = set()
+
+    def start(
+        self, pump: Pump, loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Future[tuple[bytes, bytes]] | None:
+        """Run *pump* on a free worker, else None (the caller keeps the stream)."""
+        if len(self._running) >= self.workers:
+            return None
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="pump")
+        self._running.add(pump)
+        done = loop.run_in_executor(self._executor, pump.run)
+        done.add_done_callback(lambda _: self._running.discard(pump))
+        return done
+
+    async def close(self) -> None:
+        """Stop every pump and wait for its thread."""
+        for pump in list(self._running):
+            pump.stop()
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown, True)
