@@ -282,4 +282,15 @@ def chunk(data: bytes) -> bytes:
 LAST_CHUNK = b"0\r\n\r\n"
 
 
+def one_chunk(data: bytes) -> int:
+    """Where the payload starts if *data* is exactly one non-empty chunk framed as llama-server
+    frames (its size in lower-case hex without leading zeros), else 0: a real model's token,
+    read whole, which the relays pass on with the fewest steps."""
+    eol = data.find(b"\r\n")
+    size = len(data) - eol - 4
+    if eol > 0 and size > 0 and data[-2:] == b"\r\n" and data[:eol] == b"%x" % size:
+        return eol + 2
+    return 0
+
+
 _heads = ByRestOfHead(_parse_head, lambda h, n: Head(h.path, n, h.close, h.headers, h.forward))

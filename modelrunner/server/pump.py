@@ -28,6 +28,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
+from modelrunner.server.fasthttp import one_chunk
+
 READ = 65536
 
 
@@ -69,15 +71,8 @@ class Pump:
                 now = time.monotonic()
                 if not data:
                     return b"", b""  # the runner closed: the loop's reading sees it too
-                eol = data.find(b"\r\n")
-                size = len(data) - eol - 4
-                if (
-                    now - conn.last_rx < self._quick_s
-                    or eol <= 0
-                    or size <= 0
-                    or data[-2:] != b"\r\n"
-                    or data[:eol] != b"%x" % size
-                ):
+                start = one_chunk(data)
+                if not start or now - conn.last_rx < self._quick_s:
                     return data, b""
                 conn.last_rx = now
                 conn.received += len(data)
@@ -90,7 +85,7 @@ class Pump:
                         sent = 0
                     except OSError:
                         return b"", b""  # the client left: its connection_lost ends the request
-                    self._relayed(data[eol + 2 : -2])
+                    self._relayed(data[start:-2])
                 if sent < len(data):
                     return b"", data[sent:]
         except OSError:

@@ -23,7 +23,7 @@ from typing import Protocol
 
 import httptools
 
-from modelrunner.server.fasthttp import ByRestOfHead
+from modelrunner.server.fasthttp import ByRestOfHead, one_chunk
 from modelrunner.server.hangups import Hangups
 from modelrunner.server.pump import Pump, Pumps
 
@@ -143,10 +143,9 @@ class RunnerConnection(asyncio.Protocol):
             # One whole chunk, framed as llama-server frames (its size in lower-case hex without
             # leading zeros): a real model's token, relayed with the fewest steps (the per-token
             # cost is most of a stream's, docs/benchmarks.md "Proxy on a real model").
-            eol = data.find(b"\r\n")
-            size = len(data) - eol - 4
-            if eol > 0 and size > 0 and data[-2:] == b"\r\n" and data[:eol] == b"%x" % size:
-                sink.token(data, data[eol + 2 : -2])
+            start = one_chunk(data)
+            if start:
+                sink.token(data, data[start:-2])
                 if quick:
                     self._slow = 0
                     self._hold_on(len(data))
