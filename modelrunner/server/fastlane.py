@@ -257,6 +257,7 @@ class Exchange:
         self._done: asyncio.Future[None] | None = None
         self._up: RunnerConnection | None = None
         self._sent_at = 0.0
+        self._seen = (0, 0.0)  # the answer's bytes at the last silence check, and when they grew
         self._ended = False
 
     # -- inference.Lane
@@ -328,7 +329,11 @@ class Exchange:
     def check_silence(self, now: float, timeout_s: float) -> None:
         """Fail the request if the runner has sent nothing for *timeout_s*."""
         up = self._up
-        if up is not None and now - max(up.last_rx, self._sent_at) >= timeout_s:
+        if up is None:
+            return
+        if up.received != self._seen[0]:  # a pump's reads do not set last_rx: they count
+            self._seen = (up.received, now)
+        if now - max(up.last_rx, self._sent_at, self._seen[1]) >= timeout_s:
             # Our error, not a TimeoutError: a late answer is a 504, not a failed runner's 503.
             self.lost(UpstreamTimeout(self.model, timeout_s))
 

@@ -173,3 +173,25 @@ async def test_a_runner_killed_mid_pump_ends_the_stream_with_an_error(
         assert tail == b"<cut>" or b"error" in tail, tail
         await chat_ok(http)
     assert psutil.pid_exists(pid)
+
+
+async def test_a_pumped_stream_longer_than_the_read_timeout_is_not_cut(
+    request: pytest.FixtureRequest, gemma_gguf: Any, llama_server_bin: Any
+) -> None:
+    """The read timeout is silence, not length: a pump's reads count as the runner talking
+    (the silence check sees the bytes grow), so a real model's stream that outlasts the
+    timeout, one token per read and all of it in the pump, ends whole."""
+    timeout_s = 0.4
+    target = await daemon_with(
+        request, gemma_gguf, server={"stream_threads": 8, "upstream_read_timeout_s": timeout_s}
+    )
+    async with aiohttp.ClientSession(base_url=target.base_url) as http:
+        await chat_ok(http)  # loaded: the timed stream is all tokens
+        started = time.monotonic()
+        body = {**BODY, "max_tokens": 64}
+        async with http.post("/engines/v1/chat/completions", json=body) as resp:
+            assert resp.status == 200
+            raw = await resp.read()
+    assert time.monotonic() - started > 2 * timeout_s  # it did outlast the timeout
+    assert b'"completion_tokens":64' in raw.replace(b" ", b""), raw[-300:]
+    assert b"error" not in raw, raw[-300:]
