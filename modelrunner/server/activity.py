@@ -14,19 +14,45 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 from modelrunner.errors import ModelRunnerError
 from modelrunner.server.middleware import error_body
 
 if TYPE_CHECKING:
-    from modelrunner.server.inference import RequestInfo
-    from modelrunner.server.proxy import Forwarded
     from modelrunner.server.request_log import Record
     from modelrunner.server.state import ServerState
 
 CLIENT_GONE = 499  # nginx's "client closed request": no status was sent, or the answer was cut
 _STREAM_ENDS = (b"[DONE]", b"message_stop")
+
+
+class RequestInfo(Protocol):
+    """What the accounting reads of a request (an aiohttp request has it all)."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
+class Forwarded(Protocol):
+    """What the accounting reads of a relay's progress, and the tap it hands it
+    (``proxy.Forwarded``: the relays know the accounting, not the other way round)."""
+
+    tap: Callable[[bytes], None] | None
+    answer: tuple[int, bytes] | None
+
+    @property
+    def status(self) -> int | None: ...
+
+    @property
+    def sse(self) -> bool: ...
 
 
 class Recorded:

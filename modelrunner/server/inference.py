@@ -13,12 +13,12 @@ Knows nothing of HTTP framing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from modelrunner.errors import ModelRunnerError, UpstreamError
 from modelrunner.runners.model import Mode
 from modelrunner.server import activity
+from modelrunner.server.activity import RequestInfo
 
 if TYPE_CHECKING:
     from modelrunner.runners.supervisor import Runner
@@ -27,19 +27,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T", covariant=True)
 R = TypeVar("R")
-
-
-class RequestInfo(Protocol):
-    """What the accounting reads of a request (an aiohttp request has it all)."""
-
-    @property
-    def method(self) -> str: ...
-
-    @property
-    def path(self) -> str: ...
-
-    @property
-    def headers(self) -> Mapping[str, str]: ...
 
 
 class Lane(Protocol[T]):
