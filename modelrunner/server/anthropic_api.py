@@ -27,12 +27,12 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from aiohttp import web
 
 from modelrunner.errors import InvalidRequest, ModelRunnerError, UpstreamError
 from modelrunner.server import anthropic_convert as convert
 from modelrunner.server import sse
+from modelrunner.server.answer import RunnerAnswer
 from modelrunner.server.catalog import display_name
 from modelrunner.server.forced_tools import ChatCall, Forced
 from modelrunner.server.middleware import anthropic_shape, parse_json_object, read_body
@@ -127,7 +127,7 @@ class AnthropicRelay:
     """The runner's answer as it is, but for errors in Anthropic's shape; usage noted."""
 
     async def __call__(
-        self, request: web.Request, up: aiohttp.ClientResponse, state: Forwarded
+        self, request: web.Request, up: RunnerAnswer, state: Forwarded
     ) -> web.StreamResponse:
         state.error_line = self.error_event
         headers = relay_headers(up)
@@ -186,7 +186,7 @@ class ChatRelay:
         self.call = ChatCall(call) if call is not None else None
 
     async def __call__(
-        self, request: web.Request, up: aiohttp.ClientResponse, state: Forwarded
+        self, request: web.Request, up: RunnerAnswer, state: Forwarded
     ) -> web.StreamResponse:
         state.error_line = error_event
         if up.status >= 400:

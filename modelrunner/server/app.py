@@ -64,6 +64,7 @@ def make_app(
     upstream = UpstreamPool(
         connect_timeout_s=server.upstream_connect_timeout_s,
         read_timeout_s=server.upstream_read_timeout_s,
+        pump_threads=server.stream_threads,
     )
     state = ServerState(catalog=catalog, supervisor=supervisor, upstream=upstream)
     keys = state.api_keys  # filled by key_ring_loader before the first request

@@ -221,14 +221,15 @@ def _parse_head(raw: bytes) -> Head | None:
     )
 
 
-def runner_request(upstream_path: str, head: Head, body: bytes, *, stream: bool) -> bytes:
-    """The whole request to send to llama-server, in one buffer.  A stream asks to close:
+def runner_request(upstream_path: str, head: Head | bytes, body: bytes, *, stream: bool) -> bytes:
+    """The whole request to send to llama-server, in one buffer; *head*: the client's request
+    head, or the header lines to forward (aiohttp's lane).  A stream asks to close:
     llama-server ends a streamed answer by closing even when it announced keep-alive."""
     close = b"Connection: close\r\n" if stream else b""
     return b"".join(
         (
             b"POST %s HTTP/1.1\r\nHost: localhost\r\n" % upstream_path.encode("ascii"),
-            head.forward,
+            head if isinstance(head, bytes) else head.forward,
             b"Content-Length: %d\r\n" % len(body),
             close,
             b"\r\n",

@@ -16,7 +16,8 @@ request that forces a tool call is the one whose answer must be translated (``fo
 once its body is read, it goes back to aiohttp, head, body and connection (``hand_back``).
 
 Owns the front connections and their request tasks (cancelled when a client leaves, which
-closes the runner's connection and stops generation) and the runner connection pool.
+closes the runner's connection and stops generation).  The runner connection pool is the app's
+(``proxy.UpstreamPool.runners``), shared with aiohttp's lane.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from modelrunner.server.middleware import RequestTimeout, error_body, retry_head
 from modelrunner.server.openai_api import BACKENDS, CHAT, INFERENCE, PREFIXES, read_inference
 from modelrunner.server.proxy import Forwarded, UsageScan, error_event, usage_of_whole
 from modelrunner.server.state import STATE
-from modelrunner.server.upstream import RunnerConnection, RunnerPool, UpstreamClosed
+from modelrunner.server.upstream import RunnerConnection, UpstreamClosed
 
 if TYPE_CHECKING:
     from modelrunner.runners.supervisor import Runner
@@ -89,9 +90,7 @@ class FastLane:
         self.state = state
         self.guard = guard
         self.routes = routes()
-        self.pool = RunnerPool(
-            connect_timeout_s=server.upstream_connect_timeout_s, pump_threads=server.stream_threads
-        )
+        self.pool = state.upstream.runners  # the one pool of runner connections (app's)
         self.hold_s = server.stream_coalesce_ms / 1000  # upstream.RunnerConnection.hold_s
         self.connections: set[FrontConnection] = set()
         self.waiting: set[Exchange] = set()  # for the runner's answer (see _sweep_now)
@@ -141,13 +140,12 @@ class FastLane:
         return route
 
     async def close(self) -> None:
-        """Close every front connection (after the drain) and the runner pool."""
+        """Close every front connection (after the drain); the runner pool is the app's."""
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
         for conn in list(self.connections):
             conn.close()
-        await self.pool.close()
 
     async def serve(self, conn: FrontConnection, head: fasthttp.Head, route: Route) -> None:
         """One request, from its body to the access log line."""

@@ -18,7 +18,6 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import structlog
 from aiohttp import web
 
@@ -28,6 +27,7 @@ from modelrunner.errors import InvalidRequest, ModelRunnerError, UpstreamError
 from modelrunner.runners.args import context_size
 from modelrunner.runners.model import Mode
 from modelrunner.server import ollama_translate as tr
+from modelrunner.server.answer import RunnerAnswer
 from modelrunner.server.catalog import display_name
 from modelrunner.server.middleware import parse_json_object, read_body
 from modelrunner.server.openai_api import _keep_alive, check_client_errors, serve
@@ -74,7 +74,7 @@ class OllamaRelay:
         self.headers: dict[str, str] = {}
 
     async def __call__(
-        self, request: web.Request, up: aiohttp.ClientResponse, state: Forwarded
+        self, request: web.Request, up: RunnerAnswer, state: Forwarded
     ) -> web.StreamResponse:
         state.error_line = error_line
         if up.status != 200:
@@ -120,7 +120,7 @@ class OllamaRelay:
         }
 
     async def _stream(
-        self, request: web.Request, up: aiohttp.ClientResponse, state: Forwarded
+        self, request: web.Request, up: RunnerAnswer, state: Forwarded
     ) -> web.StreamResponse:
         translator = tr.StreamTranslator(self.kind or "generate", self.model, self.counters)
         response = web.StreamResponse(

@@ -25,6 +25,7 @@ from aiohttp import web
 from modelrunner.errors import InvalidRequest, ModelRunnerError
 from modelrunner.runners.model import Mode
 from modelrunner.server import inference, sse
+from modelrunner.server.answer import RunnerAnswer
 from modelrunner.server.catalog import display_name
 from modelrunner.server.forced_tools import ChatCall, Forced, forced
 from modelrunner.server.middleware import parse_json_object, read_body
@@ -261,7 +262,7 @@ class ForcedCallRelay:
         self.call = ChatCall(call)
 
     async def __call__(
-        self, request: web.Request, up: aiohttp.ClientResponse, state: Forwarded
+        self, request: web.Request, up: RunnerAnswer, state: Forwarded
     ) -> web.StreamResponse:
         headers = relay_headers(up)
         if up.status != 200 or "text/event-stream" not in up.headers.get("Content-Type", ""):
@@ -299,7 +300,10 @@ class AiohttpLane:
     """``inference.pass_through``'s lane for an aiohttp request: the runner reached through
     the aiohttp upstream pool, the answer passed through or translated by *relay*."""
 
+    # OSError: the runner's socket refused or its connection broke (upstream.UpstreamClosed);
+    # aiohttp.ClientError: a client write that failed as the client left.
     upstream_errors: tuple[type[BaseException], ...] = (
+        OSError,
         aiohttp.ClientError,
         TimeoutError,
         ClientGone,

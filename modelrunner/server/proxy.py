@@ -11,11 +11,8 @@ ends the stream with an error event (``write_stream_error``).  Knows nothing of 
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import contextlib
 import json
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +26,8 @@ from multidict import CIMultiDict
 
 from modelrunner.errors import ModelRunnerError, UpstreamTimeout
 from modelrunner.server import fasthttp
+from modelrunner.server.answer import RunnerAnswer
+from modelrunner.server.upstream import RunnerPool, UpstreamClosed
 
 log = structlog.get_logger(__name__)
 
@@ -56,18 +55,8 @@ _HOP = frozenset(
 )
 _RESPONSE_SKIP = _HOP | {"content-encoding", "access-control-allow-origin", "server", "date"}
 
-# Errors that mean "the pooled connection was already closed", raised before any answer.
-_STALE_CONNECTION = (
-    aiohttp.ServerDisconnectedError,
-    aiohttp.ClientOSError,
-    aiohttp.ClientConnectionResetError,
-)
-
-STALE_RETRIES = 3
 _MAX_PENDING = 1 << 20  # an SSE line longer than this is not a usage line
 RECENT_CHUNKS = 4  # a stream's last chunks searched for its usage (UsageScan.recent)
-MAX_SESSIONS = 16
-SESSION_IDLE_S = 60.0  # one per runner socket; old runners' sessions are closed beyond this
 
 UsageFn = Callable[[dict[str, Any]], None]
 
@@ -115,69 +104,31 @@ class Forwarded:
 
 # A replacement for the pass-through relay (another API family's framing, e.g. Ollama's NDJSON):
 # given the client request, the runner's response and the Forwarded record, answer the client.
-Relay = Callable[[web.Request, aiohttp.ClientResponse, Forwarded], Awaitable[web.StreamResponse]]
+Relay = Callable[[web.Request, RunnerAnswer, Forwarded], Awaitable[web.StreamResponse]]
 
 
-async def runner_chunks(up: aiohttp.ClientResponse, state: Forwarded) -> AsyncIterator[bytes]:
+async def runner_chunks(up: RunnerAnswer, state: Forwarded) -> AsyncIterator[bytes]:
     """The runner's answer as it arrives, each chunk shown to the request log's tap first: what
     the other API families' relays read, so their streams are logged as the pass-through's are."""
     tap = state.tap
-    async for chunk in up.content.iter_any():
+    async for chunk in up.iter_any():
         if tap is not None:
             tap(chunk)
         yield chunk
 
 
 class UpstreamPool:
-    """One aiohttp session (UnixConnector) per runner socket, closed when the pool closes."""
+    """aiohttp's lane to the runners: its requests go through the connection pool the fast lane
+    uses too (``upstream.RunnerPool``, ``runners``), each answer read as a ``RunnerAnswer``."""
 
-    def __init__(self, *, connect_timeout_s: float, read_timeout_s: float) -> None:
-        # total=None: a long generation is not an error; a silent upstream is.
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
-        )
-        self._sessions: collections.OrderedDict[Path, aiohttp.ClientSession] = (
-            collections.OrderedDict()
-        )
-        self._busy: collections.Counter[Path] = collections.Counter()
-        self._closing: set[asyncio.Task[None]] = set()
-        self._used: dict[Path, float] = {}
-        self._warming: dict[Path, asyncio.Task[None]] = {}
-
-    def session(self, socket_path: Path) -> aiohttp.ClientSession:
-        now = time.monotonic()
-        session = self._sessions.get(socket_path)
-        if session is None or session.closed:
-            connector = aiohttp.UnixConnector(path=str(socket_path), limit=0)
-            session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=self._timeout,
-                auto_decompress=False,
-                cookie_jar=aiohttp.DummyCookieJar(),  # a runner sets no cookies: skip the jar
-            )
-            self._sessions[socket_path] = session
-        self._sessions.move_to_end(socket_path)
-        self._used[socket_path] = now
-        self._prune(now, keep=socket_path)
-        return session
-
-    def _prune(self, now: float, keep: Path) -> None:
-        """Close idle sessions beyond MAX_SESSIONS or unused for SESSION_IDLE_S: those of runners
-        that are gone (each runner has its own socket) must not keep connections and fds."""
-        for path in list(self._sessions):
-            stale = now - self._used.get(path, now) > SESSION_IDLE_S
-            crowded = len(self._sessions) > MAX_SESSIONS
-            if (crowded or stale) and not self._busy[path] and path != keep:
-                old = self._sessions.pop(path)
-                self._used.pop(path, None)
-                task = asyncio.get_running_loop().create_task(old.close())
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
+    def __init__(
+        self, *, connect_timeout_s: float, read_timeout_s: float, pump_threads: int = 0
+    ) -> None:
+        self.runners = RunnerPool(connect_timeout_s=connect_timeout_s, pump_threads=pump_threads)
+        self.read_timeout_s = read_timeout_s  # silence, not length: between any two reads
 
     async def close(self) -> None:
-        sessions = list(self._sessions.values())
-        self._sessions.clear()
-        await asyncio.gather(*(s.close() for s in sessions), *self._closing, return_exceptions=True)
+        await self.runners.close()
 
     async def forward(
         self,
@@ -194,72 +145,48 @@ class UpstreamPool:
         """Send *body* to the runner and stream its answer back; *state* records progress.
 
         *stream*: the client asked for SSE.  llama-server closes the connection after a streamed
-        answer while announcing keep-alive, so such a request uses a connection of its own.
-        *relay*: translate the answer instead of passing it through.  *model*: the runner's
-        model, named by the UpstreamTimeout a silent runner raises.
+        answer while announcing keep-alive, so such a request asks to close.  *relay*: translate
+        the answer instead of passing it through.  *model*: the runner's model, named by the
+        UpstreamTimeout a silent runner raises.  A pooled connection the runner had closed
+        before answering is retried on the next one (``RunnerPool.connections``).
         """
-        headers = CIMultiDict(
-            (k, v) for k, v in request.headers.items() if k.lower() in RUNNER_HEADERS
+        forward = b"".join(
+            b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1"))
+            for k, v in request.headers.items()
+            if k.lower() in RUNNER_HEADERS
         )
-        if stream:
-            headers["Connection"] = "close"
-        session = self.session(socket_path)
-        self._busy[socket_path] += 1
-        try:
-            up = await self._post(session, upstream_path, body, headers)
-            async with up:
-                return await (relay or self._relay)(request, up, state)
-        except aiohttp.SocketTimeoutError as e:
-            # sock_read: nothing from the runner for upstream_read_timeout_s, before its head or
-            # between two reads of its answer (every relay reads under this block).
-            raise UpstreamTimeout(model, self._timeout.sock_read or 0) from e
-        finally:
-            self._busy[socket_path] -= 1
-            if not self._busy[socket_path]:
-                del self._busy[socket_path]
-            if stream:
-                self._warm(socket_path, session)
-
-    def _warm(self, socket_path: Path, session: aiohttp.ClientSession) -> None:
-        """Leave one idle keep-alive connection in the pool after a stream closed its own, so
-        the next request does not pay a connect on its way to the first token."""
-        if socket_path in self._warming or session.closed:
-            return
-
-        async def health() -> None:
-            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
-                async with session.get("http://localhost/health") as r:
-                    await r.read()
-
-        task = asyncio.get_running_loop().create_task(health())
-        self._warming[socket_path] = task
-        task.add_done_callback(lambda _: self._warming.pop(socket_path, None))
-
-    async def _post(
-        self,
-        session: aiohttp.ClientSession,
-        upstream_path: str,
-        body: bytes,
-        headers: CIMultiDict[str],
-    ) -> aiohttp.ClientResponse:
-        """POST, once more on a fresh connection if a pooled one turns out closed before any
-        answer (llama-server may close a keep-alive connection the pool still holds)."""
-        url = f"http://localhost{upstream_path}"
-        for _ in range(STALE_RETRIES):
+        raw = fasthttp.runner_request(upstream_path, forward, body, stream=stream)
+        runners = self.runners
+        for pooled in runners.connections(socket_path):
+            conn = pooled or await runners.connect(socket_path)
+            answer = RunnerAnswer(conn, model, self.read_timeout_s)
+            conn.send(raw, answer)
             try:
-                return await session.post(url, data=body, headers=headers)
-            except _STALE_CONNECTION as e:
-                # Each failure drops that pooled connection; the next try takes another or a
-                # fresh one.  A dead runner fails every try: the last error propagates.
-                log.debug("proxy.stale_connection", error=repr(e))
-        return await session.post(url, data=body, headers=headers)
+                await answer.start()
+            except UpstreamClosed:
+                conn.close()
+                if pooled is not None and conn.received == 0:
+                    log.debug("proxy.stale_connection")
+                    continue  # a keep-alive connection the runner had closed: the next one
+                raise
+            except BaseException:
+                conn.close()  # cancelled (the client left) or silent: generation stops
+                raise
+            try:
+                response = await (relay or self._relay)(request, answer, state)
+            finally:
+                if not answer.done:
+                    conn.close()  # the relay stopped before the answer's end
+            runners.release(socket_path, conn)
+            return response
+        raise UpstreamClosed("no connection to the runner")  # not reached: the last is fresh
 
     async def _relay(
-        self, request: web.Request, up: aiohttp.ClientResponse, state: Forwarded
+        self, request: web.Request, up: RunnerAnswer, state: Forwarded
     ) -> web.StreamResponse:
         out_headers = relay_headers(up)
         ctype = up.headers.get("Content-Type", "")
-        if "text/event-stream" not in ctype and up.content_length is not None:
+        if "text/event-stream" not in ctype and up.whole:
             # A plain JSON answer of known length: one read, one write (and usage for metrics).
             data = await up.read()
             usage_of_whole(state, up.status, data)
@@ -273,7 +200,7 @@ class UpstreamPool:
         state.streaming = True
         scan = UsageScan(state)
         tap = state.tap
-        async for chunk in up.content.iter_any():
+        async for chunk in up.iter_any():
             if tap is not None:
                 tap(chunk)
             scan.feed(chunk)
@@ -331,7 +258,7 @@ def usage_of_whole(state: Forwarded, status: int, data: bytes) -> None:
         state.usage = _usage(data)
 
 
-def relay_headers(up: aiohttp.ClientResponse) -> CIMultiDict[str]:
+def relay_headers(up: RunnerAnswer) -> CIMultiDict[str]:
     """The runner's response headers that may go on to the client (not this hop's)."""
     return CIMultiDict((k, v) for k, v in up.headers.items() if k.lower() not in _RESPONSE_SKIP)
 

@@ -21,13 +21,13 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import structlog
 from aiohttp import web
 
 from modelrunner.errors import InvalidRequest, ModelRunnerError, NotFound, StoreError
 from modelrunner.server import responses_convert as convert
 from modelrunner.server import sse
+from modelrunner.server.answer import RunnerAnswer
 from modelrunner.server.catalog import display_name
 from modelrunner.server.forced_tools import ChatCall
 from modelrunner.server.middleware import error_body, parse_json_object, read_body
@@ -108,7 +108,7 @@ class ResponsesRelay:
             )
 
     async def __call__(
-        self, request: web.Request, up: aiohttp.ClientResponse, state: Forwarded
+        self, request: web.Request, up: RunnerAnswer, state: Forwarded
     ) -> web.StreamResponse:
         state.error_line = self.error_event
         if up.status >= 400:
@@ -150,9 +150,7 @@ class ResponsesRelay:
         await response.write_eof()
         return response
 
-    async def _chunks(
-        self, up: aiohttp.ClientResponse, state: Forwarded
-    ) -> AsyncIterator[dict[str, Any]]:
+    async def _chunks(self, up: RunnerAnswer, state: Forwarded) -> AsyncIterator[dict[str, Any]]:
         parser = sse.SSEParser()
         async for chunk in runner_chunks(up, state):
             for event in parser.feed(chunk):

@@ -204,20 +204,37 @@ async def test_stream_usage_cut_across_chunks_is_counted(proxy: Any, upstream: A
     assert tokens[("ai/x", "completion")] == 7
 
 
-async def test_sessions_of_runners_gone_idle_are_closed() -> None:
-    """One session per runner socket; a dead runner's is closed once idle (no fds kept)."""
-    import time
+async def test_pooled_connections_of_a_runner_gone_keep_no_fds() -> None:
+    """aiohttp's lane pools runner connections in the fast lane's pool: a runner that stops
+    takes its idle connections with it (closed, fds freed, the socket's entry dropped)."""
+    tmp = Path(tempfile.mkdtemp(prefix="mr-", dir="/tmp"))
+    sock = tmp / "gone.sock"
+    peers: list[asyncio.StreamWriter] = []
 
+    async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peers.append(writer)
+
+    server = await asyncio.start_unix_server(accept, str(sock))
     pool = UpstreamPool(connect_timeout_s=1, read_timeout_s=1)
-    old = pool.session(Path("/tmp/mr-gone.sock"))
-    assert pool.session(Path("/tmp/mr-gone.sock")) is old  # reused while it is in use
-    pool._prune(time.monotonic() + 3600, keep=Path("/tmp/mr-new.sock"))
-    await asyncio.gather(*pool._closing)
-    assert old.closed
-    fresh = pool.session(Path("/tmp/mr-gone.sock"))
-    assert fresh is not old
-    await pool.close()
-    assert fresh.closed
+    try:
+        conn = await pool.runners.connect(sock)
+        conn.reusable = True
+        pool.runners.release(sock, conn)
+        while not peers:
+            await asyncio.sleep(0.01)
+        server.close()
+        for peer in peers:
+            peer.close()
+        for _ in range(100):
+            if conn.closed:
+                break
+            await asyncio.sleep(0.01)
+        assert conn.closed
+        assert pool.runners.take_idle(sock) is None
+        assert sock not in pool.runners._idle
+    finally:
+        await pool.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 async def test_connections_the_runner_dropped_are_retried(aiohttp_client: Any) -> None:
