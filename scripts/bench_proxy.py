@@ -104,9 +104,11 @@ async def daemon(
     binary: Path,
     server: dict[str, Any] | None = None,
     runners: dict[str, Any] | None = None,
+    tree: Path | None = None,
 ) -> AsyncIterator[tuple[Path, int, int]]:
     """The real daemon on a temp home with the model packaged; (socket, port, pid).
-    *server*, *runners*: extra keys of those sections (bench_request_log turns the log off)."""
+    *server*, *runners*: extra keys of those sections (bench_request_log turns the log off).
+    *tree*: run the daemon of another checkout of the project (a before/after comparison)."""
     await asyncio.to_thread(home.mkdir, parents=True, exist_ok=True)
     sock = home / "run" / "model-runner.sock"
     port = free_port()
@@ -121,6 +123,8 @@ async def daemon(
     }
     (home / "config.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "MODEL_RUNNER_HOME": str(home)}
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
     config = Config.load(home / "config.yaml", env=env)
     async with Store(config.store) as store:
         await store.package(gguf, MODEL)
@@ -131,6 +135,7 @@ async def daemon(
         stdout=log,
         stderr=log,
         stdin=subprocess.DEVNULL,
+        cwd=tree,
     )
     try:
         await wait_http(lambda: aiohttp.UnixConnector(path=str(sock)), "http://localhost/")
