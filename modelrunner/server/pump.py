@@ -9,13 +9,13 @@ in ``recv`` and ``send``s what it got costs about what the bare relay does
 (docs/benchmarks.md, "Proxy on a real model").  So once a stream has shown itself slow, its
 connection's reading is paused on the loop and a ``Pump`` copies whole chunks (llama-server
 writes one per token) until anything else comes: a read that is not exactly one chunk (the
-answer's end, a partial chunk, or several tokens at once: a stream gone fast, which the loop
-holds to batch), a client that cannot take a write at once (the loop's buffering and
-back-pressure take over), or the end of the connection.  Then the loop reads on from there,
-with nothing lost or reordered.  The per-token path is a ``recv``, a check and a ``send``; the
-bookkeeping of what was written (the request log's tap, the usage scan) is done every
-``SETTLE_EVERY`` chunks and before the loop takes over, which cost 20 µs per token less on a
-Gemma stream than doing it chunk by chunk.
+answer's end, a partial chunk, several tokens at once), a read that came quick (a stream gone
+fast, which the loop holds to batch), a client that cannot take a write at once (the loop's
+buffering and back-pressure take over), or the end of the connection.  Then the loop reads on
+from there, with nothing lost or reordered.  The per-token path is a ``recv``, a clock read,
+a check and a ``send``; the bookkeeping of what was written (the request log's tap, the usage
+scan) is done every ``SETTLE_EVERY`` chunks and before the loop takes over, which cost about
+20 µs per token less on a Gemma stream than doing it chunk by chunk.
 
 Knows sockets and threads only; ``Pumps`` owns the worker threads and stops what runs at close.
 """
@@ -29,6 +29,7 @@ import socket
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from time import monotonic
 from typing import Protocol
 
 from modelrunner.server.fasthttp import one_chunk
@@ -40,6 +41,7 @@ SETTLE_EVERY = 32  # chunks written between two rounds of their bookkeeping
 class Watched(Protocol):
     """What the pump keeps up to date on the runner connection it reads for."""
 
+    last_rx: float  # when the runner last sent something (set when the loop takes over)
     received: int  # bytes of the answer so far (the silence check sees them grow)
 
 
@@ -52,8 +54,10 @@ class Pump:
         runner_fd: int,
         client_fd: int,
         relayed: Callable[[bytes], None],
+        quick_s: float,
     ) -> None:
         self._conn = conn
+        self._quick_s = quick_s  # a read sooner than this after the last goes to the loop
         self._runner = socket.socket(fileno=os.dup(runner_fd))
         self._client = socket.socket(fileno=os.dup(client_fd))
         self._relayed = relayed  # each chunk's payload, once it is written (the tap, the usage)
@@ -65,15 +69,20 @@ class Pump:
         """Copy until the loop must take over; returns (a read not relayed, the part of a
         written chunk the client did not take).  Runs on a worker thread."""
         runner, client, conn, lock = self._runner, self._client, self._conn, self._lock
-        kept = self._kept
+        kept, quick_s, last = self._kept, self._quick_s, conn.last_rx
         keep = kept.append
         runner.setblocking(True)  # the loop does not read it while this runs (shared flags)
         client.setblocking(False)  # the loop still reads the client (its hang-up, pipelining)
         try:
             while True:
                 data = runner.recv(READ)
-                if not data or not one_chunk(data):
-                    return data, b""  # b"": the runner closed, the loop's reading sees it too
+                now = monotonic()
+                if not data or not one_chunk(data) or now - last < quick_s:
+                    # The runner closed (b"": the loop's reading sees it too), or the stream
+                    # went fast: the loop holds such reads to batch them, and judges this one
+                    # against the last read's time (last_rx, set below).
+                    return data, b""
+                last = now
                 conn.received += len(data)
                 with lock:
                     if self._stopped:
@@ -92,6 +101,7 @@ class Pump:
         except OSError:
             return b"", b""  # stopped (the socket shut down under the read), or reset
         finally:
+            conn.last_rx = last
             self._settle()
             with contextlib.suppress(OSError):
                 runner.setblocking(False)

@@ -213,7 +213,7 @@ class RunnerConnection(asyncio.Protocol):
         if client is None or sock is None:
             return
         client_fd, relayed = client
-        pump = Pump(self, sock.fileno(), client_fd, relayed)
+        pump = Pump(self, sock.fileno(), client_fd, relayed, self.hold_s)
         transport.pause_reading()
         done = pumps.start(pump, loop)
         if done is None:
