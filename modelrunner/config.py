@@ -135,7 +135,7 @@ class ServerConfig:
     # and a write (0: each as it comes).  Slower ones never wait.
     stream_coalesce_ms: float = 2.0
     # Threads that copy slow streams' tokens (a real model's, one per read) from runner to client
-    # without waking the event loop per token (server/pump.py); 0: the loop copies every one.
+    # without waking the event loop per token (server/relay/pump.py); 0: the loop copies every one.
     stream_threads: int = 8
 
 

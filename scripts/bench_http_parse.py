@@ -29,7 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from modelrunner.server import fasthttp  # noqa: E402
+from modelrunner.server.relay import fasthttp  # noqa: E402
 from scripts.benchdoc import section_body, write_section  # noqa: E402
 from scripts.machine import cpu_line  # noqa: E402
 
@@ -52,9 +52,9 @@ HEADS = {
 
 
 def load_before(rev: str) -> ModuleType:
-    """``modelrunner/server/fasthttp.py`` as it was at *rev*, as a module of its own."""
+    """``modelrunner/server/relay/fasthttp.py`` as it was at *rev*, as a module of its own."""
     source = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{rev}:modelrunner/server/fasthttp.py"],
+        ["git", "-C", str(ROOT), "show", f"{rev}:modelrunner/server/relay/fasthttp.py"],
         check=True,
         capture_output=True,
     ).stdout

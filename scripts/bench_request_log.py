@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from modelrunner.runners.locate import locate  # noqa: E402
-from modelrunner.server.request_log import RequestLog  # noqa: E402
+from modelrunner.server.observe.request_log import RequestLog  # noqa: E402
 from scripts.bench_proxy import (  # noqa: E402
     MODEL,
     STREAM_REPEATS,
@@ -112,10 +112,10 @@ async def relay_cost(rounds: int = 40, streams: int = 16, chunks: int = 64) -> s
     from aiohttp import web
 
     from modelrunner.config import Config
-    from modelrunner.server.events import EventBus
-    from modelrunner.server.metrics import Metrics
-    from modelrunner.server.openai_api import serve
-    from modelrunner.server.proxy import UpstreamPool
+    from modelrunner.server.api.openai_api import serve
+    from modelrunner.server.observe.events import EventBus
+    from modelrunner.server.observe.metrics import Metrics
+    from modelrunner.server.relay.proxy import UpstreamPool
 
     async def fake_runner(request: web.Request) -> web.StreamResponse:
         await request.read()

@@ -16,18 +16,17 @@ from aiohttp import web
 
 from modelrunner.config import Config
 from modelrunner.runners.supervisor import Supervisor
-from modelrunner.server import (
+from modelrunner.server import auth, drain
+from modelrunner.server.api import (
     activity_api,
     anthropic_api,
-    auth,
-    drain,
     engines_api,
     models_api,
-    ollama_api,
     openai_api,
-    responses_api,
     ui,
 )
+from modelrunner.server.api.ollama import routes as ollama_api
+from modelrunner.server.api.responses import routes as responses_api
 from modelrunner.server.catalog import Catalog
 from modelrunner.server.middleware import (
     BODY_TIMEOUT_S,
@@ -36,7 +35,7 @@ from modelrunner.server.middleware import (
     make_error_middleware,
     make_host_middleware,
 )
-from modelrunner.server.proxy import UpstreamPool
+from modelrunner.server.relay.proxy import UpstreamPool
 from modelrunner.server.settings import SettingsFile
 from modelrunner.server.state import STATE, ServerState
 

@@ -36,7 +36,8 @@ from modelrunner.config import Config
 from modelrunner.errors import ConfigError, InvalidConfig, ModelRunnerError, Unavailable
 from modelrunner.runners import live
 from modelrunner.runners.supervisor import Supervisor
-from modelrunner.server import activity_api, auth, eventloop, provenance
+from modelrunner.server import auth, eventloop, provenance
+from modelrunner.server.api import activity_api
 from modelrunner.server.app import make_app, settings_path
 from modelrunner.server.catalog import Catalog, display_name
 from modelrunner.server.drain import Drain

@@ -36,7 +36,7 @@ from aiohttp.web_server import Server
 from modelrunner.errors import ModelRunnerError, UpstreamTimeout
 from modelrunner.logs import access_line
 from modelrunner.runners.model import Mode
-from modelrunner.server import fasthttp, inference
+from modelrunner.server.api.openai_api import BACKENDS, CHAT, INFERENCE, PREFIXES, read_inference
 from modelrunner.server.auth import key_in
 from modelrunner.server.header_guard import (
     GuardedAppRunner,
@@ -46,10 +46,10 @@ from modelrunner.server.header_guard import (
 )
 from modelrunner.server.hosts import arrived_at_loopback
 from modelrunner.server.middleware import RequestTimeout, error_body, retry_headers, unhandled
-from modelrunner.server.openai_api import BACKENDS, CHAT, INFERENCE, PREFIXES, read_inference
-from modelrunner.server.proxy import Forwarded, UsageScan, error_event, usage_of_whole
+from modelrunner.server.relay import fasthttp, inference
+from modelrunner.server.relay.proxy import Forwarded, UsageScan, error_event, usage_of_whole
+from modelrunner.server.relay.upstream import RunnerConnection, UpstreamClosed
 from modelrunner.server.state import STATE
-from modelrunner.server.upstream import RunnerConnection, UpstreamClosed
 
 if TYPE_CHECKING:
     from modelrunner.runners.supervisor import Runner
@@ -375,7 +375,7 @@ class Exchange:
 
     def relayed(self, payload: bytes) -> None:
         """A one-chunk read's payload, written on: to the request log, kept for the usage.
-        Also called by a pump's thread (server/pump.py), while the loop leaves this exchange be."""
+        Also called by a pump's thread (relay/pump.py), while the loop leaves this exchange be."""
         tap = self.forwarded.tap
         if tap is not None:
             tap(payload)

@@ -19,11 +19,11 @@ from modelrunner.runners.supervisor import Supervisor
 from modelrunner.server.auth import KeyRing
 from modelrunner.server.catalog import Catalog
 from modelrunner.server.drain import Drain
-from modelrunner.server.events import EventBus
 from modelrunner.server.hosts import HostPolicy
-from modelrunner.server.metrics import Metrics
-from modelrunner.server.proxy import UpstreamPool
-from modelrunner.server.request_log import RequestLog
+from modelrunner.server.observe.events import EventBus
+from modelrunner.server.observe.metrics import Metrics
+from modelrunner.server.observe.request_log import RequestLog
+from modelrunner.server.relay.proxy import UpstreamPool
 from modelrunner.server.settings import SettingsFile
 
 if TYPE_CHECKING:

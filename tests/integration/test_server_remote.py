@@ -14,7 +14,7 @@ from aiohttp import web
 from modelrunner.config import StoreConfig
 from modelrunner.distribution import mediatypes as mt
 from modelrunner.errors import RegistryError
-from modelrunner.server.remote import remote_model
+from modelrunner.server.api.remote import remote_model
 
 
 def sha(b: bytes) -> str:

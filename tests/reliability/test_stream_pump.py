@@ -1,4 +1,4 @@
-"""Streams copied by a pump thread (server/pump.py) on the real daemon and llama-server.
+"""Streams copied by a pump thread (server/relay/pump.py) on the real daemon and llama-server.
 
 ``stream_coalesce_ms: 0`` makes every one-chunk read "slow", so the tiny model's fast stream
 goes to a pump and back to the loop many times over (each multi-chunk read, each write the

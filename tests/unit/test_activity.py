@@ -7,9 +7,9 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-from modelrunner.server import activity
-from modelrunner.server.proxy import Forwarded
-from modelrunner.server.request_log import RequestLog
+from modelrunner.server.observe import activity
+from modelrunner.server.observe.request_log import RequestLog
+from modelrunner.server.relay.proxy import Forwarded
 
 
 class Events:

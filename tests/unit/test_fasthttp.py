@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from modelrunner.server import fasthttp, upstream
 from modelrunner.server.fastlane import routes
+from modelrunner.server.relay import fasthttp, upstream
 
 HEAD = (
     b"POST /engines/v1/chat/completions HTTP/1.1\r\nHost: localhost:12434\r\n"

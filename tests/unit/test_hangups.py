@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from modelrunner.server import upstream
-from modelrunner.server.hangups import Hangups
+from modelrunner.server.relay import upstream
+from modelrunner.server.relay.hangups import Hangups
 
 from .test_fasthttp import SSE, Sink
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from modelrunner.runners.runner import SupervisorStats
-from modelrunner.server.metrics import BUCKETS, Histogram, Metrics
+from modelrunner.server.observe.metrics import BUCKETS, Histogram, Metrics
 
 
 def test_each_bucket_counts_the_observations_at_or_below_its_bound() -> None:

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from modelrunner.errors import InvalidRequest
-from modelrunner.server import ollama_translate as tr
+from modelrunner.server.api.ollama import translate as tr
 
 
 def sse(*events: object) -> bytes:

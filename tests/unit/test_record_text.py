@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from modelrunner.server.record_text import answer_text, prompt_text
+from modelrunner.server.observe.record_text import answer_text, prompt_text
 
 WEATHER = {"city": "Paris"}
 

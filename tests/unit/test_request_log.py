@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 
-from modelrunner.server.request_log import (
+from modelrunner.server.observe.request_log import (
     MAX_MODELS,
     RequestLog,
     fold_stream,
     request_text,
     shorten_media,
 )
-from modelrunner.server.sse_hub import Hub, frame
+from modelrunner.server.observe.sse_hub import Hub, frame
 
 
 def sse(*chunks: dict[str, object], done: bool = True) -> str:

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from modelrunner.errors import InvalidRequest
-from modelrunner.server import anthropic_convert as convert
-from modelrunner.server.forced_tools import CallText, ChatCall, Forced, forced
-from modelrunner.server.tool_grammar import call_grammar, literal
+from modelrunner.server.api import anthropic_convert as convert
+from modelrunner.server.api.forced_tools import CallText, ChatCall, Forced, forced
+from modelrunner.server.api.tool_grammar import call_grammar, literal
 
 UNIT = {"type": "object", "properties": {"u": {"enum": ["c", "f"]}}, "required": ["u"]}
 

@@ -11,8 +11,8 @@ from aiohttp import web
 
 from modelrunner.distribution.model import ProgressEvent
 from modelrunner.errors import ModelNotFound, RegistryError
+from modelrunner.server.api.progress import ProgressStream, go_html_escape
 from modelrunner.server.middleware import make_error_middleware
-from modelrunner.server.progress import ProgressStream, go_html_escape
 
 Op = Callable[[Callable[[Any], None]], Any]
 

@@ -19,12 +19,12 @@ from aiohttp import web
 
 from modelrunner.config import Config, KVCacheConfig
 from modelrunner.runners.kvcache import KVCache
-from modelrunner.server.events import EventBus
-from modelrunner.server.metrics import Metrics
+from modelrunner.server.api.openai_api import serve
 from modelrunner.server.middleware import make_error_middleware
-from modelrunner.server.openai_api import serve
-from modelrunner.server.proxy import UpstreamPool
-from modelrunner.server.request_log import RequestLog
+from modelrunner.server.observe.events import EventBus
+from modelrunner.server.observe.metrics import Metrics
+from modelrunner.server.observe.request_log import RequestLog
+from modelrunner.server.relay.proxy import UpstreamPool
 
 
 class Upstream:

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 
 from modelrunner.errors import InvalidRequest, UpstreamTimeout
-from modelrunner.server import responses_convert as convert
+from modelrunner.server.api.responses import convert
+from modelrunner.server.api.responses.index import ResponseIndex, valid_id
+from modelrunner.server.api.responses.store import ResponseStore
+from modelrunner.server.api.responses.stream import StreamTranslator
 from modelrunner.server.middleware import error_body, is_anthropic_path, is_responses_path
-from modelrunner.server.responses_index import ResponseIndex, valid_id
-from modelrunner.server.responses_store import ResponseStore
-from modelrunner.server.responses_stream import StreamTranslator
-from modelrunner.server.sse import SSEParser, encode
+from modelrunner.server.relay.sse import SSEParser, encode
 
 
 class TestResponseIndex:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
+from modelrunner.server.api.ui import STATIC_DIR, is_ui_asset, wants_html
 from modelrunner.server.middleware import is_same_origin
-from modelrunner.server.ui import STATIC_DIR, is_ui_asset, wants_html
 
 
 @pytest.mark.parametrize(

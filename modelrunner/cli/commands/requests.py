@@ -20,7 +20,7 @@ from typing import Any
 from modelrunner.cli.base import Command, connect
 from modelrunner.cli.format import display_name, table
 from modelrunner.cli.sse import read_events
-from modelrunner.server.record_text import answer_text, prompt_text
+from modelrunner.server.observe.record_text import answer_text, prompt_text
 
 HEADERS = ("TIME", "MODEL", "STATUS", "DURATION", "URL", "PROMPT", "ANSWER")
 SNIPPET = 40

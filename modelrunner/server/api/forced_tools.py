@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelrunner.errors import InvalidRequest
-from modelrunner.server.tool_grammar import call_grammar
+from modelrunner.server.api.tool_grammar import call_grammar
 
 WRAPPER = '{"name":'  # how a call of one of several tools starts (tool_grammar)
 ARGUMENTS = ',"arguments":'

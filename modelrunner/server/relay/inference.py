@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from modelrunner.errors import ModelRunnerError, UpstreamError
 from modelrunner.runners.model import Mode
-from modelrunner.server import activity
-from modelrunner.server.activity import RequestInfo
+from modelrunner.server.observe import activity
+from modelrunner.server.observe.activity import RequestInfo
 
 if TYPE_CHECKING:
     from modelrunner.runners.supervisor import Runner
-    from modelrunner.server.proxy import Forwarded
+    from modelrunner.server.relay.proxy import Forwarded
     from modelrunner.server.state import ServerState
 
 T = TypeVar("T", covariant=True)

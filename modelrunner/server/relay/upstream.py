@@ -23,9 +23,9 @@ from typing import Protocol
 
 import httptools
 
-from modelrunner.server.fasthttp import ByRestOfHead, one_chunk
-from modelrunner.server.hangups import Hangups
-from modelrunner.server.pump import Pump, Pumps
+from modelrunner.server.relay.fasthttp import ByRestOfHead, one_chunk
+from modelrunner.server.relay.hangups import Hangups
+from modelrunner.server.relay.pump import Pump, Pumps
 
 STALE_RETRIES = 3
 MAX_IDLE_PER_SOCKET = 8
@@ -39,7 +39,9 @@ HOLD_STEP = 4  # each next hold of a quick stream this many times the last (2, 8
 # hold's timer, not the hang-up).  Each next hold is sized from what the last one gathered.
 HOLD_TARGET_BYTES = 4 * 1024
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
-PUMP_AFTER = 2  # slow one-chunk reads in a row before a stream goes to a pump (server/pump.py)
+PUMP_AFTER = (
+    2  # slow one-chunk reads in a row before a stream goes to a pump (server/relay/pump.py)
+)
 # Where a pump writes a streamed answer: the client socket's fd and the sink's tap for each
 # chunk's payload, or None while the client's transport holds unwritten bytes.
 PumpTarget = Callable[[], "tuple[int, Callable[[bytes], None]] | None"]
@@ -201,7 +203,7 @@ class RunnerConnection(asyncio.Protocol):
             self._watch(self._hangups)
 
     def _start_pump(self, target: PumpTarget) -> None:
-        """Hand the stream's reading to a pump thread (server/pump.py), if one is free and
+        """Hand the stream's reading to a pump thread (server/relay/pump.py), if one is free and
         nothing is waiting to be written either way."""
         pumps, transport, loop = self._pumps, self.transport, self._loop
         if pumps is None or transport is None or loop is None or self._blocked or self._held:

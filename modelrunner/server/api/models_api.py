@@ -22,6 +22,7 @@ from modelrunner.distribution.reference import parse_reference
 from modelrunner.errors import BinaryNotFound, InvalidRequest, ModelRunnerError
 from modelrunner.runners.args import build_argv
 from modelrunner.runners.model import MODES, Mode
+from modelrunner.server.api.progress import ProgressStream
 from modelrunner.server.catalog import display_name
 from modelrunner.server.kvcache_hooks import forget_models
 from modelrunner.server.middleware import (
@@ -30,7 +31,6 @@ from modelrunner.server.middleware import (
     parse_json_object,
     read_body,
 )
-from modelrunner.server.progress import ProgressStream
 from modelrunner.server.state import STATE
 
 log = structlog.get_logger(__name__)
@@ -60,7 +60,7 @@ async def get_model(request: web.Request) -> web.Response:
     state = request.app[STATE]
     name = request.match_info["name"]
     if _flag(request, "remote"):
-        from modelrunner.server.remote import remote_model
+        from modelrunner.server.api.remote import remote_model
 
         return web.json_response(await remote_model(state.config.store, name))
     model = await state.catalog.lookup(name)

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from modelrunner.errors import NotFound
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "ui_static"
+STATIC_DIR = Path(__file__).resolve().parents[2] / "ui_static"
 UI_PREFIX = "/ui/"
 
 _TYPES = {

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelrunner.runners.events import RunnerEvent
-from modelrunner.server.sse_hub import Hub, frame
+from modelrunner.server.observe.sse_hub import Hub, frame
 
 RECENT = 256
 PROGRESS_TYPES = ("pull", "push", "load")

@@ -25,16 +25,16 @@ import structlog
 from aiohttp import web
 
 from modelrunner.errors import InvalidRequest, ModelRunnerError, NotFound, StoreError
-from modelrunner.server import responses_convert as convert
-from modelrunner.server import sse
-from modelrunner.server.answer import RunnerAnswer
+from modelrunner.server.api.forced_tools import ChatCall
+from modelrunner.server.api.openai_api import check_backend, check_model_backend, forcing, serve
+from modelrunner.server.api.responses import convert
+from modelrunner.server.api.responses.store import ResponseStore
+from modelrunner.server.api.responses.stream import Event, StreamTranslator
 from modelrunner.server.catalog import display_name
-from modelrunner.server.forced_tools import ChatCall
 from modelrunner.server.middleware import error_body, parse_json_object, read_body
-from modelrunner.server.openai_api import check_backend, check_model_backend, forcing, serve
-from modelrunner.server.proxy import Forwarded, relay_headers, runner_chunks
-from modelrunner.server.responses_store import ResponseStore
-from modelrunner.server.responses_stream import Event, StreamTranslator
+from modelrunner.server.relay import sse
+from modelrunner.server.relay.answer import RunnerAnswer
+from modelrunner.server.relay.proxy import Forwarded, relay_headers, runner_chunks
 from modelrunner.server.state import STATE
 
 log = structlog.get_logger(__name__)

@@ -26,13 +26,13 @@ from modelrunner.distribution.reference import parse_reference
 from modelrunner.errors import InvalidRequest, ModelRunnerError, UpstreamError
 from modelrunner.runners.args import context_size
 from modelrunner.runners.model import Mode
-from modelrunner.server import ollama_translate as tr
-from modelrunner.server.answer import RunnerAnswer
+from modelrunner.server.api.ollama import translate as tr
+from modelrunner.server.api.openai_api import _keep_alive, check_client_errors, serve
+from modelrunner.server.api.progress import ProgressStream
 from modelrunner.server.catalog import display_name
 from modelrunner.server.middleware import parse_json_object, read_body
-from modelrunner.server.openai_api import _keep_alive, check_client_errors, serve
-from modelrunner.server.progress import ProgressStream
-from modelrunner.server.proxy import ClientGone, Forwarded, runner_chunks
+from modelrunner.server.relay.answer import RunnerAnswer
+from modelrunner.server.relay.proxy import ClientGone, Forwarded, runner_chunks
 from modelrunner.server.state import STATE, ServerState
 
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ from modelrunner.errors import ModelRunnerError
 from modelrunner.server.middleware import error_body
 
 if TYPE_CHECKING:
-    from modelrunner.server.request_log import Record
+    from modelrunner.server.observe.request_log import Record
     from modelrunner.server.state import ServerState
 
 CLIENT_GONE = 499  # nginx's "client closed request": no status was sent, or the answer was cut

@@ -28,8 +28,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelrunner.server.record_text import answer_text, prompt_text
-from modelrunner.server.sse_hub import Hub, frame
+from modelrunner.server.observe.record_text import answer_text, prompt_text
+from modelrunner.server.observe.sse_hub import Hub, frame
 
 MAX_MODELS = 32  # models with records; the least recently used beyond this are forgotten
 MEDIA_KEEP = 100  # characters of a base64 blob kept (Docker's maxMediaDataLength)

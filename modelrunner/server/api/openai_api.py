@@ -24,12 +24,12 @@ from aiohttp import web
 
 from modelrunner.errors import InvalidRequest, ModelRunnerError
 from modelrunner.runners.model import Mode
-from modelrunner.server import inference, sse
-from modelrunner.server.answer import RunnerAnswer
+from modelrunner.server.api.forced_tools import ChatCall, Forced, forced
 from modelrunner.server.catalog import display_name
-from modelrunner.server.forced_tools import ChatCall, Forced, forced
 from modelrunner.server.middleware import parse_json_object, read_body
-from modelrunner.server.proxy import (
+from modelrunner.server.relay import inference, sse
+from modelrunner.server.relay.answer import RunnerAnswer
+from modelrunner.server.relay.proxy import (
     ClientGone,
     Forwarded,
     Relay,

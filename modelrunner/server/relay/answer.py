@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from modelrunner.errors import UpstreamTimeout
-from modelrunner.server.upstream import RunnerConnection
+from modelrunner.server.relay.upstream import RunnerConnection
 
 BUFFER_LIMIT = 256 * 1024  # bytes read ahead of the relay before the runner's reading pauses
 

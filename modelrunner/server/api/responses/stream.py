@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelrunner.server import responses_convert as convert
+from modelrunner.server.api.responses import convert
 
 Event = tuple[str, dict[str, Any]]
 

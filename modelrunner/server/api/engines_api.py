@@ -26,13 +26,14 @@ from modelrunner.logs import flush_lines
 from modelrunner.runners.args import validate_runtime_flags
 from modelrunner.runners.memory import total_memory_bytes
 from modelrunner.runners.model import MODES
-from modelrunner.server import activity_api, provenance
+from modelrunner.server import provenance
+from modelrunner.server.api import activity_api
+from modelrunner.server.api.openai_api import BACKENDS, check_backend, model_backend
+from modelrunner.server.api.ui import UI_PREFIX, wants_html
 from modelrunner.server.catalog import display_name
 from modelrunner.server.middleware import parse_json_object, read_body
-from modelrunner.server.openai_api import BACKENDS, check_backend, model_backend
 from modelrunner.server.settings import format_keep_alive, parse_keep_alive
 from modelrunner.server.state import STATE
-from modelrunner.server.ui import UI_PREFIX, wants_html
 
 BACKEND = "llama.cpp"
 GO_ZERO_TIME = "0001-01-01T00:00:00Z"

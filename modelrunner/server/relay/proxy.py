@@ -25,9 +25,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from modelrunner.errors import ModelRunnerError, UpstreamTimeout
-from modelrunner.server import fasthttp
-from modelrunner.server.answer import RunnerAnswer
-from modelrunner.server.upstream import RunnerPool, UpstreamClosed
+from modelrunner.server.relay import fasthttp
+from modelrunner.server.relay.answer import RunnerAnswer
+from modelrunner.server.relay.upstream import RunnerPool, UpstreamClosed
 
 log = structlog.get_logger(__name__)
 

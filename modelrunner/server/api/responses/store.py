@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from modelrunner.errors import StoreError
-from modelrunner.server.responses_index import ResponseIndex, valid_id
+from modelrunner.server.api.responses.index import ResponseIndex, valid_id
 
 log = structlog.get_logger(__name__)
 

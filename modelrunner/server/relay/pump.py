@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from time import monotonic
 from typing import Protocol
 
-from modelrunner.server.fasthttp import one_chunk
+from modelrunner.server.relay.fasthttp import one_chunk
 
 READ = 65536
 SETTLE_EVERY = 32  # chunks written between two rounds of their bookkeeping

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from modelrunner.server.proxy import ClientGone
+from modelrunner.server.relay.proxy import ClientGone
 
 MAX_LINE_BYTES = 1 << 20  # a line longer than this is dropped (a runner never writes one)
 

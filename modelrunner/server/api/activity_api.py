@@ -20,9 +20,9 @@ from aiohttp import web
 
 from modelrunner.config import ServerConfig
 from modelrunner.errors import InvalidRequest, ModelNotFound, NotFound
-from modelrunner.server.events import EventBus
-from modelrunner.server.request_log import RequestLog
-from modelrunner.server.sse_hub import closer, frame, stream, wants_sse
+from modelrunner.server.observe.events import EventBus
+from modelrunner.server.observe.request_log import RequestLog
+from modelrunner.server.observe.sse_hub import closer, frame, stream, wants_sse
 from modelrunner.server.state import STATE
 
 if TYPE_CHECKING:

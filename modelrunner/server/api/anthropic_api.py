@@ -30,13 +30,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from modelrunner.errors import InvalidRequest, ModelRunnerError, UpstreamError
-from modelrunner.server import anthropic_convert as convert
-from modelrunner.server import sse
-from modelrunner.server.answer import RunnerAnswer
-from modelrunner.server.catalog import display_name
-from modelrunner.server.forced_tools import ChatCall, Forced
-from modelrunner.server.middleware import anthropic_shape, parse_json_object, read_body
-from modelrunner.server.openai_api import (
+from modelrunner.server.api import anthropic_convert as convert
+from modelrunner.server.api.forced_tools import ChatCall, Forced
+from modelrunner.server.api.openai_api import (
     CHAT,
     check_backend,
     check_client_errors,
@@ -44,7 +40,11 @@ from modelrunner.server.openai_api import (
     forcing,
     serve,
 )
-from modelrunner.server.proxy import Forwarded, Relay, relay_headers, runner_chunks
+from modelrunner.server.catalog import display_name
+from modelrunner.server.middleware import anthropic_shape, parse_json_object, read_body
+from modelrunner.server.relay import sse
+from modelrunner.server.relay.answer import RunnerAnswer
+from modelrunner.server.relay.proxy import Forwarded, Relay, relay_headers, runner_chunks
 from modelrunner.server.state import STATE
 
 if TYPE_CHECKING:

@@ -1,0 +1,1 @@
+"""The API families: routes, parsing, translation and answer shapes; nothing of transports."""

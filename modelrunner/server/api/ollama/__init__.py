@@ -1,0 +1,1 @@
+"""Ollama's API on the store, the supervisor and the one path to the runners."""

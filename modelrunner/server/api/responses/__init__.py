@@ -1,0 +1,1 @@
+"""OpenAI's Responses API on chat completions: routes, translation, events, the store."""
