@@ -95,7 +95,7 @@ FAMILIES = [
         "ollama chat",
         "/api/chat",
         {"model": MODEL, "messages": HELLO, "stream": False, "options": {"num_predict": 1}},
-        b'"content":"',
+        b'"content"',
         {"model": MODEL, "messages": HELLO, "options": {"num_predict": 8}},
     ),
 ]
@@ -139,6 +139,8 @@ async def first_one(session: aiohttp.ClientSession, t: Target, f: Family) -> Non
 
 def ms(values: list[float], q: float = 0.5) -> float:
     ordered = sorted(values)
+    if not ordered:
+        return float("nan")  # nothing measured (the first text never seen)
     return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
